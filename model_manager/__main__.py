@@ -1,0 +1,3 @@
+from model_manager.commands import main
+
+main()
