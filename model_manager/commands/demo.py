@@ -1,0 +1,28 @@
+"""`model-manager demo`: a small realistic model directory to try everything on."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from model_manager.commands import app, fail
+from model_manager.demo import write_demo
+
+
+@app.command()
+def demo(
+    directory: Path = typer.Argument(..., help="Where to write the demo model directory (created if missing)."),
+    force: bool = typer.Option(False, "--force", help="Write even if the directory already has files."),
+) -> None:
+    """Write a demo model directory: several symbols with trained XGBoost models (sklearn API, raw
+    Booster, classifier, JSON-only), factor lists, IC tables with kendall_tau and training metadata."""
+    if directory.exists() and not directory.is_dir():
+        raise fail(f"{directory} exists and is not a directory", 2)
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        raise fail(f"{directory} is not empty: pick a new directory or pass --force", 2)
+    console = Console()
+    with console.status("training demo models..."):
+        groups = write_demo(directory)
+    console.print(f"wrote {len(groups)} groups to {directory}: {', '.join(groups)}")
+    console.print(f"next: [bold]model-manager inspect {directory}[/bold]")

@@ -1,0 +1,271 @@
+"""XGBoost models: load them safely, convert pickles to JSON, prove the JSON predicts the same,
+and remember conversions in the data dir so a restart does not redo them.
+
+Everything here works on bytes already read (see `files.read_artifact`); nothing writes into a model
+directory. The cache is content-addressed: a pickle is looked up by the sha256 of its bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model_manager.errors import ArtifactError
+from model_manager.files import atomic_write
+from model_manager.safepickle import safe_loads
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What validation needs to know about a model, without the model itself."""
+
+    num_features: int
+    feature_names: list[str] | None
+    json_sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def sha256(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _booster_of(obj, name: str):
+    import xgboost as xgb
+
+    if isinstance(obj, xgb.Booster):
+        return obj
+    if isinstance(obj, xgb.XGBModel):
+        try:
+            return obj.get_booster()
+        except Exception as exc:  # sklearn's NotFittedError and friends
+            raise ArtifactError(f"{name} holds an unfitted {type(obj).__name__}: {exc}", code="not_fitted") from None
+    raise ArtifactError(f"{name} holds a {type(obj).__module__}.{type(obj).__qualname__}, not an XGBoost model", code="not_a_model")
+
+
+def load_pickled_model(data: bytes, name: str = "model.pkl"):
+    """Unpickle (allow-list only) an XGBoost Booster or sklearn-API estimator.
+
+    Returns (booster, warning messages). Version warnings that xgboost raises for models saved by
+    older releases are returned, not raised: they become `warning` issues.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        obj = safe_loads(data)
+        booster = _booster_of(obj, name)
+        booster.num_features()  # forces the model to be usable now, not at first predict
+    messages = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    return booster, list(dict.fromkeys(messages))
+
+
+def load_json_model(data: bytes | bytearray, name: str = "model.json"):
+    """Load an XGBoost JSON model from bytes; ArtifactError when xgboost cannot read it."""
+    import xgboost as xgb
+
+    if not bytes(data[:64]).lstrip().startswith(b"{"):
+        raise ArtifactError(f"{name} is not a JSON document (expected XGBoost's JSON model format)", code="corrupt")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except xgb.core.XGBoostError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+        raise ArtifactError(f"{name} is not a loadable XGBoost JSON model (truncated or corrupt?): {first[:200]}", code="corrupt") from None
+    return booster
+
+
+def booster_json(booster) -> bytes:
+    """The booster as XGBoost JSON text (bytes). `save_raw` returns a bytearray; we keep bytes."""
+    return bytes(booster.save_raw(raw_format="json"))
+
+
+def model_info(booster, json_bytes: bytes, warnings_: list[str] | None = None) -> ModelInfo:
+    names = booster.feature_names
+    return ModelInfo(booster.num_features(), list(names) if names else None, sha256(json_bytes), list(warnings_ or []))
+
+
+def verify_predictions(original, json_bytes: bytes, *, rows: int = 1000, seed: int = 0) -> tuple[bool, str]:
+    """Predict random inputs (with missing values) with both models; demand bit-identical output.
+
+    Compares both the transformed prediction and the raw margin. Returns (ok, explanation).
+    """
+    import xgboost as xgb
+
+    restored = load_json_model(json_bytes)
+    n = original.num_features()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(scale=2.0, size=(rows, max(n, 1))).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    dm_kwargs = {"feature_names": original.feature_names} if original.feature_names else {}
+    dmatrix = xgb.DMatrix(x, missing=np.nan, **dm_kwargs)
+    for margin in (False, True):
+        a = original.predict(dmatrix, output_margin=margin)
+        b = restored.predict(dmatrix, output_margin=margin)
+        if a.shape != b.shape or a.dtype != b.dtype or a.tobytes() != b.tobytes():
+            diff = np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64))) if a.shape == b.shape else float("nan")
+            kind = "margins" if margin else "predictions"
+            return False, f"{kind} differ on {rows} random rows (max abs diff {diff:.3g})"
+    return True, f"bit-identical on {rows} random rows"
+
+
+class ConversionCache:
+    """Content-addressed cache under the data dir.
+
+    - `models/<sha of source>.meta.json` → ModelInfo of a model file (pkl or json) already validated
+    - `json/<sha of json>.json`          → the JSON text converted from a pickle
+    - `payloads/<key>.gz` + `.meta.json` → prebuilt gzip payload and its ETag
+
+    Every entry is written atomically and checked against its recorded hash when read, so a crash
+    or a stray edit can only cause a miss, never a wrong answer. Reads touch the files; `prune`
+    drops what has not been used for a while.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.root = Path(directory)
+        for sub in ("models", "json", "payloads"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- model conversions -------------------------------------------------------------------
+    def model_info(self, source_sha: str) -> ModelInfo | None:
+        meta = self._read_json(self.root / "models" / f"{source_sha}.meta.json")
+        if meta is None:
+            return None
+        try:
+            return ModelInfo(**meta)
+        except TypeError:
+            return None
+
+    def put_model(self, source_sha: str, info: ModelInfo, json_bytes: bytes | None = None) -> None:
+        """Record a validated model; `json_bytes` (a pickle's conversion) is kept for later payloads."""
+        if json_bytes is not None:
+            jpath = self.root / "json" / f"{info.json_sha256}.json"
+            if not jpath.exists():
+                atomic_write(jpath, json_bytes)
+        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(asdict(info)).encode())
+
+    def has_json(self, json_sha: str) -> bool:
+        return (self.root / "json" / f"{json_sha}.json").is_file()
+
+    def model_json(self, json_sha: str) -> bytes | None:
+        path = self.root / "json" / f"{json_sha}.json"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if sha256(data) != json_sha:
+            path.unlink(missing_ok=True)
+            return None
+        _touch(path)
+        return data
+
+    # -- prebuilt payloads -------------------------------------------------------------------
+    def payload(self, key: str) -> tuple[str, bytes] | None:
+        meta = self._read_json(self.root / "payloads" / f"{key}.meta.json")
+        if not meta:
+            return None
+        try:
+            gz = (self.root / "payloads" / f"{key}.gz").read_bytes()
+        except OSError:
+            return None
+        if sha256(gz) != meta.get("gzip_sha256"):
+            return None
+        _touch(self.root / "payloads" / f"{key}.gz")
+        return meta["etag"], gz
+
+    def put_payload(self, key: str, etag: str, gz: bytes) -> None:
+        atomic_write(self.root / "payloads" / f"{key}.gz", gz)
+        atomic_write(self.root / "payloads" / f"{key}.meta.json", json.dumps({"etag": etag, "gzip_sha256": sha256(gz)}).encode())
+
+    def prune(self, max_age_days: float = 14) -> int:
+        """Delete entries unused for `max_age_days`; returns how many files went."""
+        cutoff, removed = time.time() - max_age_days * 86400, 0
+        for sub in ("models", "json", "payloads"):
+            for path in (self.root / sub).iterdir():
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except OSError:
+                    pass
+        return removed
+
+    @staticmethod
+    def _read_json(path: Path) -> dict | None:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict):
+            _touch(path)
+            return data
+        return None
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+@dataclass
+class ConvertResult:
+    source: Path
+    target: Path
+    status: str  # converted | skipped | failed
+    num_features: int | None = None
+    size: int | None = None
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def pickles_in(path: Path) -> list[Path]:
+    """The `*_model.pkl` files a convert run covers: the file itself, or those in a directory."""
+    from model_manager.errors import PathError
+
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.name.endswith("_model.pkl") and not p.name.startswith("."))
+        if not found:
+            raise PathError(f"no *_model.pkl files in {path}")
+        return found
+    if path.is_file():
+        if not path.name.endswith(".pkl"):
+            raise PathError(f"{path} is not a pickle (expected a *_model.pkl file or a directory)")
+        return [path]
+    raise PathError(f"{path} does not exist")
+
+
+def json_target(source: Path, out_dir: Path | None) -> Path:
+    name = source.name[: -len(".pkl")] + ".json" if source.name.endswith(".pkl") else source.name + ".json"
+    return (out_dir or source.parent) / name
+
+
+def convert_file(source: Path, out_dir: Path | None = None, *, force: bool = False, verify: bool = True,
+                 max_bytes: int) -> ConvertResult:
+    """Convert one pickled model to XGBoost JSON next to it (or in `out_dir`), atomically.
+
+    With `verify`, the JSON is written only after it predicts bit-identically to the pickle.
+    """
+    from model_manager.files import read_artifact
+
+    target = json_target(source, out_dir)
+    if target.exists() and not force:
+        return ConvertResult(source, target, "skipped", message=f"{target.name} exists (use --force to overwrite)")
+    try:
+        booster, warns = load_pickled_model(read_artifact(source, max_bytes=max_bytes), source.name)
+        data = booster_json(booster)
+        if verify:
+            ok, how = verify_predictions(booster, data)
+            if not ok:
+                return ConvertResult(source, target, "failed", booster.num_features(), message=f"verification failed: {how}", warnings=warns)
+        atomic_write(target, data)
+    except ArtifactError as exc:
+        return ConvertResult(source, target, "failed", message=str(exc))
+    except OSError as exc:
+        return ConvertResult(source, target, "failed", message=f"cannot write {target}: {exc.strerror or exc}")
+    return ConvertResult(source, target, "converted", booster.num_features(), len(data),
+                         message="verified bit-identical" if verify else "not verified", warnings=warns)

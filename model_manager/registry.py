@@ -1,0 +1,393 @@
+"""Registered model directories, loaded in memory and ready to serve.
+
+Each valid group carries a `PreparedPayload`: the gzip bytes of its payload and a strong ETag, built
+once at load or refresh time. A request is a dict lookup. Refreshes build new group states off the
+event loop and swap them in with one assignment, so readers always see a consistent model; a group
+whose new files are broken keeps serving its last good payload (marked `stale`) until a later change
+fixes it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_manager.artifacts import (
+    DirectorySnapshot, GroupSnapshot, build_payload_bytes, check_directory, load_group, payload_key, scan_directory,
+)
+from model_manager.conversion import ConversionCache, sha256
+from model_manager.errors import (
+    ConflictError, DuplicateSymbolError, NotFoundError, PathError, UnprocessableError, ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+GZIP_LEVEL = 6
+RAW_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class PreparedPayload:
+    etag: str      # quoted strong ETag: sha256 of the uncompressed body
+    gzip: bytes
+    size: int      # uncompressed length
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """What is known and served for one group. `snapshot` is the latest parse; `served` the snapshot
+    behind `payload` (the same object unless the latest parse failed: then `stale`)."""
+
+    snapshot: GroupSnapshot
+    served: GroupSnapshot | None
+    payload: PreparedPayload | None
+    refreshed_at: str
+    outcome: str          # "loaded" | "updated" | "failed" | "kept_previous"
+    message: str = ""
+
+    @property
+    def stale(self) -> bool:
+        return self.served is not None and self.served is not self.snapshot
+
+    def refresh_info(self) -> dict:
+        return {"group_key": self.snapshot.group_key, "symbol": self.snapshot.symbol, "status": self.snapshot.status,
+                "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """An immutable set of group states; a refresh swaps in a new view with one assignment."""
+
+    groups: dict[str, GroupState]
+    symbols: dict[str, list[str]]
+    factor_union: list[str]
+    refreshed_at: str | None
+
+    @classmethod
+    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None) -> "ModelView":
+        symbols: dict[str, list[str]] = {}
+        for key, state in groups.items():
+            symbols.setdefault(state.snapshot.symbol, []).append(key)
+        union = sorted({f for state in groups.values() for f in state.snapshot.factors})
+        return cls(groups, symbols, union, refreshed_at)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: str
+    registered_at: str
+    view: ModelView = field(default_factory=lambda: ModelView({}, {}, [], None))
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def install(self, groups: dict[str, GroupState]) -> None:
+        """Swap in a new set of group states (readers see the old or the new, never a mix)."""
+        self.view = ModelView.build(groups, now_iso())
+
+    @property
+    def groups(self) -> dict[str, GroupState]:
+        return self.view.groups
+
+    @property
+    def symbols(self) -> dict[str, list[str]]:
+        return self.view.symbols
+
+    @property
+    def factor_union(self) -> list[str]:
+        return self.view.factor_union
+
+    @property
+    def refreshed_at(self) -> str | None:
+        return self.view.refreshed_at
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "error"
+        statuses = {s.snapshot.status for s in self.groups.values()}
+        return "error" if "error" in statuses else "warning" if "warning" in statuses else "ok"
+
+    def to_dict(self, *, with_groups: bool = True) -> dict:
+        view = self.view
+        out = {"name": self.name, "path": self.path, "registered_at": self.registered_at,
+               "refreshed_at": view.refreshed_at, "group_count": len(view.groups), "symbol_count": len(view.symbols),
+               "status": self.status, "error": self.error}
+        if with_groups:
+            out["groups"] = [s.refresh_info() for s in view.groups.values()]
+        return out
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError(f"model name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def normalize_path(path: str) -> str:
+    """Absolute, but symlinks kept: `current -> v3` must follow the link when it moves."""
+    if not isinstance(path, str) or not path.strip():
+        raise PathError("path is empty: give the model directory's absolute path")
+    if "\x00" in path:
+        raise PathError("path contains a NUL byte")
+    return os.path.abspath(os.path.expanduser(path.strip()))
+
+
+def validate_registration(store, name: str, path: str, *, max_bytes: int, cache: ConversionCache | None = None,
+                          executor=None) -> tuple[str, DirectorySnapshot | None]:
+    """The rules of `POST /api/models`, shared by the CLI. Returns (normalized path, snapshot); the
+    snapshot is None when exactly this name+path is already registered."""
+    check_name(name)
+    abspath = normalize_path(path)
+    existing = store.get_model(name)
+    if existing is not None:
+        if existing.path == abspath:
+            return abspath, None
+        raise ConflictError(f"model name {name!r} is already registered for {existing.path}: choose another name or remove it first")
+    check_directory(abspath)
+    snap = load_snapshot(abspath, cache=cache, max_bytes=max_bytes, executor=executor)
+    if not snap.groups:
+        raise ValidationError(f"{abspath} has no model groups (expected files like SYMBOL_RETURN_factors.txt and SYMBOL_RETURN_model.json)")
+    dupes = snap.duplicate_symbols()
+    if dupes:
+        raise DuplicateSymbolError(dupes)
+    return abspath, snap
+
+
+def load_snapshot(path: str, *, cache, max_bytes: int, executor=None, only: set[str] | None = None,
+                  scanned: dict | None = None) -> DirectorySnapshot:
+    root = check_directory(path)
+    if scanned is None:
+        scanned, _ = scan_directory(root)
+    keys = [k for k in scanned if only is None or k in only]
+
+    def one(key: str) -> GroupSnapshot:
+        return load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
+
+    groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
+    return DirectorySnapshot(root, {g.group_key: g for g in groups})
+
+
+class Registry:
+    """All registered models in memory, kept in step with the store and the files."""
+
+    def __init__(self, settings, store):
+        self.settings = settings
+        self.store = store
+        self.cache = ConversionCache(settings.cache_dir)
+        workers = settings.load_workers or os.cpu_count() or 2
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
+        self.models: dict[str, LoadedModel] = {}
+        self._lock = threading.RLock()
+        self._raw: OrderedDict[str, bytes] = OrderedDict()
+        self._raw_bytes = 0
+        self._raw_lock = threading.Lock()
+        self.watcher = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.sync_with_store)
+        from model_manager.watcher import Watcher
+
+        self.watcher = Watcher(self, self.settings)
+        await self.watcher.start()
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def sync_with_store(self) -> bool:
+        """Load models registered elsewhere (the CLI), drop unregistered ones. True if anything changed."""
+        with self._lock:
+            rows = {r.name: r for r in self.store.list_models()}
+            changed = False
+            for name in list(self.models):
+                if name not in rows or rows[name].path != self.models[name].path:
+                    self.models.pop(name)
+                    changed = True
+            for name, row in rows.items():
+                if name not in self.models:
+                    model = LoadedModel(row.name, row.path, row.registered_at)
+                    self.reload_model(model, None)
+                    self.models[name] = model
+                    changed = True
+            return changed
+
+    # -- registration ---------------------------------------------------------------------------
+    def register(self, name: str, path: str, *, client: str | None = None) -> tuple[LoadedModel, bool]:
+        """Validate, persist and load a model directory. Returns (model, created)."""
+        with self._lock:
+            abspath, snap = validate_registration(self.store, name, path, max_bytes=self.settings.max_artifact_bytes,
+                                                  cache=self.cache, executor=self.executor)
+            if snap is None:
+                if name not in self.models:
+                    self.sync_with_store()
+                return self.get(name), False
+            row = self.store.add_model(name, abspath)
+            model = LoadedModel(row.name, row.path, row.registered_at)
+            model.install(self._states(model, snap, {}))
+            self.models[name] = model
+        self.store.audit("register", client=client, detail=f"{name} -> {abspath} ({len(model.groups)} groups)")
+        return model, True
+
+    def unregister(self, name: str, *, client: str | None = None) -> None:
+        with self._lock:
+            self.get(name)
+            self.store.remove_model(name)
+            self.models.pop(name, None)
+        self.store.audit("unregister", client=client, detail=name)
+
+    def get(self, name: str) -> LoadedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise NotFoundError(f"no model named {name!r} is registered (see GET /api/models)")
+        return model
+
+    # -- refresh --------------------------------------------------------------------------------
+    def refresh(self, name: str, *, client: str | None = None) -> LoadedModel:
+        """Re-read the whole directory. A duplicate symbol refuses the change (previous state kept)."""
+        model = self.get(name)
+        self.reload_model(model, None, raise_duplicates=True, client=client)
+        return model
+
+    def refresh_groups(self, name: str, keys: set[str]) -> None:
+        """Re-read only `keys` (the watcher's changed groups); groups whose files are gone disappear."""
+        model = self.models.get(name)
+        if model is not None:
+            self.reload_model(model, keys)
+
+    def reload_model(self, model: LoadedModel, only: set[str] | None, *, raise_duplicates: bool = False,
+                client: str | None = None) -> None:
+        with model.lock:
+            try:
+                root = check_directory(model.path)
+                scanned, _ = scan_directory(root)
+                snap = load_snapshot(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
+                                     executor=self.executor, only=only, scanned=scanned)
+            except PathError as exc:
+                model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
+                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
+                return
+            groups = {k: model.groups[k] for k in scanned if k in model.groups and (only is None or k not in only)}
+            merged = {**{k: g.snapshot for k, g in groups.items()}, **snap.groups}
+            dupes = DirectorySnapshot(snap.path, merged).duplicate_symbols()
+            if dupes:
+                exc = DuplicateSymbolError(dupes)
+                model.error = f"change refused: {exc} (previous state kept and still served)"
+                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
+                if raise_duplicates:
+                    raise exc
+                return
+            new_states = self._states(model, snap, model.groups)
+            groups.update(new_states)
+            model.install(dict(sorted(groups.items())))
+            model.error = None
+            failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
+            if failed:
+                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")
+
+    def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState]) -> dict[str, GroupState]:
+        futures = {k: self.executor.submit(self._prepare, model.name, g) for k, g in snap.groups.items()}
+        stamp, out = now_iso(), {}
+        for key, group in snap.groups.items():
+            payload, failure = futures[key].result()
+            old = previous.get(key)
+            if payload is not None:
+                outcome = "updated" if old else "loaded"
+                out[key] = GroupState(group, group, payload, stamp, outcome)
+            elif old is not None and old.payload is not None and old.served is not None:
+                msg = failure or "; ".join(i.message for i in group.errors)
+                out[key] = GroupState(group, old.served, old.payload, stamp, "kept_previous",
+                                      f"new files rejected, still serving the version of {old.served.updated_at}: {msg}")
+            else:
+                out[key] = GroupState(group, None, None, stamp, "failed", failure or "; ".join(i.message for i in group.errors))
+        return out
+
+    def _prepare(self, model_name: str, group: GroupSnapshot) -> tuple[PreparedPayload | None, str | None]:
+        """Prebuild the payload of a valid group (from the payload cache when possible)."""
+        if group.errors:
+            group.model_json = None
+            return None, None
+        key = payload_key(model_name, group)
+        hit = self.cache.payload(key)
+        if hit is not None:
+            group.model_json = None
+            etag, gz = hit
+            return PreparedPayload(etag, gz, _gzip_size(gz)), None
+        model_json = group.model_json or self.cache.model_json(group.model_sha256)
+        if model_json is None:
+            return None, "converted model missing from the cache; it will be rebuilt on the next change"
+        raw = build_payload_bytes(model_name, group, model_json)
+        group.model_json = None  # raw JSON need not stay in memory
+        prepared = PreparedPayload(f'"{sha256(raw)[:32]}"', gzip.compress(raw, GZIP_LEVEL, mtime=0), len(raw))
+        try:
+            self.cache.put_payload(key, prepared.etag, prepared.gzip)
+        except OSError as exc:
+            log.warning("payload cache not written: %s", exc)
+        return prepared, None
+
+    # -- reads (event loop; no locks, no I/O) ------------------------------------------------------
+    def group(self, name: str, symbol: str, group_key: str | None = None) -> GroupState:
+        view = self.get(name).view
+        keys = view.symbols.get(symbol, [])
+        if group_key is not None:
+            if group_key not in keys:
+                raise NotFoundError(f"model {name!r} has no group {group_key!r} for symbol {symbol!r}")
+            return view.groups[group_key]
+        if not keys:
+            raise NotFoundError(f"model {name!r} has no symbol {symbol!r} (see GET /api/models/{name}/symbols)")
+        if len(keys) > 1:
+            raise NotFoundError(f"symbol {symbol!r} is in several groups of {name!r} ({', '.join(keys)}): "
+                                "ask for its detail with ?group_key=")
+        return view.groups[keys[0]]
+
+    def payload(self, name: str, symbol: str) -> PreparedPayload:
+        state = self.group(name, symbol)
+        if state.payload is None:
+            problems = "; ".join(f"{i.code}: {i.message}" for i in state.snapshot.errors) or state.message
+            raise UnprocessableError(f"{state.snapshot.group_key} has errors, so its model is not served: {problems}")
+        return state.payload
+
+    def raw_cached(self, payload: PreparedPayload) -> bytes | None:
+        with self._raw_lock:
+            body = self._raw.get(payload.etag)
+            if body is not None:
+                self._raw.move_to_end(payload.etag)
+            return body
+
+    def raw(self, payload: PreparedPayload) -> bytes:
+        """Uncompressed body for clients without gzip, from a small LRU of recently asked ones."""
+        with self._raw_lock:
+            body = self._raw.get(payload.etag)
+            if body is not None:
+                self._raw.move_to_end(payload.etag)
+                return body
+        body = gzip.decompress(payload.gzip)
+        with self._raw_lock:
+            if payload.etag not in self._raw:
+                self._raw[payload.etag] = body
+                self._raw_bytes += len(body)
+                while self._raw_bytes > RAW_CACHE_BYTES and len(self._raw) > 1:
+                    _, old = self._raw.popitem(last=False)
+                    self._raw_bytes -= len(old)
+        return body
+
+
+def _gzip_size(gz: bytes) -> int:
+    """Uncompressed size from the gzip trailer (ISIZE, mod 2**32: payloads are far below 4 GiB)."""
+    return int.from_bytes(gz[-4:], "little") if len(gz) >= 4 else 0

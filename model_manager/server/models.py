@@ -1,0 +1,126 @@
+"""The /api/models routes (SPEC §2). Thin: read the request, ask the registry, shape the answer.
+
+Handlers that touch the file system (register, refresh, unregister) run in worker threads; the
+payload route is a dict lookup that returns prebuilt bytes (gzip or plain) with a strong ETag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response, delete, get, post
+from litestar.params import Parameter
+
+from model_manager.registry import Registry
+from model_manager.server import error_responses
+
+NAME = Parameter(description="Registered model name", max_length=64)
+SYMBOL = Parameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)
+
+
+@dataclass
+class RegisterBody:
+    name: str
+    path: str
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """True when Accept-Encoding admits gzip (and does not set its q to 0)."""
+    if not header:
+        return False
+    for part in header.lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "*"):
+            q = params.strip()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+@get("/api/models", tags=["models"], summary="List registered models", responses=error_responses(401))
+def list_models(request: Request) -> dict[str, Any]:
+    return {"models": [m.to_dict() for m in list(_registry(request).models.values())]}
+
+
+@post("/api/models", tags=["models"], summary="Register a model directory", sync_to_thread=True,
+      status_code=201, responses=error_responses(400, 401, 409))
+def register_model(request: Request, data: RegisterBody) -> Response[dict[str, Any]]:
+    model, created = _registry(request).register(data.name, data.path, client=_client(request))
+    return Response(model.to_dict(), status_code=201 if created else 200)
+
+
+@delete("/api/models/{name:str}", tags=["models"], summary="Unregister a model", sync_to_thread=True,
+        responses=error_responses(401, 404))
+def unregister_model(request: Request, name: str = NAME) -> None:
+    _registry(request).unregister(name, client=_client(request))
+
+
+@post("/api/models/{name:str}/refresh", tags=["models"], summary="Re-read a model directory now",
+      sync_to_thread=True, status_code=200, responses=error_responses(400, 401, 404))
+def refresh_model(request: Request, name: str = NAME) -> dict[str, Any]:
+    return _registry(request).refresh(name, client=_client(request)).to_dict()
+
+
+@get("/api/models/{name:str}/symbols", tags=["models"], summary="Symbols of a model", responses=error_responses(401, 404))
+def list_symbols(request: Request, name: str = NAME) -> dict[str, Any]:
+    states = sorted(_registry(request).get(name).view.groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
+    return {"model_name": name, "symbols": [{**s.snapshot.summary(), "stale": s.stale} for s in states]}
+
+
+@get("/api/models/{name:str}/factors", tags=["models"], summary="All factors used by a model (deduplicated, sorted)",
+     responses=error_responses(401, 404))
+def list_factors(request: Request, name: str = NAME) -> dict[str, Any]:
+    view = _registry(request).get(name).view
+    return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
+            "factor_count": len(view.factor_union), "factors": view.factor_union}
+
+
+@get("/api/models/{name:str}/symbols/{symbol:str}", tags=["models"], summary="One symbol: factors, IC, metadata, issues",
+     responses=error_responses(401, 404))
+def symbol_detail(request: Request, name: str = NAME, symbol: str = SYMBOL,
+                  group_key: str | None = Parameter(query="group_key", default=None, max_length=512,
+                                                     description="Pick the group when a symbol is in several")) -> dict[str, Any]:
+    state = _registry(request).group(name, symbol, group_key)
+    detail = state.snapshot.detail(name)
+    detail.update({"stale": state.stale, "served_updated_at": state.served.updated_at if state.served else None,
+                   "refresh": state.refresh_info()})
+    return detail
+
+
+@get("/api/models/{name:str}/model/{symbol:str}", tags=["models"], summary="The model payload a trading engine loads",
+     skip_compression=True, media_type="application/json", responses=error_responses(401, 404, 422),
+     description="XGBoost JSON model, metadata and the dimension→factor mapping. Strong ETag; "
+                 "`If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
+async def model_payload(request: Request, name: str = NAME, symbol: str = SYMBOL) -> Response[bytes]:
+    registry = _registry(request)
+    prepared = registry.payload(name, symbol)
+    headers = {"ETag": prepared.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+    inm = request.headers.get("if-none-match")
+    if inm and etag_matches(inm, prepared.etag):
+        return Response(b"", status_code=304, headers=headers)
+    if accepts_gzip(request.headers.get("accept-encoding")):
+        headers["Content-Encoding"] = "gzip"
+        return Response(prepared.gzip, media_type="application/json", headers=headers)
+    body = registry.raw_cached(prepared)
+    if body is None:
+        import anyio
+
+        body = await anyio.to_thread.run_sync(registry.raw, prepared)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+model_routes = [list_models, register_model, unregister_model, refresh_model, list_symbols, list_factors,
+                symbol_detail, model_payload]

@@ -1,0 +1,189 @@
+"""Keep registered models fresh while training jobs rewrite their files (SPEC §3).
+
+One watchfiles task covers every registered directory. Events are mapped to `(model, group_key)`
+and a group is re-parsed once its files have been quiet for the debounce time, so a burst of writes
+costs one parse. Only changed groups are re-read; parsing runs in the registry's worker threads.
+
+Each directory's parent is watched too (non-recursively), because with inotify a root that is deleted
+and recreated loses its watch: when a root appears, disappears or its identity changes (a symlink
+`current -> v3` flipped to v4), the whole model is re-read and the watch set rebuilt. Every
+`interval` seconds a tick also picks up registrations made by the CLI and re-checks the roots, which
+covers file systems that deliver no events at all.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from model_manager.artifacts import split_artifact_name
+
+log = logging.getLogger(__name__)
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "afs", "ceph", "glusterfs", "lustre"}
+
+
+def filesystem_type(path: str) -> str | None:
+    """The mount type of `path` from /proc/mounts (None where that cannot be read)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    real, best, fstype = os.path.realpath(path), "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3:
+            mount = parts[1].replace("\\040", " ")
+            if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, fstype = mount, parts[2]
+    return fstype
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)  # follows a symlinked root: a flipped link is a new identity
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return None
+
+
+class Watcher:
+    def __init__(self, registry, settings):
+        self.registry = registry
+        self.settings = settings
+        self.debounce = float(settings.watch_debounce)
+        self.interval = float(settings.watch_interval)
+        self._pending: dict[tuple[str, str], float] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+        self._rewatch = asyncio.Event()
+        self._identities: dict[str, tuple | None] = {}
+        self.parse_count = 0  # group refreshes done, for tests and diagnostics
+
+    async def start(self) -> None:
+        self._identities = {m.name: _identity(m.path) for m in list(self.registry.models.values())}
+        self._tasks = [asyncio.create_task(self._tick_loop(), name="mm-tick")]
+        if self.settings.watch_enabled:
+            self._tasks += [asyncio.create_task(self._watch_loop(), name="mm-watch"),
+                            asyncio.create_task(self._debounce_loop(), name="mm-debounce")]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._rewatch.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- periodic: registrations and roots ---------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                changed = await loop.run_in_executor(None, self.registry.sync_with_store)
+                changed |= await loop.run_in_executor(None, self.check_roots)
+                if changed:
+                    self._rewatch.set()
+            except Exception:  # keep watching whatever one tick hit
+                log.exception("watch tick failed")
+
+    def check_roots(self) -> bool:
+        """Re-read models whose root appeared, vanished or changed identity. True if any did."""
+        changed = False
+        for model in list(self.registry.models.values()):
+            ident = _identity(model.path)
+            if ident != self._identities.get(model.name) or (ident is None and not model.error) or (ident and model.error):
+                self._identities[model.name] = ident
+                log.info("model %s: directory %s %s, re-reading", model.name, model.path, "is back" if ident else "is gone")
+                self.registry.reload_model(model, None)
+                changed = True
+        for name in list(self._identities):
+            if name not in self.registry.models:
+                self._identities.pop(name)
+        return changed
+
+    # -- file events -------------------------------------------------------------------------------
+    def _targets(self) -> tuple[dict[str, str], list[str]]:
+        """{directory as events name it: model} and the paths to watch (roots and their parents)."""
+        dirs: dict[str, str] = {}
+        paths: set[str] = set()
+        for model in list(self.registry.models.values()):
+            for form in {model.path, os.path.realpath(model.path)}:
+                dirs[form] = model.name
+            if os.path.isdir(model.path):
+                paths.add(model.path)
+            parent = os.path.dirname(model.path.rstrip("/")) or "/"
+            if os.path.isdir(parent):
+                paths.add(parent)
+        return dirs, sorted(paths)
+
+    async def _watch_loop(self) -> None:
+        from watchfiles import awatch
+
+        while not self._stop.is_set():
+            self._rewatch.clear()
+            dirs, paths = self._targets()
+            if not paths:
+                await self._rewatch.wait()
+                continue
+            polling = self.settings.watch_polling or any(filesystem_type(p) in NETWORK_FS for p in paths)
+            try:
+                async for changes in awatch(*paths, watch_filter=None, recursive=False, debounce=50, step=25,
+                                            stop_event=self._rewatch, force_polling=polling,
+                                            poll_delay_ms=int(self.interval * 1000),
+                                            yield_on_timeout=False, ignore_permission_denied=True):
+                    self._on_changes(changes, dirs)
+            except FileNotFoundError:  # a root vanished between listing and watching
+                await asyncio.sleep(min(self.interval, 1.0))
+            except Exception:
+                log.exception("file watcher failed; restarting it")
+                await asyncio.sleep(min(self.interval, 1.0))
+
+    def _on_changes(self, changes, dirs: dict[str, str]) -> None:
+        now = time.monotonic()
+        for _change, path in changes:
+            if path.rstrip("/") in dirs:  # a root itself was added/deleted under its parent
+                self._rewatch.set()
+                model = dirs[path.rstrip("/")]
+                self._pending[(model, "*")] = now
+                continue
+            directory, name = os.path.split(path)
+            model = dirs.get(directory)
+            parts = split_artifact_name(name)
+            if model is not None and parts is not None:
+                self._pending[(model, parts[0])] = now
+
+    async def _debounce_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.05 if self._pending else 0.1)
+            now = time.monotonic()
+            due = [k for k, t in self._pending.items() if now - t >= self.debounce]
+            if not due:
+                continue
+            by_model: dict[str, set[str]] = {}
+            for key in due:
+                self._pending.pop(key, None)
+                by_model.setdefault(key[0], set()).add(key[1])
+            for name, keys in by_model.items():
+                try:
+                    if "*" in keys:
+                        model = self.registry.models.get(name)
+                        if model is not None:
+                            await loop.run_in_executor(None, self._full_reload, model)
+                    else:
+                        await loop.run_in_executor(None, self.registry.refresh_groups, name, keys)
+                        self.parse_count += len(keys)
+                except Exception:
+                    log.exception("refresh of %s failed", name)
+
+    def _full_reload(self, model) -> None:
+        self._identities[model.name] = _identity(model.path)
+        self.registry.reload_model(model, None)
+        self.parse_count += len(model.groups)
