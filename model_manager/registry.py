@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_manager.artifacts import (
-    DirectorySnapshot, GroupSnapshot, build_payload_bytes, check_directory, load_group, payload_key, scan_directory,
+    DirectorySnapshot, GroupSnapshot, build_payload_bytes, check_directory, file_signature, load_group, payload_key,
+    scan_directory,
 )
 from model_manager.conversion import ConversionCache, sha256
 from model_manager.errors import (
@@ -56,6 +57,7 @@ class GroupState:
     refreshed_at: str
     outcome: str          # "loaded" | "updated" | "failed" | "kept_previous"
     message: str = ""
+    generation: int = 1   # how many times this group has been parsed since the server started
 
     @property
     def stale(self) -> bool:
@@ -63,7 +65,8 @@ class GroupState:
 
     def refresh_info(self) -> dict:
         return {"group_key": self.snapshot.group_key, "symbol": self.snapshot.symbol, "status": self.snapshot.status,
-                "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message}
+                "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message,
+                "generation": self.generation}
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,7 @@ class Registry:
             model = LoadedModel(row.name, row.path, row.registered_at)
             model.install(self._states(model, snap, {}))
             self.models[name] = model
+        self._watch_set_changed()
         self.store.audit("register", client=client, detail=f"{name} -> {abspath} ({len(model.groups)} groups)")
         return model, True
 
@@ -250,7 +254,12 @@ class Registry:
             self.get(name)
             self.store.remove_model(name)
             self.models.pop(name, None)
+        self._watch_set_changed()
         self.store.audit("unregister", client=client, detail=name)
+
+    def _watch_set_changed(self) -> None:
+        if self.watcher is not None:
+            self.watcher.models_changed()
 
     def get(self, name: str) -> LoadedModel:
         model = self.models.get(name)
@@ -270,6 +279,22 @@ class Registry:
         model = self.models.get(name)
         if model is not None:
             self.reload_model(model, keys)
+
+    def changed_groups(self, name: str) -> set[str]:
+        """Groups whose files differ from what was last parsed (by size, mtime and inode), plus
+        added and removed ones: a stat-only check the watcher runs to catch events it missed."""
+        model = self.models.get(name)
+        if model is None or model.error:
+            return set()
+        try:
+            root = check_directory(model.path)
+            scanned, _ = scan_directory(root)
+        except PathError:
+            return set()
+        groups = model.groups
+        changed = {k for k in groups if k not in scanned}
+        changed |= {k for k, files in scanned.items() if k not in groups or file_signature(root, files) != groups[k].snapshot.signature}
+        return changed
 
     def reload_model(self, model: LoadedModel, only: set[str] | None, *, raise_duplicates: bool = False,
                 client: str | None = None) -> None:
@@ -307,15 +332,18 @@ class Registry:
         for key, group in snap.groups.items():
             payload, failure = futures[key].result()
             old = previous.get(key)
+            generation = old.generation + 1 if old else 1
             if payload is not None:
                 outcome = "updated" if old else "loaded"
-                out[key] = GroupState(group, group, payload, stamp, outcome)
+                out[key] = GroupState(group, group, payload, stamp, outcome, generation=generation)
             elif old is not None and old.payload is not None and old.served is not None:
                 msg = failure or "; ".join(i.message for i in group.errors)
                 out[key] = GroupState(group, old.served, old.payload, stamp, "kept_previous",
-                                      f"new files rejected, still serving the version of {old.served.updated_at}: {msg}")
+                                      f"new files rejected, still serving the version of {old.served.updated_at}: {msg}",
+                                      generation)
             else:
-                out[key] = GroupState(group, None, None, stamp, "failed", failure or "; ".join(i.message for i in group.errors))
+                out[key] = GroupState(group, None, None, stamp, "failed",
+                                      failure or "; ".join(i.message for i in group.errors), generation)
         return out
 
     def _prepare(self, model_name: str, group: GroupSnapshot) -> tuple[PreparedPayload | None, str | None]:

@@ -63,6 +63,7 @@ class Watcher:
         self.parse_count = 0  # group refreshes done, for tests and diagnostics
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._identities = {m.name: _identity(m.path) for m in list(self.registry.models.values())}
         self._tasks = [asyncio.create_task(self._tick_loop(), name="mm-tick")]
         if self.settings.watch_enabled:
@@ -90,6 +91,8 @@ class Watcher:
                 changed |= await loop.run_in_executor(None, self.check_roots)
                 if changed:
                     self._rewatch.set()
+                if self.settings.watch_enabled:
+                    await self._catch_up()
             except Exception:  # keep watching whatever one tick hit
                 log.exception("watch tick failed")
 
@@ -98,6 +101,10 @@ class Watcher:
         changed = False
         for model in list(self.registry.models.values()):
             ident = _identity(model.path)
+            if model.name not in self._identities:  # just registered (and just loaded)
+                self._identities[model.name] = ident
+                changed = True
+                continue
             if ident != self._identities.get(model.name) or (ident is None and not model.error) or (ident and model.error):
                 self._identities[model.name] = ident
                 log.info("model %s: directory %s %s, re-reading", model.name, model.path, "is back" if ident else "is gone")
@@ -107,6 +114,21 @@ class Watcher:
             if name not in self.registry.models:
                 self._identities.pop(name)
         return changed
+
+    def models_changed(self) -> None:
+        """Called (from any thread) after a registration or removal: rebuild the watch set now."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._rewatch.set)
+
+    async def _catch_up(self) -> None:
+        """Queue groups whose files changed without an event reaching us (a restart of the watch,
+        a file system that drops events). Stat-only: cheap even for large directories."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        for name in list(self.registry.models):
+            for key in await loop.run_in_executor(None, self.registry.changed_groups, name):
+                self._pending.setdefault((name, key), now)
 
     # -- file events -------------------------------------------------------------------------------
     def _targets(self) -> tuple[dict[str, str], list[str]]:
@@ -133,6 +155,8 @@ class Watcher:
                 await self._rewatch.wait()
                 continue
             polling = self.settings.watch_polling or any(filesystem_type(p) in NETWORK_FS for p in paths)
+            # changes made while the watch was being (re)built have no event: look for them once it runs
+            asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(self._catch_up()))
             try:
                 async for changes in awatch(*paths, watch_filter=None, recursive=False, debounce=50, step=25,
                                             stop_event=self._rewatch, force_polling=polling,

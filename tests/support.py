@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "model_manager"]
 
@@ -30,8 +32,9 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
 
 
 def http(method: str, url: str, *, token: str | None = None, body: dict | None = None,
-         headers: dict | None = None, timeout: float = 30) -> tuple[int, dict, bytes]:
-    """A tiny HTTP client on urllib: returns (status, headers, raw body) without raising on 4xx/5xx."""
+         headers: dict | None = None, timeout: float = 30) -> tuple[int, "httpx.Headers", bytes]:
+    """A tiny HTTP client on urllib: returns (status, headers (case-insensitive), raw body) without
+    raising on 4xx/5xx. The body is returned as sent (no gzip decoding)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -42,9 +45,9 @@ def http(method: str, url: str, *, token: str | None = None, body: dict | None =
         req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers.items()), resp.read()
+            return resp.status, httpx.Headers(list(resp.headers.items())), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
+        return exc.code, httpx.Headers(list(exc.headers.items())), exc.read()
 
 
 class ServerProcess:

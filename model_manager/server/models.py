@@ -6,16 +6,17 @@ payload route is a dict lookup that returns prebuilt bytes (gzip or plain) with 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, post
-from litestar.params import Parameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from model_manager.registry import Registry
 from model_manager.server import error_responses
 
-NAME = Parameter(description="Registered model name", max_length=64)
-SYMBOL = Parameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)
+Name = Annotated[str, PathParameter(description="Registered model name", max_length=64)]
+Symbol = Annotated[str, PathParameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)]
+GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
 
 
 @dataclass
@@ -57,32 +58,32 @@ def list_models(request: Request) -> dict[str, Any]:
 
 @post("/api/models", tags=["models"], summary="Register a model directory", sync_to_thread=True,
       status_code=201, responses=error_responses(400, 401, 409))
-def register_model(request: Request, data: RegisterBody) -> Response[dict[str, Any]]:
+def register_model(request: Request, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
     model, created = _registry(request).register(data.name, data.path, client=_client(request))
     return Response(model.to_dict(), status_code=201 if created else 200)
 
 
 @delete("/api/models/{name:str}", tags=["models"], summary="Unregister a model", sync_to_thread=True,
         responses=error_responses(401, 404))
-def unregister_model(request: Request, name: str = NAME) -> None:
+def unregister_model(request: Request, name: Name) -> None:
     _registry(request).unregister(name, client=_client(request))
 
 
 @post("/api/models/{name:str}/refresh", tags=["models"], summary="Re-read a model directory now",
       sync_to_thread=True, status_code=200, responses=error_responses(400, 401, 404))
-def refresh_model(request: Request, name: str = NAME) -> dict[str, Any]:
+def refresh_model(request: Request, name: Name) -> dict[str, Any]:
     return _registry(request).refresh(name, client=_client(request)).to_dict()
 
 
 @get("/api/models/{name:str}/symbols", tags=["models"], summary="Symbols of a model", responses=error_responses(401, 404))
-def list_symbols(request: Request, name: str = NAME) -> dict[str, Any]:
+def list_symbols(request: Request, name: Name) -> dict[str, Any]:
     states = sorted(_registry(request).get(name).view.groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
     return {"model_name": name, "symbols": [{**s.snapshot.summary(), "stale": s.stale} for s in states]}
 
 
 @get("/api/models/{name:str}/factors", tags=["models"], summary="All factors used by a model (deduplicated, sorted)",
      responses=error_responses(401, 404))
-def list_factors(request: Request, name: str = NAME) -> dict[str, Any]:
+def list_factors(request: Request, name: Name) -> dict[str, Any]:
     view = _registry(request).get(name).view
     return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
             "factor_count": len(view.factor_union), "factors": view.factor_union}
@@ -90,9 +91,8 @@ def list_factors(request: Request, name: str = NAME) -> dict[str, Any]:
 
 @get("/api/models/{name:str}/symbols/{symbol:str}", tags=["models"], summary="One symbol: factors, IC, metadata, issues",
      responses=error_responses(401, 404))
-def symbol_detail(request: Request, name: str = NAME, symbol: str = SYMBOL,
-                  group_key: str | None = Parameter(query="group_key", default=None, max_length=512,
-                                                     description="Pick the group when a symbol is in several")) -> dict[str, Any]:
+def symbol_detail(request: Request, name: Name, symbol: Symbol,
+                  group_key: GroupKey = None) -> dict[str, Any]:
     state = _registry(request).group(name, symbol, group_key)
     detail = state.snapshot.detail(name)
     detail.update({"stale": state.stale, "served_updated_at": state.served.updated_at if state.served else None,
@@ -104,7 +104,7 @@ def symbol_detail(request: Request, name: str = NAME, symbol: str = SYMBOL,
      skip_compression=True, media_type="application/json", responses=error_responses(401, 404, 422),
      description="XGBoost JSON model, metadata and the dimension→factor mapping. Strong ETag; "
                  "`If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
-async def model_payload(request: Request, name: str = NAME, symbol: str = SYMBOL) -> Response[bytes]:
+async def model_payload(request: Request, name: Name, symbol: Symbol) -> Response[bytes]:
     registry = _registry(request)
     prepared = registry.payload(name, symbol)
     headers = {"ETag": prepared.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}

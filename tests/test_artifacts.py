@@ -1,0 +1,278 @@
+"""The artifact module: scanning, tolerant parsing, safe loading, validation, payloads."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from model_manager.artifacts import (
+    build_payload_bytes, dim_factors, load_directory, load_group, parse_factors, parse_ic, payload_head,
+    scan_directory, split_artifact_name,
+)
+from model_manager.conversion import ConversionCache
+from model_manager.errors import ArtifactError, PathError
+from model_manager.jsonsafe import json_safe
+
+from .conftest import FACTORS, N_FEATURES, write_group
+
+
+def codes(group) -> set[str]:
+    return {i.code for i in group.issues}
+
+
+def test_scan_groups_files_and_ignores_the_rest(model_dir):
+    (model_dir / "README.md").write_text("notes")
+    (model_dir / ".SOLUSDT_mid_chg_1m_model.json.tmp").write_text("{")
+    (model_dir / "._SOLUSDT_mid_chg_1m_factors.txt").write_text("x")
+    groups, ignored = scan_directory(model_dir)
+    assert set(groups) == {"SOLUSDT_mid_chg_1m", "BTCUSDT_mid_chg_1m", "ETHUSDT_mid_chg_5m"}
+    assert groups["SOLUSDT_mid_chg_1m"] == {
+        "factors.txt": "SOLUSDT_mid_chg_1m_factors.txt", "ic.csv": "SOLUSDT_mid_chg_1m_ic.csv",
+        "info.pkl": "SOLUSDT_mid_chg_1m_info.pkl", "model.pkl": "SOLUSDT_mid_chg_1m_model.pkl"}
+    assert ignored == []
+    assert split_artifact_name("_factors.txt") is None
+
+
+def test_every_model_kind_loads_and_validates(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "AAAUSDT_ret", model=models["regressor"])
+    write_group(d, "BBBUSDT_ret", model=models["classifier"])
+    write_group(d, "CCCUSDT_ret", model=models["booster"])
+    write_group(d, "DDDUSDT_ret", model=models["named"])
+    write_group(d, "EEEUSDT_ret", model_json=bytes(models["booster"].save_raw(raw_format="json")))
+    snap = load_directory(d)
+    for key, group in snap.groups.items():
+        assert group.status == "ok", (key, group.issues)
+        assert group.dim == N_FEATURES
+        restored = xgb.Booster()
+        restored.load_model(bytearray(group.model_json))
+        assert restored.num_features() == N_FEATURES
+    assert snap.groups["EEEUSDT_ret"].model_source == "json"
+    assert snap.groups["AAAUSDT_ret"].model_source == "pkl"
+
+
+def test_json_wins_over_pkl(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"], model_json=bytes(models["booster"].save_raw(raw_format="json")))
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.model_source == "json"
+    assert g.model_json == (d / "SOLUSDT_x_model.json").read_bytes()
+
+
+def test_symbol_split_and_info_override(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOL_USDT_mid_chg_1m", model=models["regressor"], info={"symbol": "SOL_USDT", "return_name": "mid_chg_1m"})
+    write_group(d, "BTCUSDT_mid_chg_1m", model=models["regressor"], info={"symbol": "ETHUSDT", "return_name": "other"})
+    snap = load_directory(d)
+    g = snap.groups["SOL_USDT_mid_chg_1m"]
+    assert (g.symbol, g.return_name) == ("SOL_USDT", "mid_chg_1m")
+    inconsistent = snap.groups["BTCUSDT_mid_chg_1m"]
+    assert (inconsistent.symbol, inconsistent.return_name) == ("BTCUSDT", "mid_chg_1m")
+    assert "info_name_mismatch" in codes(inconsistent) and inconsistent.status == "warning"
+
+
+def test_messy_factor_files_are_tolerated():
+    data = "\ufeff  ofi_1m \r\n\r\nspread_bps\r\n   \n\tdepth_imb_5\t\n".encode()
+    assert parse_factors(data) == ["ofi_1m", "spread_bps", "depth_imb_5"]
+    with pytest.raises(ArtifactError, match="UTF-8"):
+        parse_factors(b"ofi\xff\xfe\n")
+    with pytest.raises(ArtifactError, match="no factors"):
+        parse_factors(b"\n \r\n")
+
+
+@pytest.mark.parametrize("csv_text", [
+    "factor,IC,Rank_IC,Kendall_Tau\nofi_1m,0.1,0.2,0.05\nspread_bps,nan,,-0.02\n",
+    '\ufeff"factor_name","ic","kendall_tau","rank_ic"\r\n"ofi_1m","0.1","0.05","0.2"\r\n\r\n"spread_bps","NaN","-0.02",""\r\n',
+    ",ic,rank_ic,kendall_tau\nofi_1m,0.1,0.2,0.05\nspread_bps,,,-0.02\n",
+    "Name, ic , rank_ic, KENDALL_TAU\n ofi_1m , 0.1, 0.2, 0.05\nspread_bps, inf, null, -0.02\n",
+])
+def test_messy_ic_tables_are_tolerated(csv_text):
+    ic, _notes = parse_ic(csv_text.encode("utf-8"))
+    assert ic["columns"][0] == "factor"
+    assert set(ic["columns"][1:]) == {"ic", "rank_ic", "kendall_tau"}
+    rows = {r[0]: dict(zip(ic["columns"], r)) for r in ic["rows"]}
+    assert rows["ofi_1m"]["ic"] == 0.1 and rows["ofi_1m"]["kendall_tau"] == 0.05
+    assert rows["spread_bps"]["ic"] is None and rows["spread_bps"]["kendall_tau"] == -0.02
+
+
+def test_ic_without_factor_column_is_an_error_naming_the_file(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"], ic="a,b\n1,2\n")
+    g = load_directory(d).groups["SOLUSDT_x"]
+    issue = next(i for i in g.issues if i.code == "ic_no_factor_column")
+    assert issue.severity == "error" and issue.file == "SOLUSDT_x_ic.csv"
+
+
+def test_missing_model_is_listed_with_an_error(tmp_path):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x")
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.status == "error" and "missing_model" in codes(g)
+    assert g.dim == N_FEATURES and g.model_source is None
+
+
+def test_truncated_and_garbage_models_are_errors(tmp_path, models):
+    d = tmp_path / "m"
+    blob = pickle.dumps(models["regressor"])
+    write_group(d, "AAA_x")
+    (d / "AAA_x_model.pkl").write_bytes(blob[: len(blob) // 2])
+    js = bytes(models["booster"].save_raw(raw_format="json"))
+    write_group(d, "BBB_x", model_json=js[: len(js) // 2])
+    write_group(d, "CCC_x", model_json=b"\x00\x01garbage")
+    snap = load_directory(d)
+    for key in ("AAA_x", "BBB_x", "CCC_x"):
+        g = snap.groups[key]
+        assert g.status == "error", key
+        assert any(i.severity == "error" and i.file and i.file.endswith(("_model.pkl", "_model.json")) for i in g.issues), g.issues
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, models):
+    d = tmp_path / "m"
+    sentinel = tmp_path / "pwned"
+    write_group(d, "AAA_x", model=models["regressor"])
+    (d / "AAA_x_info.pkl").write_bytes(pickle.dumps({"x": _Evil(sentinel)}))
+    write_group(d, "BBB_x")
+    (d / "BBB_x_model.pkl").write_bytes(pickle.dumps(_Evil(sentinel)))
+    snap = load_directory(d)
+    assert not sentinel.exists()
+    for key, file in (("AAA_x", "AAA_x_info.pkl"), ("BBB_x", "BBB_x_model.pkl")):
+        issue = next(i for i in snap.groups[key].issues if i.code == "unsafe_pickle")
+        assert issue.file == file and "system" in issue.message
+
+
+def test_dimension_and_name_mismatches_are_errors(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "DIM_x", model=models["regressor"], factors=FACTORS[:4])
+    write_group(d, "NAMES_x", model=models["named"], factors=list(reversed(FACTORS)))
+    write_group(d, "INFO_x", model=models["regressor"], info={"dim": 7})
+    snap = load_directory(d)
+    assert "dim_mismatch" in codes(snap.groups["DIM_x"])
+    assert "feature_names_mismatch" in codes(snap.groups["NAMES_x"])
+    assert "info_dim_mismatch" in codes(snap.groups["INFO_x"])
+    assert all(g.status == "error" for g in snap.groups.values())
+
+
+def test_duplicate_symbols_are_detected(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    write_group(d, "SOLUSDT_mid_chg_5m", model=models["regressor"])
+    assert load_directory(d).duplicate_symbols() == {"SOLUSDT": ["SOLUSDT_mid_chg_1m", "SOLUSDT_mid_chg_5m"]}
+
+
+def test_old_version_warning_becomes_a_warning_issue(tmp_path, models, monkeypatch):
+    import xgboost.core
+
+    original = xgboost.core.Booster.__setstate__
+
+    def setstate_with_warning(self, state):
+        import warnings
+        warnings.warn("If you are loading a serialized model (like pickle in Python) generated by an older version of XGBoost, "
+                      "please export the model by calling `Booster.save_model`", UserWarning)
+        return original(self, state)
+
+    monkeypatch.setattr(xgboost.core.Booster, "__setstate__", setstate_with_warning)
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["booster"])
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.status == "warning"
+    assert [i.code for i in g.issues] == ["old_version"]
+
+
+def test_payload_structure(model_dir):
+    g = load_directory(model_dir).groups["SOLUSDT_mid_chg_1m"]
+    body = json.loads(build_payload_bytes("prod", g, g.model_json))
+    assert body["model_name"] == "prod" and body["symbol"] == "SOLUSDT" and body["return_name"] == "mid_chg_1m"
+    meta = body["payload"]["metadata"]
+    assert meta["dim"] == N_FEATURES and meta["model_source"] == "pkl" and meta["n_samples"] == 80
+    assert meta["train_start"] == "2026-10-01T00:00:00+00:00"
+    assert len(meta["model_sha256"]) == 64
+    assert [f["factor_name"] for f in body["payload"]["dim_factors"]] == FACTORS
+    assert body["payload"]["dim_factors"][1] == {"dim": 1, "factor_name": "spread_bps", "kendall_tau": 0.025}
+    booster = xgb.Booster()
+    booster.load_model(bytearray(body["payload"]["model_json"].encode()))
+    assert booster.num_features() == len(body["payload"]["dim_factors"])
+
+
+def test_dim_factors_without_ic_have_null_tau(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"], ic="")
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.ic is None and all(f["kendall_tau"] is None for f in dim_factors(g))
+    assert payload_head("m", g)["payload"]["metadata"]["group_key"] == "SOLUSDT_x"
+
+
+def test_conversion_cache_skips_reconversion_and_survives_corruption(tmp_path, model_dir):
+    cache = ConversionCache(tmp_path / "cache")
+    files, _ = scan_directory(model_dir)
+    first = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
+    second = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
+    assert second.model_json is None  # came from the cache: nothing unpickled
+    assert second.model_sha256 == first.model_sha256
+    assert cache.model_json(first.model_sha256) == first.model_json
+    # a damaged cache entry is a miss, not a wrong answer
+    (tmp_path / "cache" / "json" / f"{first.model_sha256}.json").write_bytes(b"{}")
+    assert cache.model_json(first.model_sha256) is None
+    third = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
+    assert third.model_json == first.model_json
+
+
+def test_bad_directories_raise_path_errors(tmp_path):
+    with pytest.raises(PathError, match="does not exist"):
+        load_directory(tmp_path / "nope")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(PathError, match="not a directory"):
+        load_directory(tmp_path / "f")
+
+
+def test_json_safe_never_raises():
+    class Weird:
+        def __str__(self):
+            raise RuntimeError("no")
+
+    loop: list = []
+    loop.append(loop)
+    value = {
+        "i": np.int64(3), "f": np.float32(0.5), "nan": float("nan"), "inf": np.float64("inf"), "b": np.bool_(True),
+        "ts": pd.Timestamp("2026-01-02 03:04:05", tz="UTC"), "naive": dt.datetime(2026, 1, 2), "d": dt.date(2026, 1, 2),
+        "nat": pd.NaT, "td": pd.Timedelta(days=30), "arr": np.arange(3), "ser": pd.Series([1.0, np.nan], index=["a", "b"]),
+        "df": pd.DataFrame({"x": [1, 2]}), "set": {3, 1}, "tuple": (1, "a"), 5: "int key", "weird": Weird(),
+        "loop": loop, "bytes": b"\xff\x00", "dt64": np.datetime64("2026-01-02"),
+    }
+    out = json_safe(value)
+    json.dumps(out, allow_nan=False)
+    assert out["i"] == 3 and out["f"] == 0.5 and out["nan"] is None and out["inf"] is None and out["b"] is True
+    assert out["ts"] == "2026-01-02T03:04:05+00:00" and out["nat"] is None
+    assert out["ser"] == {"a": 1.0, "b": None} and out["arr"] == [0, 1, 2] and out["set"] == [1, 3]
+    assert out["df"] == {"columns": ["x"], "index": [0, 1], "data": [[1], [2]]}
+    assert out["5"] == "int key" and out["weird"] == "<unprintable Weird>" and out["loop"] == ["<cycle>"]
+
+
+def test_core_imports_no_cli_or_web_framework():
+    code = ("import sys, model_manager.artifacts, model_manager.registry, model_manager.watcher, model_manager.store, "
+            "model_manager.conversion, model_manager.safepickle, model_manager.settings, model_manager.demo; "
+            "print(sorted(m for m in ('typer', 'rich', 'litestar') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_server_never_imports_commands():
+    code = ("import sys, model_manager.server.app; "
+            "print(sorted(m for m in sys.modules if m.startswith('model_manager.commands')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

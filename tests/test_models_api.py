@@ -1,0 +1,210 @@
+"""The /api/models endpoints through the real app (TestClient), with real artifacts."""
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from litestar.testing import TestClient
+
+from model_manager.server.app import create_app
+from model_manager.settings import Settings
+from model_manager.store import Store
+
+from .conftest import FACTORS, write_group
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(data_dir=tmp_path / "data", watch_enabled=False, watch_interval=0.5)
+
+
+@pytest.fixture
+def api(settings):
+    Store(settings.db_path).init_password(PASSWORD)
+    with TestClient(create_app(settings)) as client:
+        token = client.post("/api/auth/login", json={"password": PASSWORD}).json()["token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client
+
+
+def register(api, name, path, expect=201):
+    r = api.post("/api/models", json={"name": name, "path": str(path)})
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def test_model_endpoints_need_a_token(settings, model_dir):
+    with TestClient(create_app(settings)) as client:
+        for method, path in [("GET", "/api/models"), ("POST", "/api/models"), ("DELETE", "/api/models/x"),
+                             ("POST", "/api/models/x/refresh"), ("GET", "/api/models/x/symbols"),
+                             ("GET", "/api/models/x/factors"), ("GET", "/api/models/x/symbols/SOLUSDT"),
+                             ("GET", "/api/models/x/model/SOLUSDT")]:
+            r = client.request(method, path, headers={"Authorization": "Bearer nope"})
+            assert r.status_code == 401, (method, path)
+            assert set(r.json()) >= {"status_code", "detail"}
+        assert client.get("/api/models").status_code == 401
+
+
+def test_register_list_and_unregister(api, model_dir, tmp_path):
+    assert api.get("/api/models").json() == {"models": []}
+    model = register(api, "prod", model_dir)
+    assert {k: model[k] for k in ("name", "path", "group_count", "symbol_count", "status", "error")} == {
+        "name": "prod", "path": str(model_dir), "group_count": 3, "symbol_count": 3, "status": "ok", "error": None}
+    assert model["registered_at"] and model["refreshed_at"]
+    assert register(api, "prod", model_dir, expect=200)["name"] == "prod"
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    r = api.post("/api/models", json={"name": "prod", "path": str(other)})
+    assert r.status_code == 409 and "already registered" in r.json()["detail"]
+    listed = api.get("/api/models").json()["models"]
+    assert [m["name"] for m in listed] == ["prod"]
+    assert {g["group_key"] for g in listed[0]["groups"]} == {"SOLUSDT_mid_chg_1m", "BTCUSDT_mid_chg_1m", "ETHUSDT_mid_chg_5m"}
+    assert api.delete("/api/models/prod").status_code == 204
+    assert api.delete("/api/models/prod").status_code == 404
+    assert api.get("/api/models").json() == {"models": []}
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"name": "bad name!", "path": "/tmp"}, "model name"),
+    ({"name": "../x", "path": "/tmp"}, "model name"),
+    ({"name": "ok", "path": "/definitely/not/here"}, "does not exist"),
+    ({"name": "ok", "path": ""}, "path is empty"),
+    ({"name": "ok"}, ""),
+    ({"name": 5, "path": "/tmp"}, ""),
+])
+def test_register_rejects_bad_input(api, body, needle):
+    r = api.post("/api/models", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_register_rejects_empty_dirs_and_duplicate_symbols(api, tmp_path, models):
+    (tmp_path / "empty").mkdir()
+    r = api.post("/api/models", json={"name": "e", "path": str(tmp_path / "empty")})
+    assert r.status_code == 400 and "no model groups" in r.json()["detail"]
+    d = tmp_path / "dupes"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    write_group(d, "SOLUSDT_mid_chg_5m", model=models["regressor"])
+    r = api.post("/api/models", json={"name": "d", "path": str(d)})
+    assert r.status_code == 400
+    assert "SOLUSDT" in r.json()["detail"] and "SOLUSDT_mid_chg_1m" in r.json()["detail"] and "SOLUSDT_mid_chg_5m" in r.json()["detail"]
+
+
+def test_symbols_factors_and_detail(api, model_dir):
+    register(api, "prod", model_dir)
+    symbols = api.get("/api/models/prod/symbols").json()
+    assert symbols["model_name"] == "prod"
+    assert [s["symbol"] for s in symbols["symbols"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    eth = symbols["symbols"][1]
+    assert eth == {**eth, "group_key": "ETHUSDT_mid_chg_5m", "return_name": "mid_chg_5m", "dim": 5,
+                   "factor_count": 5, "model_source": "json", "status": "ok", "issues": []}
+    factors = api.get("/api/models/prod/factors").json()
+    assert factors == {**factors, "model_name": "prod", "symbol_count": 3, "group_count": 3, "factor_count": 5,
+                       "factors": sorted(FACTORS)}
+    detail = api.get("/api/models/prod/symbols/SOLUSDT").json()
+    assert detail["factors"] == FACTORS and detail["dim"] == 5 and detail["status"] == "ok"
+    assert detail["info"]["train_start"] == "2026-10-01T00:00:00+00:00"
+    assert detail["ic"]["columns"] == ["factor", "ic", "rank_ic", "kendall_tau"]
+    assert detail["files"]["model.pkl"] == "SOLUSDT_mid_chg_1m_model.pkl"
+    assert api.get("/api/models/prod/symbols/SOLUSDT", params={"group_key": "SOLUSDT_mid_chg_1m"}).status_code == 200
+    assert api.get("/api/models/prod/symbols/SOLUSDT", params={"group_key": "BTCUSDT_mid_chg_1m"}).status_code == 404
+    assert api.get("/api/models/prod/symbols/NOPE").status_code == 404
+    for path in ("/api/models/nope/symbols", "/api/models/nope/factors", "/api/models/nope/symbols/SOLUSDT",
+                 "/api/models/nope/model/SOLUSDT"):
+        r = api.get(path)
+        assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+
+def test_payload_gzip_identity_etag_and_predictions(api, model_dir, models):
+    register(api, "prod", model_dir)
+    r = api.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    assert "accept-encoding" in r.headers["vary"].lower()
+    body = r.json()
+    etag = r.headers["etag"]
+    plain = api.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.headers["etag"] == etag
+    assert plain.content == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    assert api.get("/api/models/prod/model/SOLUSDT", headers={"If-None-Match": etag}).status_code == 304
+    assert api.get("/api/models/prod/model/SOLUSDT", headers={"If-None-Match": '"other"'}).status_code == 200
+
+    assert body["model_name"] == "prod" and body["group_key"] == "SOLUSDT_mid_chg_1m"
+    payload = body["payload"]
+    assert [d["factor_name"] for d in payload["dim_factors"]] == FACTORS
+    assert [d["dim"] for d in payload["dim_factors"]] == list(range(5))
+    assert payload["metadata"]["model_source"] == "pkl" and payload["metadata"]["dim"] == 5
+    booster = xgb.Booster()
+    booster.load_model(bytearray(payload["model_json"].encode()))
+    x = xgb.DMatrix(np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32))
+    assert booster.predict(x).tobytes() == models["regressor"].get_booster().predict(x).tobytes()
+
+
+def test_payload_of_a_broken_group_is_422(api, tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"], factors=["a", "b"])
+    write_group(d, "BTCUSDT_x", model=models["regressor"])
+    register(api, "m", d)
+    r = api.get("/api/models/m/model/SOLUSDT")
+    assert r.status_code == 422 and "dim_mismatch" in r.json()["detail"]
+    assert api.get("/api/models/m/model/BTCUSDT").status_code == 200
+
+
+def test_refresh_keeps_serving_on_duplicate_symbols_and_broken_files(api, model_dir, models):
+    register(api, "prod", model_dir)
+    before = api.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "identity"})
+    write_group(model_dir, "SOLUSDT_mid_chg_5m", model=models["regressor"])
+    r = api.post("/api/models/prod/refresh")
+    assert r.status_code == 400 and "SOLUSDT_mid_chg_5m" in r.json()["detail"]
+    assert api.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "identity"}).content == before.content
+    assert "refused" in api.get("/api/models").json()["models"][0]["error"]
+    for f in model_dir.glob("SOLUSDT_mid_chg_5m_*"):
+        f.unlink()
+    # a truncated model: the last good payload stays in service, the group shows the issue
+    pkl = model_dir / "SOLUSDT_mid_chg_1m_model.pkl"
+    pkl.write_bytes(pkl.read_bytes()[:100])
+    refreshed = api.post("/api/models/prod/refresh")
+    assert refreshed.status_code == 200 and refreshed.json()["error"] is None
+    assert api.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "identity"}).content == before.content
+    detail = api.get("/api/models/prod/symbols/SOLUSDT").json()
+    assert detail["stale"] is True and detail["status"] == "error"
+    group = next(g for g in refreshed.json()["groups"] if g["group_key"] == "SOLUSDT_mid_chg_1m")
+    assert group["outcome"] == "kept_previous" and group["stale"] is True
+    # the fixed file is picked up
+    pkl.write_bytes(pickle.dumps(models["named"]))
+    api.post("/api/models/prod/refresh")
+    after = api.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "identity"})
+    assert after.headers["etag"] != before.headers["etag"]
+    assert api.get("/api/models/prod/symbols/SOLUSDT").json()["stale"] is False
+    assert api.post("/api/models/nope/refresh").status_code == 404
+
+
+def test_large_json_responses_are_gzipped(api, demo_dir):
+    register(api, "demo", demo_dir)
+    r = api.get("/api/models/demo/symbols/SOLUSDT", headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers.get("content-encoding") == "gzip"
+    r = api.get("/api/models/demo/symbols/SOLUSDT", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in r.headers
+
+
+def test_restart_keeps_registry_and_uses_the_cache(settings, model_dir):
+    Store(settings.db_path).init_password(PASSWORD)
+    with TestClient(create_app(settings)) as client:
+        token = client.post("/api/auth/login", json={"password": PASSWORD}).json()["token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        register(client, "prod", model_dir)
+        first = client.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "gzip"})
+    payloads = list((settings.cache_dir / "payloads").glob("*.gz"))
+    assert len(payloads) == 3
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        assert [m["name"] for m in client.get("/api/models").json()["models"]] == ["prod"]
+        second = client.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "gzip"})
+        assert second.headers["etag"] == first.headers["etag"] and second.content == first.content
+    assert gzip.decompress(payloads[0].read_bytes())

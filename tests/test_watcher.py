@@ -1,0 +1,204 @@
+"""The watcher against a real `model-manager serve` process and real files (SPEC §3)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import time
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from model_manager.files import atomic_write
+
+from .conftest import FACTORS, write_group
+from .support import ServerProcess, run_cli
+
+DEBOUNCE = 0.5
+INTERVAL = 1.0
+DEADLINE = INTERVAL + DEBOUNCE + 2  # the longest any test waits for one change
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("watch-data")
+    with ServerProcess(data, extra_args=("--watch-debounce", str(DEBOUNCE), "--watch-interval", str(INTERVAL))) as srv:
+        srv.token = srv.login()
+        yield srv
+
+
+def register(server, name, path):
+    status, _, body = server.post("/api/models", {"name": name, "path": str(path)}, token=server.token)
+    assert status == 201, body
+
+
+def payload(server, name, symbol, **headers):
+    return server.get(f"/api/models/{name}/model/{symbol}", token=server.token, headers={"Accept-Encoding": "identity", **headers})
+
+
+def model_info(server, name):
+    status, _, body = server.get("/api/models", token=server.token)
+    assert status == 200
+    return next((m for m in json.loads(body)["models"] if m["name"] == name), None)
+
+
+def wait_for(predicate, timeout=DEADLINE, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout:.1f}s")
+
+
+def retrained(models, seed):
+    """A model as the next training run would leave it: same factors, other trees."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(60, len(FACTORS))).astype("float32")
+    return xgb.XGBRegressor(n_estimators=4, max_depth=2, n_jobs=1, random_state=seed).fit(data, rng.normal(size=60))
+
+
+def test_atomic_replace_serves_the_new_model(server, tmp_path, models):
+    d = tmp_path / "m1"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    register(server, "w-atomic", d)
+    _, headers, _ = payload(server, "w-atomic", "SOLUSDT")
+    old_etag = headers["ETag"]
+    start = time.monotonic()
+    atomic_write(d / "SOLUSDT_mid_chg_1m_model.pkl", pickle.dumps(retrained(models, 7)))
+    wait_for(lambda: payload(server, "w-atomic", "SOLUSDT")[1]["ETag"] != old_etag, DEBOUNCE + 1, "new ETag")
+    assert time.monotonic() - start <= DEBOUNCE + 1
+
+
+def test_half_written_json_keeps_the_last_good_payload(server, tmp_path, models):
+    d = tmp_path / "m2"
+    good = bytes(models["booster"].save_raw(raw_format="json"))
+    write_group(d, "ETHUSDT_mid_chg_5m", model_json=good)
+    register(server, "w-trunc", d)
+    status, headers, before = payload(server, "w-trunc", "ETHUSDT")
+    assert status == 200
+    new = bytes(retrained(models, 3).get_booster().save_raw(raw_format="json"))
+    target = d / "ETHUSDT_mid_chg_5m_model.json"
+    with open(target, "wb") as fh:  # a writer that is half-way through
+        fh.write(new[: len(new) // 2])
+        fh.flush()
+        wait_for(lambda: next(g for g in model_info(server, "w-trunc")["groups"])["outcome"] == "kept_previous",
+                 what="broken file noticed")
+        status, _, during = payload(server, "w-trunc", "ETHUSDT")
+        assert status == 200 and during == before  # byte-identical old payload
+        detail = json.loads(server.get("/api/models/w-trunc/symbols/ETHUSDT", token=server.token)[2])
+        assert detail["stale"] is True and detail["status"] == "error"
+        assert any(i["file"] == "ETHUSDT_mid_chg_5m_model.json" for i in detail["issues"])
+        fh.write(new[len(new) // 2:])
+    wait_for(lambda: payload(server, "w-trunc", "ETHUSDT")[1]["ETag"] != headers["ETag"], what="completed file picked up")
+    body = json.loads(payload(server, "w-trunc", "ETHUSDT")[2])
+    assert body["payload"]["model_json"].encode() == new
+
+
+def test_groups_appear_and_disappear_and_duplicates_are_refused(server, tmp_path, models):
+    d = tmp_path / "m3"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    register(server, "w-groups", d)
+    write_group(d, "BTCUSDT_mid_chg_1m", model=models["booster"])
+    wait_for(lambda: payload(server, "w-groups", "BTCUSDT")[0] == 200, what="added group served")
+    for f in d.glob("BTCUSDT_*"):
+        f.unlink()
+    wait_for(lambda: payload(server, "w-groups", "BTCUSDT")[0] == 404, what="deleted group gone")
+    _, _, sol_before = payload(server, "w-groups", "SOLUSDT")
+    write_group(d, "SOLUSDT_mid_chg_5m", model=models["regressor"])
+    error = wait_for(lambda: (model_info(server, "w-groups") or {}).get("error"), what="duplicate refused")
+    assert "SOLUSDT" in error and "SOLUSDT_mid_chg_5m" in error
+    assert payload(server, "w-groups", "SOLUSDT")[2] == sol_before
+    for f in d.glob("SOLUSDT_mid_chg_5m_*"):
+        f.unlink()
+    wait_for(lambda: model_info(server, "w-groups")["error"] is None, what="error cleared")
+
+
+def test_directory_deleted_and_recreated_keeps_being_watched(server, tmp_path, models):
+    d = tmp_path / "m4"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    register(server, "w-recreate", d)
+    _, headers, before = payload(server, "w-recreate", "SOLUSDT")
+    backup = tmp_path / "backup"
+    shutil.copytree(d, backup)
+    shutil.rmtree(d)
+    wait_for(lambda: model_info(server, "w-recreate")["error"], what="vanished directory reported")
+    assert payload(server, "w-recreate", "SOLUSDT")[2] == before  # still serving meanwhile
+    shutil.copytree(backup, d)
+    wait_for(lambda: model_info(server, "w-recreate")["error"] is None, what="directory back")
+    atomic_write(d / "SOLUSDT_mid_chg_1m_model.pkl", pickle.dumps(retrained(models, 11)))
+    wait_for(lambda: payload(server, "w-recreate", "SOLUSDT")[1]["ETag"] != headers["ETag"], what="change after recreate")
+
+
+def test_cli_registration_is_picked_up(server, tmp_path, models):
+    d = tmp_path / "m5"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    added = run_cli("register", "w-cli", str(d), "--data-dir", str(server.data_dir))
+    assert added.returncode == 0, added.stderr
+    wait_for(lambda: model_info(server, "w-cli"), what="CLI registration")
+    assert payload(server, "w-cli", "SOLUSDT")[0] == 200
+    removed = run_cli("register", "--remove", "w-cli", "--data-dir", str(server.data_dir))
+    assert removed.returncode == 0, removed.stderr
+    wait_for(lambda: model_info(server, "w-cli") is None, what="CLI unregistration")
+
+
+def test_rapid_writes_cause_one_parse(server, tmp_path, models):
+    d = tmp_path / "m6"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    write_group(d, "BTCUSDT_mid_chg_1m", model=models["booster"])
+    register(server, "w-burst", d)
+
+    def generations():
+        return {g["group_key"]: g["generation"] for g in model_info(server, "w-burst")["groups"]}
+
+    start = generations()
+    blob = pickle.dumps(retrained(models, 5))
+    target = d / "SOLUSDT_mid_chg_1m_model.pkl"
+    for i in range(40):  # 40 writes, 5 ms apart: never quiet for the debounce time
+        with open(target, "wb") as fh:
+            fh.write(blob[: (i + 1) * len(blob) // 40])
+        time.sleep(0.005)
+    wait_for(lambda: generations()["SOLUSDT_mid_chg_1m"] > start["SOLUSDT_mid_chg_1m"], what="re-parse")
+    time.sleep(DEBOUNCE + 0.3)
+    after = generations()
+    assert after["SOLUSDT_mid_chg_1m"] == start["SOLUSDT_mid_chg_1m"] + 1
+    assert after["BTCUSDT_mid_chg_1m"] == start["BTCUSDT_mid_chg_1m"]  # the other group was not re-read
+    assert payload(server, "w-burst", "SOLUSDT")[0] == 200
+
+
+def test_symlinked_directory_follows_the_link(server, tmp_path, models):
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    write_group(v1, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    write_group(v2, "SOLUSDT_mid_chg_1m", model=retrained(models, 21))
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    register(server, "w-link", current)
+    _, headers, _ = payload(server, "w-link", "SOLUSDT")
+    tmp_link = tmp_path / "current.new"
+    tmp_link.symlink_to(v2)
+    os.replace(tmp_link, current)  # the usual atomic flip
+    wait_for(lambda: payload(server, "w-link", "SOLUSDT")[1]["ETag"] != headers["ETag"], what="flipped link followed")
+    assert model_info(server, "w-link")["path"] == str(current)
+
+
+def test_server_stops_cleanly_on_sigint(tmp_path):
+    srv = ServerProcess(tmp_path / "data", extra_args=("--watch-debounce", "0.2"))
+    srv.start()
+    start = time.monotonic()
+    code = srv.stop()
+    assert time.monotonic() - start < 3
+    assert code == 0, srv.output()
+    assert "Traceback" not in srv.output()
+
+
+def test_sigterm_too(tmp_path):
+    import signal
+
+    srv = ServerProcess(tmp_path / "data")
+    srv.start()
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=5) == 0
+    assert "Traceback" not in srv.output()
