@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess; returns the CompletedProcess (text mode)."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}  # wide enough that rich does not wrap
     return subprocess.run([*CLI, *args], input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
 
 

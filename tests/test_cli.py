@@ -97,7 +97,7 @@ def test_convert_directory_verifies_and_skips(tmp_path, demo_dir):
         booster = model if isinstance(model, xgb.Booster) else model.get_booster()
         restored = xgb.Booster()
         restored.load_model(str(out / pkl.name.replace(".pkl", ".json")))
-        x = xgb.DMatrix(rng.normal(size=(200, booster.num_features())).astype(np.float32))
+        x = xgb.DMatrix(rng.normal(size=(200, booster.num_features())).astype(np.float32), feature_names=booster.feature_names)
         assert booster.predict(x).tobytes() == restored.predict(x).tobytes()
 
     again = run_cli("convert", str(demo_dir), "-o", str(out))
