@@ -39,31 +39,42 @@ def _root(
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print one red line on stderr and return the Exit to raise."""
-    err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    """Print one red line on stderr and return the Exit to raise: `raise fail("...", 2)`."""
+    _error_line(message)
     return typer.Exit(code)
 
 
 for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(f"model_manager.commands.{_name}")
-    except ModuleNotFoundError as exc:  # a command still being written must not break the others
-        if exc.name != f"model_manager.commands.{_name}":
-            raise
+    importlib.import_module(f"model_manager.commands.{_name}")
 
 
 def main() -> None:
+    """Run the CLI; every error the user can fix becomes one line on stderr and an exit code."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except ModelManagerError as exc:
-        err_console.print(f"[red]error:[/red] {rich_escape(str(exc))}", markup=True, highlight=False)
+        _error_line(str(exc))
         sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # click's usage errors: bad option, missing argument...
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(2)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _error_line(message + hint)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        _error_line("aborted")
+        sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        _error_line("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-def rich_escape(text: str) -> str:
+def _error_line(message: str) -> None:
     from rich.markup import escape
 
-    return escape(text)
+    text = " ".join(message.split())  # one line, whatever the message held
+    err_console.print(f"[red]error:[/red] {escape(text)}", markup=True, highlight=False)

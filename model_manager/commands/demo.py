@@ -15,8 +15,11 @@ def demo(
     directory: Path = typer.Argument(..., help="Where to write the demo model directory (created if missing)."),
     force: bool = typer.Option(False, "--force", help="Write even if the directory already has files."),
 ) -> None:
-    """Write a demo model directory: several symbols with trained XGBoost models (sklearn API, raw
-    Booster, classifier, JSON-only), factor lists, IC tables with kendall_tau and training metadata."""
+    """Write a demo model directory to try everything on.
+
+    Several symbols with trained XGBoost models (sklearn API, raw Booster, classifier, JSON-only, one
+    trained with feature names), factor lists, IC tables with kendall_tau and training metadata.
+    """
     if directory.exists() and not directory.is_dir():
         raise fail(f"{directory} exists and is not a directory", 2)
     if directory.is_dir() and any(directory.iterdir()) and not force:
