@@ -1,0 +1,52 @@
+"""`model-manager audit`: the audit trail kept in the data dir's database."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from model_manager.commands import app
+from model_manager.errors import PathError
+from model_manager.settings import Settings
+from model_manager.store import Store
+
+EVENT_STYLE = {"login_failed": "red", "bootstrap_refused": "red", "password_change_failed": "red",
+               "refresh_failed": "yellow", "password_changed": "bold", "bootstrap": "bold"}
+
+
+@app.command()
+def audit(
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=100_000, help="How many events to show, newest first."),
+    event: str = typer.Option(None, "--event", "-e", help="Only this event: login, login_failed, bootstrap, logout, "
+                              "password_changed, register, unregister, refresh_failed, ..."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"events": [...]} as GET /api/audit does.'),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Data dir holding the database. \\[env MODEL_MANAGER_DATA_DIR]"),
+) -> None:
+    """Show the audit trail: logins, failed logins, first-password setup, logouts, password changes,
+    registrations and refresh failures, with the client address and time (UTC)."""
+    settings = Settings.from_env().replace(data_dir=data_dir)
+    if not settings.db_path.is_file():
+        raise PathError(f"no database in {settings.data_dir}: nothing has been recorded there yet "
+                        "(check --data-dir or MODEL_MANAGER_DATA_DIR)")
+    store = Store(settings.db_path)
+    try:
+        events = store.audit_events(limit=limit, event=event)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps({"events": events}, indent=2))
+        return
+    console = Console(highlight=False)
+    if not events:
+        console.print(f"no {event + ' ' if event else ''}events recorded")
+        return
+    table = Table("time (UTC)", "event", "client", "detail", title=f"audit trail, newest first ({len(events)})")
+    for row in events:
+        style = EVENT_STYLE.get(row["event"], "")
+        table.add_row(row["at"], f"[{style}]{escape(row['event'])}[/]" if style else escape(row["event"]),
+                      escape(row["client"] or "-"), escape(row["detail"] or ""))
+    console.print(table)

@@ -1,0 +1,178 @@
+"""`model-manager serve`: the Litestar app under uvicorn."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import signal
+import socket
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from model_manager import __version__
+from model_manager.commands import app, fail
+from model_manager.errors import UsageError
+from model_manager.settings import ENV_TABLE, Settings
+from model_manager.store import Store
+
+GRACEFUL_SHUTDOWN_SECONDS = 0.3  # in-flight requests get this long after SIGINT/SIGTERM
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _help(field: str) -> str:
+    """A flag's help from the settings table: text, env var and default (brackets escaped for rich)."""
+    var, _parse, text = ENV_TABLE[field]
+    spec = next(f for f in dataclasses.fields(Settings) if f.name == field)
+    default = spec.default if spec.default is not dataclasses.MISSING else "per-user app dir"
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    return f"{text} \\[env {var}; default {default}]"
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, "--host", help=_help("host")),
+    port: int = typer.Option(None, "--port", "-p", help=_help("port")),
+    data_dir: Path = typer.Option(None, "--data-dir", help=_help("data_dir")),
+    watch: bool = typer.Option(None, "--watch/--no-watch", help=_help("watch_enabled")),
+    watch_interval: float = typer.Option(None, "--watch-interval", help=_help("watch_interval")),
+    watch_debounce: float = typer.Option(None, "--watch-debounce", help=_help("watch_debounce")),
+    watch_polling: bool = typer.Option(None, "--watch-polling/--no-watch-polling", help=_help("watch_polling")),
+    token_ttl: int = typer.Option(None, "--token-ttl", help=_help("token_ttl")),
+    demo: bool = typer.Option(False, "--demo", help="Generate (once) and register a demo model directory named 'demo'."),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
+                                       help="info logs one line per request; warning keeps only problems."),
+) -> None:
+    """Serve the HTTP API, the web UI at / and the OpenAPI docs at /schema.
+
+    Command-line flags win over MODEL_MANAGER_* environment variables, which win over defaults.
+    While no password is set, a one-time setup code is printed: setting the first password from
+    another machine needs it (from this machine it does not). Stop with Ctrl-C or SIGTERM.
+    """
+    settings = Settings.from_env().replace(
+        host=host, port=port, data_dir=data_dir, watch_enabled=watch, watch_interval=watch_interval,
+        watch_debounce=watch_debounce, watch_polling=watch_polling, token_ttl=token_ttl,
+    )
+    _configure_logging(log_level.value)
+    sock = bind_socket(settings.host, settings.port)
+    try:
+        store = Store(settings.db_path)
+        try:
+            if demo:
+                from model_manager.demo import ensure_demo
+
+                path = ensure_demo(settings, store)
+                logging.getLogger("model_manager.serve").info("demo model directory %s registered as 'demo'", path)
+            _run(settings, store, sock)
+        finally:
+            store.close()
+    finally:
+        sock.close()
+
+
+def _run(settings: Settings, store: Store, sock: socket.socket) -> None:
+    import uvicorn
+
+    from model_manager.server.app import create_app
+
+    application = create_app(settings, store=store)
+    _banner(settings, application.state.auth.setup_code)
+    config = uvicorn.Config(
+        application,
+        loop="uvloop" if _importable("uvloop") else "auto",
+        http="httptools" if _importable("httptools") else "auto",
+        lifespan="on",
+        log_config=None,          # logging is configured above, once, for everything
+        access_log=False,         # the app writes its own structured access log
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; record it instead, so a stop by
+    # SIGINT (pm2, Ctrl-C) or SIGTERM is a clean exit 0 rather than a KeyboardInterrupt.
+    stopped_by: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stopped_by.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise fail("the server did not start: see the error above", 1) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    name = signal.Signals(stopped_by[0]).name if stopped_by else None
+    Console().print(f"model-manager stopped{f' ({name})' if name else ''}", highlight=False)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening address now, so a taken port is one clear error before anything starts."""
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host!r} ({exc.strerror}): check --host or MODEL_MANAGER_HTTP_HOST") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart right after a stop (TIME_WAIT)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is already in use: stop the other server or choose another --port") from None
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port") from None
+    return sock
+
+
+def _banner(settings: Settings, setup_code: str | None) -> None:
+    console = Console(highlight=False, soft_wrap=True)
+    local = settings.host in ("0.0.0.0", "::", "")
+    shown = "127.0.0.1" if local else (f"[{settings.host}]" if ":" in settings.host else settings.host)
+    url = f"http://{shown}:{settings.port}"
+    console.print(f"model-manager {__version__} serving [bold]{url}/[/bold]  (API {url}/api, OpenAPI {url}/schema)")
+    if local:
+        console.print(f"listening on all interfaces ({settings.host or '0.0.0.0'}:{settings.port})")
+    console.print(f"data dir: {settings.data_dir}")
+    if setup_code:
+        console.print("No password is set yet: open the UI from this machine, or run `model-manager password init`.")
+        console.print(f"One-time setup code: [bold]{setup_code}[/bold] (asked when the first password is set from another machine)")
+    sys.stdout.flush()
+
+
+class _ShutdownCancellation(logging.Filter):
+    """A request still running when the graceful-shutdown time is up gets cancelled; uvicorn logs that
+    with a traceback. It is expected at shutdown, so it becomes one plain line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            record.msg, record.args = "a request still running at shutdown was cancelled", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ShutdownCancellation())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,274 @@
+"""The sqlite store under the data dir: password hash, API tokens, registered models, audit trail.
+
+One file, WAL mode, a busy timeout, the schema created on open. A `Store` is safe to share between
+threads (one connection behind a lock) and between processes (a CLI `register` or `password set`
+while a server runs): every write is a single `BEGIN IMMEDIATE` transaction, so a process killed in
+the middle of one leaves the database as it was before it.
+
+Secrets never reach the file in clear: the password is an argon2 hash (libpass `CryptContext`, which
+can migrate hashes on login via `verify_and_update`) and a token is stored as its sha256 digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from passlib.context import CryptContext
+
+from model_manager.errors import ConflictError, PathError, ValidationError
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # the hash library refuses more than 4096 bytes; no human needs this many
+SCHEMA_VERSION = 1
+AUDIT_KEEP_ROWS = 100_000  # the audit table is pruned to this many newest rows
+AUDIT_DETAIL_MAX = 2_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auth (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    password_hash TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    digest     TEXT PRIMARY KEY,          -- sha256 hex of the token, never the token itself
+    created_at TEXT NOT NULL,
+    expires_at REAL NOT NULL              -- unix seconds
+);
+CREATE INDEX IF NOT EXISTS tokens_expires ON tokens (expires_at);
+CREATE TABLE IF NOT EXISTS models (
+    name          TEXT PRIMARY KEY,
+    path          TEXT NOT NULL,
+    registered_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     TEXT NOT NULL,
+    event  TEXT NOT NULL,
+    client TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_event ON audit (event, id);
+"""
+
+_crypt = CryptContext(schemes=["argon2"], deprecated="auto")
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A registered model directory as persisted: `registered_at` is ISO-8601 UTC."""
+
+    name: str
+    path: str
+    registered_at: str
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(moment: datetime) -> str:
+    """ISO-8601 in UTC with second precision, e.g. `2024-05-01T12:00:00+00:00`."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def hash_token(token: str) -> str:
+    """The form a token is stored and cached in: sha256 hex of its UTF-8 bytes."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(f"the password is too short: use at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValidationError(f"the password is too long: use at most {MAX_PASSWORD_LENGTH} characters")
+
+
+class Store:
+    """Persistent state of one data dir. Open it with the db path; `close()` when done."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self._lock = threading.RLock()
+        self._audit_writes = 0
+        try:
+            if not self.db_path.parent.exists():
+                self.db_path.parent.mkdir(parents=True, mode=0o700)
+            created = not self.db_path.exists()
+            self._db = sqlite3.connect(self.db_path, timeout=10, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise PathError(f"cannot open the database {self.db_path}: {exc}; check --data-dir and its permissions") from None
+        try:
+            if created:
+                os.chmod(self.db_path, 0o600)  # WAL/SHM files inherit these permissions
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            with self._write() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (OSError, sqlite3.DatabaseError) as exc:
+            self._db.close()
+            raise PathError(f"{self.db_path} is not a usable model-manager database ({exc}): "
+                            "point --data-dir elsewhere or move the file away") from None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: taken with BEGIN IMMEDIATE so concurrent writers queue on the
+        busy timeout instead of failing half-way, rolled back on any error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- password ---------------------------------------------------------------------------------
+
+    def is_initialized(self) -> bool:
+        """True once a password has been set."""
+        return bool(self._read("SELECT 1 FROM auth WHERE id = 1"))
+
+    def init_password(self, password: str) -> None:
+        """Set the first password; ConflictError when one is already set."""
+        check_password_strength(password)
+        hashed = _crypt.hash(password)  # slow on purpose: outside the transaction
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM auth WHERE id = 1").fetchone():
+                raise ConflictError("a password is already set: log in, or change it with `model-manager password set`")
+            db.execute("INSERT INTO auth (id, password_hash, updated_at) VALUES (1, ?, ?)", (hashed, isoformat(utc_now())))
+
+    def set_password(self, password: str, *, keep_token: str | None = None) -> int:
+        """Set or replace the password and, in the same transaction, revoke every token except
+        `keep_token`. Returns the number of tokens revoked."""
+        check_password_strength(password)
+        hashed = _crypt.hash(password)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO auth (id, password_hash, updated_at) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+                (hashed, isoformat(utc_now())),
+            )
+            return self._revoke_all(db, keep_token)
+
+    def verify_password(self, password: str) -> bool:
+        """Check a password against the stored hash (constant time in the hash library); False when
+        no password is set. A hash made with outdated parameters is upgraded on success."""
+        rows = self._read("SELECT password_hash FROM auth WHERE id = 1")
+        if not rows:
+            return False
+        stored = rows[0][0]
+        try:
+            ok, new_hash = _crypt.verify_and_update(password, stored)
+        except (ValueError, TypeError):
+            return False
+        if ok and new_hash:
+            with self._write() as db:
+                db.execute("UPDATE auth SET password_hash = ? WHERE id = 1 AND password_hash = ?", (new_hash, stored))
+        return bool(ok)
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def create_token(self, ttl_seconds: int) -> tuple[str, datetime]:
+        """A new bearer token (32 random bytes, URL-safe) and its expiry; only its digest is stored."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        expires = now + ttl_seconds
+        with self._write() as db:
+            db.execute("DELETE FROM tokens WHERE expires_at <= ?", (now,))  # expired tokens are dead weight
+            db.execute("INSERT INTO tokens (digest, created_at, expires_at) VALUES (?, ?, ?)",
+                       (hash_token(token), isoformat(utc_now()), expires))
+        return token, datetime.fromtimestamp(expires, timezone.utc)
+
+    def token_expiry(self, token: str) -> datetime | None:
+        """When the token expires; None when it is unknown, revoked or already expired."""
+        return self.token_expiry_for_digest(hash_token(token))
+
+    def token_expiry_for_digest(self, digest: str) -> datetime | None:
+        """`token_expiry` for a token already hashed with `hash_token`."""
+        rows = self._read("SELECT expires_at FROM tokens WHERE digest = ?", (digest,))
+        if not rows or rows[0][0] <= time.time():
+            return None
+        return datetime.fromtimestamp(rows[0][0], timezone.utc)
+
+    def revoke_token(self, token: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM tokens WHERE digest = ?", (hash_token(token),))
+
+    def revoke_all_tokens(self, *, keep_token: str | None = None) -> int:
+        """Revoke every token except `keep_token`; returns how many were revoked."""
+        with self._write() as db:
+            return self._revoke_all(db, keep_token)
+
+    @staticmethod
+    def _revoke_all(db: sqlite3.Connection, keep_token: str | None) -> int:
+        if keep_token is None:
+            return db.execute("DELETE FROM tokens").rowcount
+        return db.execute("DELETE FROM tokens WHERE digest != ?", (hash_token(keep_token),)).rowcount
+
+    # -- registered models ------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelRow]:
+        return [ModelRow(*row) for row in self._read("SELECT name, path, registered_at FROM models ORDER BY name")]
+
+    def get_model(self, name: str) -> ModelRow | None:
+        rows = self._read("SELECT name, path, registered_at FROM models WHERE name = ?", (name,))
+        return ModelRow(*rows[0]) if rows else None
+
+    def add_model(self, name: str, path: str) -> ModelRow:
+        """Insert a registration; ConflictError when the name is taken (validation is the caller's)."""
+        row = ModelRow(name, str(path), isoformat(utc_now()))
+        with self._write() as db:
+            existing = db.execute("SELECT path FROM models WHERE name = ?", (name,)).fetchone()
+            if existing:
+                raise ConflictError(f"the name {name!r} is already registered for {existing[0]}: "
+                                    "pick another name or remove the existing model first")
+            db.execute("INSERT INTO models (name, path, registered_at) VALUES (?, ?, ?)", (row.name, row.path, row.registered_at))
+        return row
+
+    def remove_model(self, name: str) -> bool:
+        """Delete a registration; False when there was none."""
+        with self._write() as db:
+            return db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+
+    # -- audit trail ------------------------------------------------------------------------------
+
+    def audit(self, event: str, *, client: str | None = None, detail: str = "") -> None:
+        """Append one event (login, login_failed, bootstrap, password_changed, register, ...)."""
+        with self._write() as db:
+            db.execute("INSERT INTO audit (at, event, client, detail) VALUES (?, ?, ?, ?)",
+                       (isoformat(utc_now()), event, client, detail[:AUDIT_DETAIL_MAX]))
+            self._audit_writes += 1
+            if self._audit_writes % 1000 == 0:
+                db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP_ROWS,))
+
+    def audit_events(self, *, limit: int = 200, event: str | None = None) -> list[dict]:
+        """The newest events first: `{"id", "at", "event", "client", "detail"}`."""
+        if event:
+            rows = self._read("SELECT id, at, event, client, detail FROM audit WHERE event = ? ORDER BY id DESC LIMIT ?",
+                              (event, limit))
+        else:
+            rows = self._read("SELECT id, at, event, client, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(zip(("id", "at", "event", "client", "detail"), row)) for row in rows]

@@ -1,0 +1,442 @@
+"""Authentication end to end through the real app (`TestClient`), plus the password and audit commands.
+
+Litestar's TestClient reports the client address "testclient", which is not a loopback address: by
+default these requests count as coming from another machine. `as_client` makes them come from a
+chosen address instead (it rewrites `scope["client"]` in the test transport).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from litestar.testing import TestClient
+from litestar.testing.transport import TestClientTransport as _LitestarTransport
+from typer.testing import CliRunner
+
+from model_manager.commands import app as cli_app
+from model_manager.errors import ThrottledError
+from model_manager.server.app import create_app
+from model_manager.server.auth import LoginThrottle, TOKEN_RECHECK_SECONDS
+from model_manager.settings import Settings
+from model_manager.store import Store
+from tests.support import run_cli
+
+PASSWORD = "correct horse battery"
+NEW_PASSWORD = "tr0ub4dor & 3"
+WRONG = "guess-1234-xyz"
+
+
+class _AddressTransport(_LitestarTransport):
+    def __init__(self, *args, host: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.host = host
+
+    def parse_request(self, request):
+        scope = super().parse_request(request)
+        scope["client"] = (self.host, 50000)
+        return scope
+
+
+def as_client(client: TestClient, host: str) -> TestClient:
+    client._transport = _AddressTransport(client=client, raise_server_exceptions=True, root_path="", host=host)
+    return client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", watch_enabled=False, token_ttl=3600)
+
+
+@pytest.fixture
+def client(settings):
+    """The app on a fresh data dir; requests come from a loopback address."""
+    with TestClient(create_app(settings)) as c:
+        yield as_client(c, "127.0.0.1")
+
+
+@pytest.fixture
+def remote(settings):
+    """The app on a fresh data dir; requests come from another machine."""
+    with TestClient(create_app(settings)) as c:
+        yield as_client(c, "203.0.113.7")
+
+
+def bootstrap(client: TestClient, password: str = PASSWORD) -> str:
+    r = client.post("/api/auth/bootstrap", json={"password": password})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def login(client: TestClient, password: str = PASSWORD) -> str:
+    r = client.post("/api/auth/login", json={"password": password})
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def assert_error(response, status: int, *words: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status_code"] == status and isinstance(body["detail"], str) and body["detail"]
+    for word in words:
+        assert word in body["detail"], body["detail"]
+    return body
+
+
+# -- status and bootstrap ---------------------------------------------------------------------------
+
+def test_status_before_and_after_bootstrap(client):
+    assert client.get("/api/auth/status").json() == {
+        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": False}
+    token = bootstrap(client)
+    status = client.get("/api/auth/status", headers=bearer(token)).json()
+    assert status["initialized"] is True and status["authenticated"] is True
+    assert datetime.fromisoformat(status["expires_at"]) > datetime.now(timezone.utc) + timedelta(minutes=59)
+    anonymous = client.get("/api/auth/status").json()
+    assert anonymous["initialized"] is True and anonymous["authenticated"] is False
+    bogus = client.get("/api/auth/status", headers=bearer("nope")).json()
+    assert bogus["authenticated"] is False and bogus["expires_at"] is None
+
+
+def test_bootstrap_token_object_then_409(client, settings):
+    before = datetime.now(timezone.utc)
+    r = client.post("/api/auth/bootstrap", json={"password": PASSWORD})
+    assert r.status_code == 201
+    body = r.json()
+    assert set(body) >= {"token", "token_type", "expires_in", "expires_at"}
+    assert body["token_type"] == "bearer" and body["expires_in"] == settings.token_ttl
+    expires = datetime.fromisoformat(body["expires_at"])
+    assert before + timedelta(seconds=settings.token_ttl - 5) <= expires <= before + timedelta(seconds=settings.token_ttl + 5)
+    assert r.headers["cache-control"] == "no-store"
+    assert_error(client.post("/api/auth/bootstrap", json={"password": "another password"}), 409, "already set")
+    login(client)  # the first password is still the one
+
+
+def test_bootstrap_rejects_short_password_and_bad_bodies(client):
+    assert_error(client.post("/api/auth/bootstrap", json={"password": "short"}), 400, "at least 8")
+    assert_error(client.post("/api/auth/bootstrap", json={"password": "x" * 5000}), 400, "at most")
+    assert client.get("/api/auth/status").json()["initialized"] is False
+    assert_error(client.post("/api/auth/bootstrap", json={}), 400)
+    assert_error(client.post("/api/auth/bootstrap", json={"password": 12345678}), 400)
+    assert_error(client.post("/api/auth/bootstrap", content=b"{not json", headers={"content-type": "application/json"}), 400)
+
+
+def test_bootstrap_from_another_machine_needs_the_setup_code(remote):
+    auth = remote.app.state.auth
+    code = auth.setup_code
+    assert code and len(code.replace("-", "")) == 8
+    assert remote.get("/api/auth/status").json()["setup_code_required"] is True
+    assert_error(remote.post("/api/auth/bootstrap", json={"password": PASSWORD}), 403, "setup code", "model-manager serve")
+    assert_error(remote.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": "AAAA-AAAA"}), 403, "wrong")
+    assert remote.get("/api/auth/status").json()["initialized"] is False
+    # the code is forgiving about case, dashes and spaces
+    typed = f" {code.replace('-', '').lower()} "
+    r = remote.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": typed})
+    assert r.status_code == 201, r.text
+    assert auth.setup_code is None  # one-time
+    assert_error(remote.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code}), 409)
+    events = [e["event"] for e in remote.app.state.store.audit_events()]
+    assert events[:3] == ["bootstrap", "bootstrap_refused", "bootstrap_refused"]
+
+
+def test_testclient_default_address_counts_as_remote(settings):
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/api/auth/status").json()["setup_code_required"] is True
+        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 403
+        code = c.app.state.auth.setup_code
+        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code}).status_code == 201
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.2", "::ffff:127.0.0.1"])
+def test_every_loopback_form_may_omit_the_code(settings, host):
+    with TestClient(create_app(settings)) as c:
+        as_client(c, host)
+        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 201
+
+
+def test_no_setup_code_when_already_initialized(settings):
+    store = Store(settings.db_path)
+    store.init_password(PASSWORD)
+    store.close()
+    with TestClient(create_app(settings)) as c:
+        assert c.app.state.auth.setup_code is None
+        assert c.get("/api/auth/status").json()["setup_code_required"] is False
+
+
+# -- login, logout ----------------------------------------------------------------------------------
+
+def test_login_statuses(client):
+    assert_error(client.post("/api/auth/login", json={"password": PASSWORD}), 409, "password init")
+    bootstrap(client)
+    assert_error(client.post("/api/auth/login", json={"password": WRONG}), 401, "wrong password")
+    assert_error(client.post("/api/auth/login", json={}), 400)
+    r = client.post("/api/auth/login", json={"password": PASSWORD})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["token_type"] == "bearer" and len(body["token"]) >= 43
+    assert client.get("/api/audit", headers=bearer(body["token"])).status_code == 200
+
+
+def test_login_throttled_after_repeated_failures(client):
+    bootstrap(client)
+    for _ in range(5):
+        assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401
+    r = client.post("/api/auth/login", json={"password": WRONG})
+    body = assert_error(r, 429, "try again")
+    retry = int(r.headers["retry-after"])
+    assert 1 <= retry <= 300 and str(retry) in body["detail"]
+    # even the right password waits: that is what stops guessing
+    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 429
+    # another address is not affected
+    as_client(client, "127.0.0.9")
+    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 200
+
+
+def test_throttle_delay_grows_and_success_resets():
+    throttle = LoginThrottle(free_failures=2, base_delay=10, max_delay=60)
+    throttle.failure("a")
+    throttle.check("a")  # one failure is free
+    throttle.failure("a")
+    with pytest.raises(ThrottledError) as first:
+        throttle.check("a")
+    throttle.failure("a")
+    with pytest.raises(ThrottledError) as second:
+        throttle.check("a")
+    throttle.failure("a")
+    throttle.failure("a")
+    with pytest.raises(ThrottledError) as capped:
+        throttle.check("a")
+    assert (first.value.retry_after, second.value.retry_after, capped.value.retry_after) == (10, 20, 60)
+    throttle.check("b")
+    throttle.success("a")
+    throttle.check("a")
+
+
+def test_throttle_resets_after_success_through_the_api(client):
+    bootstrap(client)
+    client.app.state.auth.throttle = LoginThrottle(free_failures=3, base_delay=0.3)
+    for _ in range(2):
+        assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401
+    login(client)  # resets the count
+    for _ in range(2):
+        assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401
+    assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401  # 3rd: now blocked
+    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 429
+    time.sleep(0.35)
+    login(client)
+
+
+def test_logout(client):
+    token = bootstrap(client)
+    other = login(client)
+    assert client.post("/api/auth/logout", headers=bearer(token)).status_code == 204
+    assert_error(client.get("/api/audit", headers=bearer(token)), 401, "log in again")
+    assert_error(client.post("/api/auth/logout", headers=bearer(token)), 401)
+    assert_error(client.post("/api/auth/logout"), 401, "Authorization: Bearer")
+    assert client.get("/api/audit", headers=bearer(other)).status_code == 200
+
+
+# -- password change --------------------------------------------------------------------------------
+
+def test_password_change_revokes_every_other_token(client):
+    mine = bootstrap(client)
+    others = [login(client), login(client)]
+    change = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    assert_error(client.post("/api/auth/password", json=change), 401)
+    assert_error(client.post("/api/auth/password", headers=bearer(mine),
+                             json={"current_password": WRONG, "new_password": NEW_PASSWORD}), 401, "current password")
+    assert_error(client.post("/api/auth/password", headers=bearer(mine),
+                             json={"current_password": PASSWORD, "new_password": "short"}), 400, "at least 8")
+    assert_error(client.post("/api/auth/password", headers=bearer(mine), json={"current_password": PASSWORD}), 400)
+    for token in others:  # all still fine before the change
+        assert client.get("/api/audit", headers=bearer(token)).status_code == 200
+    assert client.post("/api/auth/password", headers=bearer(mine), json=change).status_code == 204
+    assert client.get("/api/audit", headers=bearer(mine)).status_code == 200
+    for token in others:  # revoked at once in this process, whatever the cache held
+        assert client.get("/api/audit", headers=bearer(token)).status_code == 401
+    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 401
+    login(client, NEW_PASSWORD)
+
+
+def test_password_set_from_another_process_takes_effect_within_the_recheck_period(client, settings):
+    token = bootstrap(client)
+    assert client.get("/api/audit", headers=bearer(token)).status_code == 200  # now cached
+    cli_store = Store(settings.db_path)  # what `model-manager password set` does, on its own connection
+    cli_store.set_password(NEW_PASSWORD)
+    cli_store.close()
+    time.sleep(TOKEN_RECHECK_SECONDS + 0.1)
+    assert client.get("/api/audit", headers=bearer(token)).status_code == 401
+    login(client, NEW_PASSWORD)
+
+
+def test_token_checks_are_cached_not_read_from_sqlite_each_time(client):
+    token = bootstrap(client)
+    statements: list[str] = []
+    client.app.state.store._db.set_trace_callback(statements.append)
+    try:
+        started = time.monotonic()
+        for _ in range(40):
+            assert client.get("/api/models", headers=bearer(token)).status_code == 200
+        elapsed = time.monotonic() - started
+    finally:
+        client.app.state.store._db.set_trace_callback(None)
+    token_reads = [s for s in statements if "FROM tokens" in s]
+    assert len(token_reads) <= elapsed / TOKEN_RECHECK_SECONDS + 1, (len(token_reads), elapsed)
+
+
+# -- expiry and restarts ----------------------------------------------------------------------------
+
+def test_token_expires(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False, token_ttl=1)
+    with TestClient(create_app(settings)) as c:
+        as_client(c, "127.0.0.1")
+        token = bootstrap(c)
+        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 409
+        assert c.get("/api/audit", headers=bearer(token)).status_code == 200
+        time.sleep(1.1)
+        assert_error(c.get("/api/audit", headers=bearer(token)), 401, "expired")
+        assert c.get("/api/auth/status", headers=bearer(token)).json()["authenticated"] is False
+
+
+def test_restart_keeps_password_and_tokens(settings):
+    with TestClient(create_app(settings)) as first:
+        as_client(first, "127.0.0.1")
+        token = bootstrap(first)
+    with TestClient(create_app(settings)) as second:
+        as_client(second, "127.0.0.1")
+        assert second.app.state.auth.setup_code is None
+        assert second.get("/api/audit", headers=bearer(token)).status_code == 200
+        assert second.get("/api/auth/status", headers=bearer(token)).json()["authenticated"] is True
+        login(second)
+
+
+def test_secrets_never_reach_the_logs(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    token = bootstrap(client)
+    client.post("/api/auth/login", json={"password": WRONG})
+    client.get("/api/audit", headers=bearer(token))
+    client.post("/api/auth/password", headers=bearer(token), json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
+    client.post("/api/auth/logout", headers=bearer(token))
+    text = caplog.text
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "model_manager.access"]
+    assert {"/api/auth/bootstrap", "/api/auth/login", "/api/audit", "/api/auth/logout"} <= {a["path"] for a in access}
+    for secret in (token, PASSWORD, NEW_PASSWORD, WRONG, "Bearer"):
+        assert secret not in text
+
+
+# -- audit ------------------------------------------------------------------------------------------
+
+def test_audit_endpoint(client):
+    token = bootstrap(client)
+    client.post("/api/auth/login", json={"password": WRONG})
+    login(client)
+    events = client.get("/api/audit", headers=bearer(token)).json()["events"]
+    assert [e["event"] for e in events] == ["login", "login_failed", "bootstrap"]
+    assert all(e["client"] == "127.0.0.1" and e["at"] for e in events)
+    only = client.get("/api/audit", params={"event": "login_failed"}, headers=bearer(token)).json()["events"]
+    assert [e["event"] for e in only] == ["login_failed"]
+    assert len(client.get("/api/audit", params={"limit": 1}, headers=bearer(token)).json()["events"]) == 1
+    assert_error(client.get("/api/audit", params={"limit": 0}, headers=bearer(token)), 400)
+    assert_error(client.get("/api/audit", params={"limit": "many"}, headers=bearer(token)), 400)
+    assert_error(client.get("/api/audit"), 401)
+
+
+# -- the password and audit commands ----------------------------------------------------------------
+
+def test_password_init_and_set_commands(tmp_path):
+    data = str(tmp_path / "data")
+    short = run_cli("password", "init", "--password-stdin", "--data-dir", data, input="short\n")
+    assert short.returncode == 1 and "at least 8" in short.stderr and "Traceback" not in short.stderr
+    first = run_cli("password", "init", "--password-stdin", "--data-dir", data, input=PASSWORD + "\n")
+    assert first.returncode == 0, first.stderr
+    again = run_cli("password", "init", "--password-stdin", "--data-dir", data, input=PASSWORD + "\n")
+    assert again.returncode == 1 and "password set" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+    store = Store(tmp_path / "data" / "model-manager.sqlite3")
+    token, _ = store.create_token(600)
+    assert store.verify_password(PASSWORD)
+    changed = run_cli("password", "set", "--password-stdin", "--data-dir", data, input=NEW_PASSWORD + "\r\n")
+    assert changed.returncode == 0, changed.stderr
+    assert "1 token(s) revoked" in changed.stdout
+    assert store.token_expiry(token) is None
+    assert store.verify_password(NEW_PASSWORD) and not store.verify_password(PASSWORD)
+    assert [e["event"] for e in store.audit_events()] == ["password_changed", "bootstrap"]
+    assert {e["client"] for e in store.audit_events()} == {"cli"}
+    store.close()
+
+    empty = run_cli("password", "set", "--password-stdin", "--data-dir", data, input="")
+    assert empty.returncode == 1 and "stdin was empty" in empty.stderr
+
+
+def test_password_prompts_twice_without_echo(tmp_path):
+    runner = CliRunner()
+    data = str(tmp_path / "data")
+    result = runner.invoke(cli_app, ["password", "init", "--data-dir", data], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("New password") == 1 and "Repeat for confirmation" in result.output
+    assert PASSWORD not in result.output  # hidden input is not echoed
+    store = Store(tmp_path / "data" / "model-manager.sqlite3")
+    assert store.verify_password(PASSWORD)
+    store.close()
+    mismatch = runner.invoke(cli_app, ["password", "set", "--data-dir", data],
+                             input=f"{NEW_PASSWORD}\nsomething else\n{NEW_PASSWORD}\n{NEW_PASSWORD}\n")
+    assert mismatch.exit_code == 0, mismatch.output
+    assert "do not match" in mismatch.output
+
+
+def test_audit_command(tmp_path):
+    data = tmp_path / "data"
+    missing = run_cli("audit", "--data-dir", str(data))
+    assert missing.returncode == 2 and "no database" in missing.stderr
+    store = Store(data / "model-manager.sqlite3")
+    store.audit("login", client="10.1.2.3")
+    store.audit("login_failed", client="10.9.9.9", detail=WRONG)
+    store.close()
+    table = run_cli("audit", "--data-dir", str(data))
+    assert table.returncode == 0, table.stderr
+    assert "login_failed" in table.stdout and "10.9.9.9" in table.stdout and "10.1.2.3" in table.stdout
+    as_json = run_cli("audit", "--json", "--event", "login", "--data-dir", str(data))
+    events = json.loads(as_json.stdout)["events"]
+    assert [(e["event"], e["client"]) for e in events] == [("login", "10.1.2.3")]
+    limited = json.loads(run_cli("audit", "--json", "-n", "1", "--data-dir", str(data)).stdout)["events"]
+    assert [e["event"] for e in limited] == ["login_failed"]
+    bad = run_cli("audit", "--limit", "0", "--data-dir", str(data))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_burst_of_parallel_guesses_is_cut_off(settings):
+    """Concurrent wrong logins from one address: once the free failures are used up, the rest are
+    throttled without being verified, even though they all arrived before the first failure."""
+    import anyio
+
+    from model_manager.errors import AuthError
+    from model_manager.server.auth import AuthService
+
+    store = Store(settings.db_path)
+    store.init_password(PASSWORD)
+    service = AuthService(settings, store)
+    outcomes: list[str] = []
+
+    async def guess() -> None:
+        try:
+            await service.login(WRONG, "198.51.100.1")
+        except ThrottledError:
+            outcomes.append("throttled")
+        except AuthError:
+            outcomes.append("verified")
+
+    async def burst() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(guess)
+
+    anyio.run(burst)
+    store.close()
+    assert len(outcomes) == 20
+    assert outcomes.count("verified") <= service.throttle.free_failures + 1, outcomes
