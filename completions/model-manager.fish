@@ -1,0 +1,1 @@
+complete --command model-manager --no-files --arguments "(env _MODEL_MANAGER_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) model-manager)" --condition "env _MODEL_MANAGER_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) model-manager"
