@@ -8,12 +8,14 @@ fixes it.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gzip
 import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -198,18 +200,34 @@ class Registry:
         self._raw_bytes = 0
         self._raw_lock = threading.Lock()
         self.watcher = None
+        self.ready = asyncio.Event()  # set once the registered models are loaded
+        self._loading: asyncio.Task | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        import asyncio
+        """Load the registered models in the background (the server answers /healthz meanwhile and
+        holds model requests until `ready`), then start the watcher."""
+        self._loading = asyncio.create_task(self._initial_load(), name="mm-initial-load")
 
-        await asyncio.get_running_loop().run_in_executor(None, self.sync_with_store)
+    async def _initial_load(self) -> None:
         from model_manager.watcher import Watcher
 
+        started = time.monotonic()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sync_with_store)
+        except Exception:
+            log.exception("loading the registered models failed")
+        finally:
+            self.ready.set()
+        groups = sum(len(m.groups) for m in list(self.models.values()))
+        log.info("loaded %d models (%d groups) in %.1fs", len(self.models), groups, time.monotonic() - started)
         self.watcher = Watcher(self, self.settings)
         await self.watcher.start()
 
     async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
         if self.watcher is not None:
             await self.watcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -72,12 +72,13 @@ def test_register_list_and_unregister(api, model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("body, needle", [
-    ({"name": "bad name!", "path": "/tmp"}, "model name"),
-    ({"name": "../x", "path": "/tmp"}, "model name"),
-    ({"name": "ok", "path": "/definitely/not/here"}, "does not exist"),
-    ({"name": "ok", "path": ""}, "path is empty"),
-    ({"name": "ok"}, ""),
-    ({"name": 5, "path": "/tmp"}, ""),
+    ({"name": "bad name!", "path": "/tmp"}, "name: Expected `str` matching regex"),
+    ({"name": "../x", "path": "/tmp"}, "name: Expected `str` matching regex"),
+    ({"name": "ok", "path": "/definitely/not/here"}, "/definitely/not/here does not exist"),
+    ({"name": "ok", "path": ""}, "path: Expected `str` of length >= 1"),
+    ({"name": "ok", "path": "   "}, "path is empty"),
+    ({"name": "ok"}, "path"),
+    ({"name": 5, "path": "/tmp"}, "name: Expected `str`, got `int`"),
 ])
 def test_register_rejects_bad_input(api, body, needle):
     r = api.post("/api/models", json=body)
