@@ -1,0 +1,31 @@
+// Hash routes: #/models, #/models/NAME, #/models/NAME/SYMBOL[?group_key=G]. Hash routing keeps deep
+// links working after a reload without any server-side fallback.
+
+/** Parse a location hash into {view, name?, symbol?, groupKey?, redirect?}. */
+export function parseRoute(hash = location.hash) {
+  const [pathPart, query = ""] = hash.replace(/^#/, "").split("?");
+  const parts = pathPart
+    .split("/")
+    .filter(Boolean)
+    .map((p) => {
+      try {
+        return decodeURIComponent(p);
+      } catch {
+        return p;
+      }
+    });
+  const params = new URLSearchParams(query);
+  if (parts.length === 0) return { view: "models", redirect: true };
+  if (parts[0] !== "models") return { view: "notfound" };
+  if (parts.length === 1) return { view: "models" };
+  if (parts.length === 2) return { view: "symbols", name: parts[1] };
+  if (parts.length === 3) return { view: "detail", name: parts[1], symbol: parts[2], groupKey: params.get("group_key") };
+  return { view: "notfound" };
+}
+
+export const links = {
+  models: () => "#/models",
+  model: (name) => `#/models/${encodeURIComponent(name)}`,
+  symbol: (name, symbol, groupKey) =>
+    `#/models/${encodeURIComponent(name)}/${encodeURIComponent(symbol)}${groupKey ? `?group_key=${encodeURIComponent(groupKey)}` : ""}`,
+};
