@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from model_manager.conversion import (
-    ConversionCache, ModelInfo, booster_json, load_json_model, load_pickled_model, model_info, sha256,
-)
+from model_manager.conversion import ConversionCache, ModelInfo, check_info, check_model, sha256
 from model_manager.errors import ArtifactError, PathError
 from model_manager.files import read_artifact
-from model_manager.jsonsafe import json_safe
+from model_manager.jsonsafe import json_safe, scrub  # noqa: F401  (json_safe: part of this module's surface)
 from model_manager.safepickle import safe_loads
 
 log = logging.getLogger(__name__)
@@ -40,6 +38,10 @@ class Issue:
     code: str
     message: str
     file: str | None = None
+
+    def __post_init__(self) -> None:
+        # messages quote file content and exception text, which may hold unencodable characters
+        object.__setattr__(self, "message", scrub(self.message))
 
     def to_dict(self) -> dict:
         return {"severity": self.severity, "code": self.code, "message": self.message, "file": self.file}
@@ -260,7 +262,8 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
 
 
 def parse_info(data: bytes, name: str = "info.pkl") -> dict:
-    """Training metadata: a pickled dict, loaded through the allow-list unpickler."""
+    """Training metadata: a pickled dict, loaded through the allow-list unpickler, in this process
+    (`load_group` uses `conversion.check_info`, which does this in a child process)."""
     obj = safe_loads(data)
     if not isinstance(obj, dict):
         raise ArtifactError(f"{name} holds a {type(obj).__name__}, expected a dict of training metadata", code="info_not_dict")
@@ -297,7 +300,7 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
     root = Path(directory).resolve()
     issues: list[Issue] = []
     signature = file_signature(root, files)
-    mtimes = [os.stat(root / n).st_mtime for n in files.values() if (root / n).exists()]
+    mtimes = [sig[2] / 1e9 for sig in signature if sig[2] is not None]  # no second stat: files come and go
 
     def read(kind: str) -> bytes | None:
         name = files.get(kind)
@@ -322,8 +325,8 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
             issues.append(Issue("error", "corrupt", f"{name} could not be parsed ({type(exc).__name__}: {str(exc)[:200]})", name))
         return None
 
-    # info first: it may name the symbol
-    info_raw = parse("info.pkl", parse_info, read("info.pkl"))
+    # info first: it may name the symbol. Unpickled in a child process, and already JSON-safe.
+    info_raw = parse("info.pkl", check_info, read("info.pkl"))
     symbol, return_name, name_issue = split_symbol(group_key, info_raw)
     if name_issue:
         issues.append(Issue(name_issue.severity, name_issue.code, name_issue.message, files.get("info.pkl")))
@@ -354,7 +357,7 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
                 if extra:
                     issues.append(Issue("warning", "ic_unknown_factors", f"ic.csv has rows for {len(extra)} factor(s) not in factors.txt: {', '.join(extra[:5])}", files["ic.csv"]))
 
-    info = json_safe(info_raw) if info_raw is not None else None
+    info = info_raw
     model_source, minfo, model_json = _load_model(files, read, issues, cache)
 
     dim = minfo.num_features if minfo else (len(factors) or None)
@@ -397,13 +400,8 @@ def _load_model(files, read, issues: list[Issue], cache: ConversionCache | None)
     try:
         if cached:
             minfo, model_json = cached, (data if source == "json" else None)
-        elif source == "json":
-            booster = load_json_model(data, name)
-            minfo, model_json = model_info(booster, data), data
-        else:
-            booster, warns = load_pickled_model(data, name)
-            model_json = booster_json(booster)
-            minfo = model_info(booster, model_json, warns)
+        else:  # in a child process: a corrupt model can crash XGBoost's loader
+            minfo, model_json, _ = check_model(data, source, name)
         if source == "json":
             model_json.decode("utf-8")  # served as text
     except ArtifactError as exc:

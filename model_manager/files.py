@@ -6,6 +6,7 @@ larger than any model. `read_artifact` refuses all of those with an `ArtifactErr
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -51,9 +52,18 @@ def read_artifact(path: Path, *, root: Path | None = None, max_bytes: int) -> by
     try:
         real = path.resolve(strict=True)
     except FileNotFoundError:
+        try:
+            target = os.readlink(path)
+        except OSError:  # not a link (or gone)
+            target = None
+        if target is not None:
+            raise ArtifactError(f"{name} is a symlink to {target!r}, which does not exist; fix or remove the link",
+                                code="broken_symlink") from None
         raise ArtifactError(f"{name} disappeared while it was being read", code="missing_file") from None
-    except (OSError, RuntimeError) as exc:
-        raise ArtifactError(f"{name} cannot be resolved: {exc.__class__.__name__}", code="unreadable") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, on older Pythons
+        why = "it is a symlink loop" if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP \
+            else (getattr(exc, "strerror", None) or type(exc).__name__)
+        raise ArtifactError(f"{name} cannot be resolved: {why}", code="unreadable") from None
     if root is not None and not _within(real, root):
         raise ArtifactError(f"{name} is a symlink that leads outside the model directory; copy the file in instead", code="outside_root")
     try:

@@ -4,27 +4,53 @@ accepts, without ever raising (SPEC §2 "JSON-safe").
 numpy scalars → numbers, NaN/inf → null, datetimes → ISO-8601, Series → object (or list when its index
 repeats), DataFrame → {"columns", "index", "data"}, ndarray → nested lists, anything unfamiliar → its
 string form. Cycles and absurd nesting end in a string instead of a RecursionError.
+
+A pickle can reference one list from many places, so a 200-byte info.pkl can describe a value
+with billions of leaves (`x = [x, x]`, forty times). Conversion therefore stops after `MAX_NODES`
+values (the rest becomes a marker string) and never calls `str()` on a container.
 """
 from __future__ import annotations
 
 import datetime as dt
 import decimal
 import math
+import sys
 import uuid
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
 MAX_DEPTH = 64
+MAX_NODES = 100_000
+TRUNCATED = "<truncated: too many values>"
+
+
+class _Budget:
+    """How many more values one `json_safe` call may convert."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int):
+        self.left = left
 
 
 def _float(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def scrub(text: str) -> str:
+    """`text` with lone surrogates replaced by U+FFFD: a pickle can hold them, and they cannot be
+    encoded as UTF-8 (a response or a terminal line holding one would fail)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _string(value: Any) -> str:
     try:
-        return str(value)
+        return scrub(str(value))
     except Exception:  # a hostile or broken __str__
         return f"<unprintable {type(value).__name__}>"
 
@@ -32,20 +58,25 @@ def _string(value: Any) -> str:
 def json_safe(value: Any) -> Any:
     """Convert `value` into plain JSON types. Never raises."""
     try:
-        return _convert(value, 0, set())
+        return _convert(value, 0, set(), _Budget(MAX_NODES))
     except Exception:
         return _string(value)
 
 
-def _convert(value: Any, depth: int, active: set[int]) -> Any:
-    if value is None or isinstance(value, (bool, str)):
+def _convert(value: Any, depth: int, active: set[int], budget: _Budget) -> Any:
+    budget.left -= 1
+    if budget.left < 0:
+        return TRUNCATED
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return scrub(value)
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         return _float(value)
-    if depth > MAX_DEPTH:
-        return _string(value)[:200]
+    if depth > MAX_DEPTH:  # str() of a deep container could be as costly as converting it
+        return f"<{type(value).__name__} nested too deep>"
 
     import numpy as np
     import pandas as pd
@@ -58,9 +89,9 @@ def _convert(value: Any, depth: int, active: set[int]) -> Any:
         if isinstance(value, np.floating):
             return _float(float(value))
         if isinstance(value, (np.datetime64, np.timedelta64)):
-            return _convert(pd.Timestamp(value) if isinstance(value, np.datetime64) else pd.Timedelta(value), depth + 1, active)
+            return _convert(pd.Timestamp(value) if isinstance(value, np.datetime64) else pd.Timedelta(value), depth + 1, active, budget)
         if isinstance(value, (np.str_, np.bytes_)):
-            return _convert(value.item(), depth + 1, active)
+            return _convert(value.item(), depth + 1, active, budget)
         return _string(value)
     if value is pd.NaT or value is pd.NA:
         return None
@@ -73,7 +104,7 @@ def _convert(value: Any, depth: int, active: set[int]) -> Any:
     if isinstance(value, complex):
         return _string(value)
     if isinstance(value, Enum):
-        return _convert(value.value, depth + 1, active)
+        return _convert(value.value, depth + 1, active, budget)
     if isinstance(value, (PurePath, uuid.UUID)):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -89,39 +120,59 @@ def _convert(value: Any, depth: int, active: set[int]) -> Any:
     active.add(key)
     try:
         if isinstance(value, dict):
-            return {_key(k): _convert(v, depth + 1, active) for k, v in value.items()}
+            return {_key(k, budget): _convert(v, depth + 1, active, budget) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [_convert(v, depth + 1, active) for v in value]
+            return [_convert(v, depth + 1, active, budget) for v in value]
         if isinstance(value, (set, frozenset)):
-            items = [_convert(v, depth + 1, active) for v in value]
+            items = [_convert(v, depth + 1, active, budget) for v in value]
             try:
                 return sorted(items)
             except TypeError:
                 return items
         if isinstance(value, np.ndarray):
-            return _convert(value.tolist(), depth + 1, active)
+            return _convert(value.tolist(), depth + 1, active, budget)
         if isinstance(value, pd.DataFrame):
             return {
-                "columns": [_key(c) for c in value.columns],
-                "index": _convert(list(value.index), depth + 1, active),
-                "data": _convert(value.to_numpy(dtype=object).tolist(), depth + 1, active),
+                "columns": [_key(c, budget) for c in value.columns],
+                "index": _convert(list(value.index), depth + 1, active, budget),
+                "data": _convert(value.to_numpy(dtype=object).tolist(), depth + 1, active, budget),
             }
         if isinstance(value, pd.Series):
             if value.index.is_unique:
-                return {_key(k): _convert(v, depth + 1, active) for k, v in value.items()}
-            return _convert(value.tolist(), depth + 1, active)
+                return {_key(k, budget): _convert(v, depth + 1, active, budget) for k, v in value.items()}
+            return _convert(value.tolist(), depth + 1, active, budget)
         if isinstance(value, (pd.Index, pd.Categorical, pd.api.extensions.ExtensionArray)):
-            return _convert(list(value), depth + 1, active)
+            return _convert(list(value), depth + 1, active, budget)
+        if isinstance(value, slice):  # its str() would print whatever the pickle put in it, in full
+            parts = [_convert(p, depth + 1, active, budget) for p in (value.start, value.stop, value.step)]
+            return "slice(" + ", ".join(_short(p) for p in parts) + ")"
+        if _is_estimator(value):  # sklearn's repr pretty-prints every parameter, in full
+            params = value.__dict__ if isinstance(getattr(value, "__dict__", None), dict) else {}
+            return {"estimator": f"{type(value).__module__}.{type(value).__qualname__}",
+                    "params": _convert({k: v for k, v in params.items() if not str(k).startswith("_")},
+                                       depth + 1, active, budget)}
         return _string(value)
     finally:
         active.discard(key)
 
 
-def _key(k: Any) -> str:
+def _key(k: Any, budget: _Budget) -> str:
     if isinstance(k, str):
-        return k
-    converted = json_safe(k)
+        return scrub(k)
+    try:
+        converted = _convert(k, 0, set(), budget)
+    except Exception:
+        return _string(k)
     return converted if isinstance(converted, str) else json_dumps_key(converted)
+
+
+def _short(value: Any) -> str:
+    return "None" if value is None else json_dumps_key(value)[:200]
+
+
+def _is_estimator(value: Any) -> bool:
+    xgb = sys.modules.get("xgboost")  # never imported here just to check
+    return xgb is not None and isinstance(value, xgb.XGBModel)
 
 
 def json_dumps_key(v: Any) -> str:

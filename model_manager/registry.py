@@ -9,7 +9,9 @@ fixes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import json
 import gzip
 import logging
 import os
@@ -22,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_manager.artifacts import (
-    DirectorySnapshot, GroupSnapshot, build_payload_bytes, check_directory, file_signature, load_group, payload_key,
-    scan_directory,
+    DirectorySnapshot, GroupSnapshot, Issue, build_payload_bytes, check_directory, file_signature, load_group,
+    payload_key, scan_directory,
 )
+from model_manager import __version__
 from model_manager.conversion import ConversionCache, sha256
+from model_manager.files import atomic_write
 from model_manager.errors import (
     ConflictError, DuplicateSymbolError, NotFoundError, PathError, UnprocessableError, ValidationError,
 )
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 GZIP_LEVEL = 6
 RAW_CACHE_BYTES = 64 * 1024 * 1024
+SNAPSHOT_VERSION = f"{__version__}/1"  # parse records of another release are not trusted
+SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
 
 
 def now_iso() -> str:
@@ -147,11 +153,18 @@ def normalize_path(path: str) -> str:
         raise PathError("path is empty: give the model directory's absolute path")
     if "\x00" in path:
         raise PathError("path contains a NUL byte")
-    return os.path.abspath(os.path.expanduser(path.strip()))
+    absolute = os.path.abspath(os.path.expanduser(path.strip()))
+    try:
+        absolute.encode("utf-8")  # bytes that are not UTF-8 arrive as lone surrogates
+    except UnicodeEncodeError:
+        shown = absolute.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise PathError(f"path {shown!r} is not valid UTF-8: rename the directory, or register a symlink "
+                        "with a UTF-8 name that points to it") from None
+    return absolute
 
 
 def validate_registration(store, name: str, path: str, *, max_bytes: int, cache: ConversionCache | None = None,
-                          executor=None) -> tuple[str, DirectorySnapshot | None]:
+                          executor=None, prepare=None) -> tuple[str, DirectorySnapshot | None]:
     """The rules of `POST /api/models`, shared by the CLI. Returns (normalized path, snapshot); the
     snapshot is None when exactly this name+path is already registered."""
     check_name(name)
@@ -162,7 +175,7 @@ def validate_registration(store, name: str, path: str, *, max_bytes: int, cache:
             return abspath, None
         raise ConflictError(f"model name {name!r} is already registered for {existing.path}: choose another name or remove it first")
     check_directory(abspath)
-    snap = load_snapshot(abspath, cache=cache, max_bytes=max_bytes, executor=executor)
+    snap = load_snapshot(abspath, cache=cache, max_bytes=max_bytes, executor=executor, prepare=prepare)
     if not snap.groups:
         raise ValidationError(f"{abspath} has no model groups (expected files like SYMBOL_RETURN_factors.txt and SYMBOL_RETURN_model.json)")
     dupes = snap.duplicate_symbols()
@@ -172,14 +185,19 @@ def validate_registration(store, name: str, path: str, *, max_bytes: int, cache:
 
 
 def load_snapshot(path: str, *, cache, max_bytes: int, executor=None, only: set[str] | None = None,
-                  scanned: dict | None = None) -> DirectorySnapshot:
+                  scanned: dict | None = None, prepare=None) -> DirectorySnapshot:
+    """Load the groups of a directory; `prepare(group)`, when given, runs in the same worker right
+    after each group is parsed (see `Registry._preparer`)."""
     root = check_directory(path)
     if scanned is None:
         scanned, _ = scan_directory(root)
     keys = [k for k in scanned if only is None or k in only]
 
     def one(key: str) -> GroupSnapshot:
-        return load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
+        group = load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
+        if prepare is not None:
+            prepare(group)
+        return group
 
     groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
     return DirectorySnapshot(root, {g.group_key: g for g in groups})
@@ -192,6 +210,7 @@ class Registry:
         self.settings = settings
         self.store = store
         self.cache = ConversionCache(settings.cache_dir)
+        (self.cache.root / "snapshots").mkdir(exist_ok=True)
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
@@ -199,6 +218,7 @@ class Registry:
         self._raw: OrderedDict[str, bytes] = OrderedDict()
         self._raw_bytes = 0
         self._raw_lock = threading.Lock()
+        self._raw_verified: set[str] = set()  # ETags whose plain-body file was checked (see _raw_file)
         self.watcher = None
         self.ready = asyncio.Event()  # set once the registered models are loaded
         self._loading: asyncio.Task | None = None
@@ -253,15 +273,19 @@ class Registry:
     def register(self, name: str, path: str, *, client: str | None = None) -> tuple[LoadedModel, bool]:
         """Validate, persist and load a model directory. Returns (model, created)."""
         with self._lock:
+            prepared: dict = {}
             abspath, snap = validate_registration(self.store, name, path, max_bytes=self.settings.max_artifact_bytes,
-                                                  cache=self.cache, executor=self.executor)
+                                                  cache=self.cache, executor=self.executor,
+                                                  prepare=self._preparer(name, prepared, path))
             if snap is None:
                 if name not in self.models:
                     self.sync_with_store()
                 return self.get(name), False
-            row = self.store.add_model(name, abspath)
-            model = LoadedModel(row.name, row.path, row.registered_at)
-            model.install(self._states(model, snap, {}))
+            # payloads first, the row last: a failure (or a kill) here must not leave a half-registered model
+            model = LoadedModel(name, abspath, now_iso())
+            states = self._states(model, snap, {}, prepared)
+            model.registered_at = self.store.add_model(name, abspath).registered_at
+            model.install(states)
             self.models[name] = model
         self._watch_set_changed()
         self.store.audit("register", client=client, detail=f"{name} -> {abspath} ({len(model.groups)} groups)")
@@ -320,8 +344,14 @@ class Registry:
             try:
                 root = check_directory(model.path)
                 scanned, _ = scan_directory(root)
+                prepared: dict = {}
+                restored = self._restore(model, root, scanned) if only is None and not model.groups else {}
                 snap = load_snapshot(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
-                                     executor=self.executor, only=only, scanned=scanned)
+                                     executor=self.executor, only=set(scanned) - set(restored) if restored else only,
+                                     scanned=scanned, prepare=self._preparer(model.name, prepared, str(root)))
+                for key, (group, payload) in restored.items():
+                    snap.groups[key] = group
+                    prepared[key] = (payload, None)
             except PathError as exc:
                 model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
@@ -336,7 +366,7 @@ class Registry:
                 if raise_duplicates:
                     raise exc
                 return
-            new_states = self._states(model, snap, model.groups)
+            new_states = self._states(model, snap, model.groups, prepared)
             groups.update(new_states)
             model.install(dict(sorted(groups.items())))
             model.error = None
@@ -344,11 +374,13 @@ class Registry:
             if failed:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")
 
-    def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState]) -> dict[str, GroupState]:
-        futures = {k: self.executor.submit(self._prepare, model.name, g) for k, g in snap.groups.items()}
+    def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
+                prepared: dict | None = None) -> dict[str, GroupState]:
+        prepared = prepared or {}
+        futures = {k: self.executor.submit(self._prepare, model.name, g) for k, g in snap.groups.items() if k not in prepared}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
-            payload, failure = futures[key].result()
+            payload, failure = prepared[key] if key in prepared else futures[key].result()
             old = previous.get(key)
             generation = old.generation + 1 if old else 1
             if payload is not None:
@@ -363,6 +395,62 @@ class Registry:
                 out[key] = GroupState(group, None, None, stamp, "failed",
                                       failure or "; ".join(i.message for i in group.errors), generation)
         return out
+
+    def _preparer(self, model_name: str, into: dict, root: str):
+        """A `load_snapshot` hook that prebuilds each group's payload in the worker that just parsed
+        it: the converted JSON is compressed and dropped at once, instead of every group's JSON
+        waiting in memory for a second pass (360 MB for 200 groups of 300-tree models). A group
+        that is served gets its parse recorded for the next start (see `_restore`)."""
+        def prepare(group: GroupSnapshot) -> None:
+            into[group.group_key] = result = self._prepare(model_name, group)
+            if result[0] is not None:
+                self._record(root, group)
+        return prepare
+
+    # -- parse records: a restart skips re-parsing unchanged groups ---------------------------------
+    def _record_path(self, root: str, group_key: str) -> Path:
+        name = sha256(f"{os.path.realpath(os.path.expanduser(root.strip()))}\0{group_key}".encode())
+        return self.cache.root / "snapshots" / f"{name}.json"
+
+    def _record(self, root: str, group: GroupSnapshot) -> None:
+        """Keep a served group's parse (everything but the model JSON) beside the payload cache."""
+        fields = {name: getattr(group, name) for name in SNAPSHOT_FIELDS}
+        fields["issues"] = [i.to_dict() for i in group.issues]
+        body = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        record = {"version": SNAPSHOT_VERSION, "sha256": sha256(body.encode()), "fields": body}
+        try:
+            atomic_write(self._record_path(root, group.group_key), json.dumps(record).encode())
+        except (OSError, TypeError, ValueError) as exc:  # a full disk or an odd value: the next start re-parses
+            log.debug("parse record of %s not written: %s", group.group_key, exc)
+
+    def _restore(self, model: LoadedModel, root: Path, scanned: dict[str, dict[str, str]]) -> dict:
+        """{group_key: (snapshot, payload)} for the groups whose files are exactly those of their
+        parse record (names, sizes, mtimes and inodes: the signature the watcher trusts) and whose
+        payload is in the cache. Used for a model's first load in this process, so a restart reads
+        a small record and the prebuilt payload instead of unpickling, hashing and parsing again."""
+        def one(key: str):
+            try:
+                record = json.loads(self._record_path(str(root), key).read_bytes())
+                if record.get("version") != SNAPSHOT_VERSION or sha256(record["fields"].encode()) != record["sha256"]:
+                    return None
+                fields = json.loads(record["fields"])
+                if set(fields) != set(SNAPSHOT_FIELDS) or fields["files"] != scanned[key]:
+                    return None
+                fields["signature"] = tuple(tuple(item) for item in fields["signature"])
+                if fields["signature"] != file_signature(root, scanned[key]):
+                    return None
+                fields["issues"] = [Issue(**issue) for issue in fields["issues"]]
+                group = GroupSnapshot(**fields)
+                hit = self.cache.payload(payload_key(model.name, group))
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if hit is None:
+                return None
+            return group, PreparedPayload(hit[0], hit[1], _gzip_size(hit[1]))
+
+        keys = list(scanned)
+        found = self.executor.map(one, keys)
+        return {key: result for key, result in zip(keys, found) if result is not None}
 
     def _prepare(self, model_name: str, group: GroupSnapshot) -> tuple[PreparedPayload | None, str | None]:
         """Prebuild the payload of a valid group (from the payload cache when possible)."""
@@ -416,14 +504,29 @@ class Registry:
                 self._raw.move_to_end(payload.etag)
             return body
 
+    def raw_ready(self, payload: PreparedPayload) -> bytes | None:
+        """The plain body when it costs no more than a read from the page cache (its file exists and
+        was checked), else None; never decompresses. Cheap enough for the event loop."""
+        body = self.raw_cached(payload)
+        if body is None and payload.etag in self._raw_verified:
+            try:
+                body = (self.cache.root / "payloads" / f"raw-{payload.etag.strip(chr(34))}.json").read_bytes()
+            except OSError:
+                return None
+            if len(body) != payload.size:
+                self._raw_verified.discard(payload.etag)
+                return None
+        return body
+
     def raw(self, payload: PreparedPayload) -> bytes:
-        """Uncompressed body for clients without gzip, from a small LRU of recently asked ones."""
+        """Uncompressed body for clients without gzip, from a small LRU of recently asked ones, else
+        from its file in the data dir's cache (blocking: call it from a worker thread)."""
         with self._raw_lock:
             body = self._raw.get(payload.etag)
             if body is not None:
                 self._raw.move_to_end(payload.etag)
                 return body
-        body = gzip.decompress(payload.gzip)
+        body = self._raw_file(payload)
         with self._raw_lock:
             if payload.etag not in self._raw:
                 self._raw[payload.etag] = body
@@ -431,6 +534,31 @@ class Registry:
                 while self._raw_bytes > RAW_CACHE_BYTES and len(self._raw) > 1:
                     _, old = self._raw.popitem(last=False)
                     self._raw_bytes -= len(old)
+        return body
+
+
+    def _raw_file(self, payload: PreparedPayload) -> bytes:
+        """The plain body kept as a file beside the payload cache, written at its first request.
+
+        Decompressing a 2 MB payload costs 5-10 ms per request; reading it back from the page cache
+        a fraction of a millisecond, and the page cache is not the server's memory. The file is
+        named by the ETag (the sha256 of the body) and checked against it at its first read by
+        this process, so a damaged file is only ever a miss."""
+        path = self.cache.root / "payloads" / f"raw-{payload.etag.strip(chr(34))}.json"
+        try:
+            body = path.read_bytes()
+        except OSError:
+            body = None
+        if body is not None and len(body) == payload.size and (
+                payload.etag in self._raw_verified or f'"{sha256(body)[:32]}"' == payload.etag):
+            self._raw_verified.add(payload.etag)
+            return body
+        body = gzip.decompress(payload.gzip)
+        try:
+            atomic_write(path, body)
+            self._raw_verified.add(payload.etag)
+        except OSError as exc:
+            log.warning("plain payload not cached: %s", exc)
         return body
 
 

@@ -33,7 +33,7 @@ from model_manager import __version__
 from model_manager.errors import ModelManagerError, ThrottledError
 from model_manager.registry import Registry
 from model_manager.server.auth import BEARER_SECURITY, AuthService, auth_routes, require_token
-from model_manager.server.models import model_routes
+from model_manager.server.models import PayloadFastPath, model_routes
 from model_manager.settings import Settings
 from model_manager.store import Store
 
@@ -61,7 +61,10 @@ HEADERS_DOCS = [*_COMMON_HEADERS, _DOCS_CSP]
 
 class ModelManagerApp(Litestar):
     """Litestar plus the response headers and access log that must cover every response,
-    including 404/405/413 answered before any route handler runs."""
+    including 404/405/413 answered before any route handler runs. The payload route's common case
+    is answered by `payload_fast_path` without entering Litestar (see server/models.py)."""
+
+    payload_fast_path: PayloadFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         if scope["type"] != "http":
@@ -88,7 +91,13 @@ class ModelManagerApp(Litestar):
             await send(message)
 
         try:
-            await super().__call__(scope, receive, send_with_headers)
+            fast = self.payload_fast_path(scope) if self.payload_fast_path and path.startswith("/api/models/") else None
+            if fast is None:
+                await super().__call__(scope, receive, send_with_headers)
+            else:
+                status, headers, body = fast
+                await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
+                await send({"type": "http.response.body", "body": body})
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
@@ -210,4 +219,5 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     app.state.store = store
     app.state.registry = registry
     app.state.auth = auth
+    app.payload_fast_path = PayloadFastPath(registry, auth.tokens)
     return app

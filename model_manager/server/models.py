@@ -8,21 +8,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from msgspec import Meta, Struct
 from litestar import Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from model_manager.registry import Registry
+from model_manager.errors import ModelManagerError
+from model_manager.registry import NAME_RE, Registry
 from model_manager.server import error_responses
+from model_manager.server.auth import parse_bearer
+from model_manager.store import hash_token
 
 Name = Annotated[str, PathParameter(description="Registered model name", max_length=64)]
 Symbol = Annotated[str, PathParameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)]
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
 
 
+class RegisterBody(Struct, forbid_unknown_fields=False):
+    """A model directory to register under a name."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=NAME_RE.pattern,
+                              description="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+    path: Annotated[str, Meta(min_length=1, max_length=4096, description="Absolute path of the model directory")]
+
+
+# The payload route returns prebuilt bytes; these describe them in /schema (fields may be added).
 @dataclass
-class RegisterBody:
-    name: str
-    path: str
+class DimFactor:
+    dim: int
+    factor_name: str
+    kendall_tau: float | None
+
+
+@dataclass
+class PayloadContent:
+    model_json: str
+    metadata: dict[str, Any]
+    dim_factors: list[DimFactor]
+
+
+@dataclass
+class ModelPayload:
+    """The model a trading engine loads: XGBoost JSON text, metadata, dimension→factor mapping."""
+
+    model_name: str
+    symbol: str
+    group_key: str
+    return_name: str
+    payload: PayloadContent
 
 
 def _registry(request: Request) -> Registry:
@@ -51,7 +84,7 @@ def etag_matches(header: str, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
 
 
-@get("/api/models", tags=["models"], summary="List registered models", responses=error_responses(401))
+@get("/api/models", tags=["models"], summary="List registered models", sync_to_thread=False, responses=error_responses(401))
 def list_models(request: Request) -> dict[str, Any]:
     return {"models": [m.to_dict() for m in list(_registry(request).models.values())]}
 
@@ -75,14 +108,14 @@ def refresh_model(request: Request, name: Name) -> dict[str, Any]:
     return _registry(request).refresh(name, client=_client(request)).to_dict()
 
 
-@get("/api/models/{name:str}/symbols", tags=["models"], summary="Symbols of a model", responses=error_responses(401, 404))
+@get("/api/models/{name:str}/symbols", tags=["models"], summary="Symbols of a model", sync_to_thread=False, responses=error_responses(401, 404))
 def list_symbols(request: Request, name: Name) -> dict[str, Any]:
     states = sorted(_registry(request).get(name).view.groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
     return {"model_name": name, "symbols": [{**s.snapshot.summary(), "stale": s.stale} for s in states]}
 
 
 @get("/api/models/{name:str}/factors", tags=["models"], summary="All factors used by a model (deduplicated, sorted)",
-     responses=error_responses(401, 404))
+     sync_to_thread=False, responses=error_responses(401, 404))
 def list_factors(request: Request, name: Name) -> dict[str, Any]:
     view = _registry(request).get(name).view
     return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
@@ -90,7 +123,7 @@ def list_factors(request: Request, name: Name) -> dict[str, Any]:
 
 
 @get("/api/models/{name:str}/symbols/{symbol:str}", tags=["models"], summary="One symbol: factors, IC, metadata, issues",
-     responses=error_responses(401, 404))
+     sync_to_thread=False, responses=error_responses(401, 404))
 def symbol_detail(request: Request, name: Name, symbol: Symbol,
                   group_key: GroupKey = None) -> dict[str, Any]:
     state = _registry(request).group(name, symbol, group_key)
@@ -101,7 +134,10 @@ def symbol_detail(request: Request, name: Name, symbol: Symbol,
 
 
 @get("/api/models/{name:str}/model/{symbol:str}", tags=["models"], summary="The model payload a trading engine loads",
-     skip_compression=True, media_type="application/json", responses=error_responses(401, 404, 422),
+     skip_compression=True, media_type="application/json",
+     responses={200: ResponseSpec(data_container=ModelPayload, generate_examples=False,
+                                  description="The payload (gzip-encoded when accepted)"),
+                **error_responses(401, 404, 422)},
      description="XGBoost JSON model, metadata and the dimension→factor mapping. Strong ETag; "
                  "`If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
 async def model_payload(request: Request, name: Name, symbol: Symbol) -> Response[bytes]:
@@ -120,6 +156,62 @@ async def model_payload(request: Request, name: Name, symbol: Symbol) -> Respons
 
         body = await anyio.to_thread.run_sync(registry.raw, prepared)
     return Response(body, media_type="application/json", headers=headers)
+
+
+class PayloadFastPath:
+    """The common case of `model_payload`, answered straight from the ASGI scope.
+
+    A trading engine's poll — GET /api/models/{name}/model/{symbol} with a token checked within the
+    last `TOKEN_RECHECK_SECONDS`, a payload ready, and (without gzip) its plain body cached — costs
+    a few dict lookups here instead of Litestar's routing, parameter parsing, guard and response
+    building, which were most of the request's CPU time (see bench/README.md). Everything else
+    (errors, a token not seen lately, CORS requests, query strings, repeated headers) returns None
+    and takes the full route, which answers byte for byte the same way.
+    """
+
+    WANTED = {b"authorization": "authorization", b"if-none-match": "if-none-match",
+              b"accept-encoding": "accept-encoding"}
+
+    def __init__(self, registry: Registry, tokens) -> None:
+        self.registry = registry
+        self.tokens = tokens
+
+    def __call__(self, scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if scope["method"] != "GET" or scope.get("query_string") or not self.registry.ready.is_set():
+            return None
+        parts = scope["path"].split("/")  # ["", "api", "models", name, "model", symbol]
+        if len(parts) != 6 or parts[4] != "model" or not 0 < len(parts[3]) <= 64 or not 0 < len(parts[5]) <= 256:
+            return None
+        found: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                return None  # CORS: let the middleware add its headers
+            name = self.WANTED.get(key)
+            if name is not None:
+                if name in found:
+                    return None
+                found[name] = value.decode("latin-1")
+        token = parse_bearer(found.get("authorization"))
+        if token is None or not isinstance(self.tokens.fresh(hash_token(token), claim=False), float):
+            return None
+        try:
+            prepared = self.registry.payload(parts[3], parts[5])
+        except ModelManagerError:
+            return None
+        etag = prepared.etag.encode("latin-1")
+        headers = [(b"etag", etag), (b"vary", b"Accept-Encoding"), (b"cache-control", b"no-cache")]
+        inm = found.get("if-none-match")
+        if inm and etag_matches(inm, prepared.etag):
+            return 304, headers, b""
+        if accepts_gzip(found.get("accept-encoding")):
+            body = prepared.gzip
+            headers.append((b"content-encoding", b"gzip"))
+        else:
+            body = self.registry.raw_ready(prepared)
+            if body is None:
+                return None  # decompressed in a worker thread by the full route
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        return 200, headers, body
 
 
 model_routes = [list_models, register_model, unregister_model, refresh_model, list_symbols, list_factors,
