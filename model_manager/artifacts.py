@@ -7,12 +7,14 @@ the model directory.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import io
 import json
 import logging
 import math
 import os
+import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,8 +226,21 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
     if not text.strip():
         raise ArtifactError(f"{name} is empty", code="empty_ic")
     try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
-                         skip_blank_lines=True, index_col=False)
+        long_rows: list[int] = []
+
+        def truncate(fields: list[str]) -> list[str]:  # a row with more fields than the header
+            long_rows.append(len(fields))
+            return fields[:header_width]
+
+        header_width = len(next(csv.reader(io.StringIO(text.lstrip("\r\n")))))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                             skip_blank_lines=True, index_col=False, engine="python", on_bad_lines=truncate)
+        if long_rows:
+            caught.append(warnings.WarningMessage(
+                f"{len(long_rows)} row(s) have more fields than the header; the extra fields were ignored",
+                UserWarning, name, 0))
     except Exception as exc:  # pandas raises several parser error types
         raise ArtifactError(f"{name} is not a readable CSV table: {str(exc).splitlines()[0][:200]}", code="corrupt") from None
     columns = [str(c).strip() for c in df.columns]
@@ -237,7 +252,7 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
         raise ArtifactError(
             f"{name} has no factor column: name it factor, factor_name or name, or make it the unnamed first column",
             code="ic_no_factor_column")
-    notes: list[str] = []
+    notes: list[str] = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught]
     metric_idx = [i for i in range(len(columns)) if i != factor_idx and not (columns[i] == "" or columns[i].startswith("Unnamed:"))]
     out_columns = ["factor"] + [lowered[i] for i in metric_idx]
     rows: list[list] = []
@@ -347,7 +362,7 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
         parsed = parse("ic.csv", parse_ic, read("ic.csv"))
         if parsed:
             ic, notes = parsed
-            issues.extend(Issue("warning", "ic_non_numeric", n, files["ic.csv"]) for n in notes)
+            issues.extend(Issue("warning", "ic_format", n, files["ic.csv"]) for n in notes)
             if factors:
                 ic_factors = {r[0] for r in ic["rows"]}
                 missing = [f for f in factors if f not in ic_factors]

@@ -273,3 +273,14 @@ def test_server_never_imports_commands():
             "print(sorted(m for m in sys.modules if m.startswith('model_manager.commands')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ic_rows_with_extra_or_text_fields_are_warnings(tmp_path, models):
+    d = tmp_path / "m"
+    ic = "factor,ic,kendall_tau\n" + "".join(f"{f},0.1,0.2\n" for f in FACTORS[:-1]) + f"{FACTORS[-1]},oops,0.1,9\n"
+    write_group(d, "SOLUSDT_x", model=models["regressor"], ic=ic)
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.status == "warning"
+    messages = [i.message for i in g.issues if i.code == "ic_format"]
+    assert any("non-numeric values in ic" in m for m in messages) and len(messages) == 2
+    assert g.ic["rows"][-1] == [FACTORS[-1], None, 0.1]
