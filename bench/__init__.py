@@ -1,0 +1,1 @@
+"""The performance benchmark suite of model-manager: `python -m bench` (see bench/README.md)."""
