@@ -185,11 +185,11 @@ def irreducible_work(directory: Path, groups: int, gzip_level: int) -> dict:
 
 
 def model_check_seconds(directory: Path, sample: int = 10) -> float | None:
-    """Seconds per model of the server's own model check (`conversion.check_model`, which since the
+    """Seconds per model of the server's own model check (`isolation.check_model`, which since the
     loaders were isolated runs in a forked child: unpickle, save_raw, load the JSON back, predict a
     few rows), one model at a time; None when this version has no such check."""
     try:
-        from model_manager.conversion import check_model
+        from model_manager.isolation import check_model
     except ImportError:
         return None
     blobs = [(directory / f"{group_key_of(i)}_model.pkl").read_bytes() for i in range(sample)]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from model_manager.conversion import ConversionCache, ModelInfo, check_info, check_model, sha256
+from model_manager.conversion import ConversionCache, ModelInfo, sha256
+from model_manager.isolation import check_info, check_model
 from model_manager.errors import ArtifactError, PathError
 from model_manager.files import read_artifact
 from model_manager.jsonsafe import json_safe, scrub  # noqa: F401  (json_safe: part of this module's surface)
@@ -278,7 +279,7 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
 
 def parse_info(data: bytes, name: str = "info.pkl") -> dict:
     """Training metadata: a pickled dict, loaded through the allow-list unpickler, in this process
-    (`load_group` uses `conversion.check_info`, which does this in a child process)."""
+    (`load_group` uses `isolation.check_info`, which does this in a child process)."""
     obj = safe_loads(data)
     if not isinstance(obj, dict):
         raise ArtifactError(f"{name} holds a {type(obj).__name__}, expected a dict of training metadata", code="info_not_dict")

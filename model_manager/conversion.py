@@ -4,25 +4,14 @@ and remember conversions in the data dir so a restart does not redo them.
 Everything here works on bytes already read (see `files.read_artifact`); nothing writes into a model
 directory. The cache is content-addressed: a pickle is looked up by the sha256 of its bytes.
 
-XGBoost's C++ loaders can crash the whole process on a corrupt file (a segfault, seen with fuzzed
-JSON models and fuzzed Booster bytes inside pickles), and a tiny pickle can describe a value that
-takes hours to build or hash. So untrusted bytes from a model directory are decoded only in a
-short-lived child process forked from a helper (`check_model`, `check_info`), with a time limit: a
-crash or a hang costs that child, and becomes an issue on the group.
+The functions here run wherever they are called; untrusted bytes from a model directory reach them
+only inside a check process (see `isolation.py`).
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
-import logging
 import os
-import signal
-import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,8 +22,6 @@ import numpy as np
 from model_manager.errors import ArtifactError
 from model_manager.files import atomic_write
 from model_manager.safepickle import safe_loads
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,265 +115,6 @@ def verify_predictions(original, json_bytes: bytes, *, rows: int = 1000, seed: i
     return True, f"bit-identical on {rows} random rows"
 
 
-# -- untrusted bytes, in a child process --------------------------------------------------------
-CHECK_TIMEOUT = 120  # seconds one model may take to load, convert and predict
-INFO_TIMEOUT = 30    # seconds one info.pkl may take to unpickle
-
-
-def check_model(data: bytes, source: str, name: str, *, verify: bool = False,
-                timeout: int = CHECK_TIMEOUT) -> tuple[ModelInfo, bytes, str | None]:
-    """Load model bytes (`source` "json" or "pkl") the way a trading engine will, in a child process.
-
-    Returns (ModelInfo, the XGBoost JSON text to serve, verification). The child loads the file,
-    converts a pickle to JSON, loads that JSON back and predicts a few rows with it, so a model we
-    serve is one XGBoost can read and evaluate; with `verify`, it also proves the JSON predicts
-    bit-identically to the pickle (the verification is its explanation; a mismatch is an
-    ArtifactError). ArtifactError when the file is unusable, including when it crashes or hangs
-    the loader.
-    """
-    header = {"kind": "model", "source": source, "name": name, "verify": verify}
-    result, payload = _run_isolated(header, data, timeout, "the XGBoost loader")
-    return ModelInfo(**result["info"]), (payload or bytes(data)), result.get("verification")
-
-
-def check_info(data: bytes, name: str, *, timeout: int = INFO_TIMEOUT) -> dict:
-    """Unpickle an info.pkl (allow-list only) in a child process and return it JSON-safe.
-
-    A pickle can be tiny and still describe an enormous or slow-to-hash value (shared references
-    nested many levels deep); in a child, that costs a bounded wait, never the server.
-    """
-    _result, payload = _run_isolated({"kind": "info", "name": name}, data, timeout, "the unpickler")
-    return json.loads(payload)
-
-
-def _run_isolated(header: dict, data: bytes, timeout: int, what: str) -> tuple[dict, bytes]:
-    name = header["name"]
-    for _attempt in range(2):  # a helper that died (or could not fork) gets replaced once
-        server = _CheckServer.get()
-        if server is None:  # no helper process can be started: do it here rather than not at all
-            result, payload = _work(header, bytes(data))
-            return _unpack(result), payload
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        started, running = time.monotonic(), False
-        try:
-            try:
-                server.submit(theirs)
-            finally:
-                theirs.close()
-            ours.settimeout(timeout + 10)  # the child ends itself after `timeout` (SIGALRM); this is a backstop
-            _send_frame(ours, {**header, "timeout": timeout}, data)
-            running = _recv_exact(ours, 1) == _STARTED
-            result, payload = _recv_frame(ours)
-            return _unpack(result), payload
-        except (EOFError, OSError) as exc:
-            if not running:  # no child ever took the request: not the file's fault
-                server.discard()
-                continue
-            if isinstance(exc, TimeoutError) or time.monotonic() - started >= timeout:
-                raise ArtifactError(f"{name}: {what} did not finish with it within {timeout}s; the file is corrupt, "
-                                    "hostile or far too large", code="too_slow") from None
-            raise ArtifactError(f"{name} crashed {what} (the checking process died): the file is corrupt or was "
-                                "cut off; export it again", code="corrupt") from None
-        finally:
-            ours.close()
-    raise ArtifactError(f"{name} was not checked: no process to check it in could be started (see the server log); "
-                        "it is retried on the next change or refresh", code="check_unavailable")
-
-
-def _unpack(result: dict) -> dict:
-    if result["status"] != "ok":
-        raise ArtifactError(result["message"], code=result["code"])
-    return result
-
-
-def _work(header: dict, data: bytes) -> tuple[dict, bytes]:
-    """What a child does with one request: (JSON-able result, payload bytes)."""
-    name = header["name"]
-    if header["kind"] == "info":
-        from model_manager.jsonsafe import json_safe
-
-        try:
-            obj = safe_loads(data)
-        except ArtifactError as exc:
-            return {"status": "error", "code": exc.code, "message": str(exc)}, b""
-        if not isinstance(obj, dict):
-            return {"status": "error", "code": "info_not_dict",
-                    "message": f"{name} holds a {type(obj).__name__}, expected a dict of training metadata"}, b""
-        return {"status": "ok"}, json.dumps(json_safe(obj), allow_nan=False).encode()
-    result = _check(data, header["source"], name, bool(header.get("verify")))
-    return result, result.pop("json", None) or b""
-
-
-def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
-    """The work of one check (in the child): a JSON-able result; for a pickle, also the JSON."""
-    import xgboost as xgb
-
-    try:
-        if source == "json":
-            booster, model_json, warns = load_json_model(data, name), data, []
-        else:
-            original, warns = load_pickled_model(data, name)
-            model_json = booster_json(original)
-            booster = load_json_model(model_json, name)  # what engines will load
-        info = model_info(booster, model_json, warns)
-        rows = np.random.default_rng(0).normal(size=(8, max(info.num_features, 1))).astype(np.float32)
-        rows[::3, ::2] = np.nan  # missing values take the default branches
-        kwargs = {"feature_names": info.feature_names} if info.feature_names else {}
-        try:
-            booster.predict(xgb.DMatrix(rows, missing=np.nan, **kwargs))
-        except xgb.core.XGBoostError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
-            raise ArtifactError(f"{name} loads but cannot predict: {first[:200]}", code="corrupt") from None
-        verification = None
-        if verify and source == "pkl":
-            ok, verification = verify_predictions(original, model_json)
-            if not ok:
-                raise ArtifactError(f"verification failed: {verification}", code="verify_failed")
-    except ArtifactError as exc:
-        return {"status": "error", "code": exc.code, "message": str(exc)}
-    except Exception as exc:  # xgboost or a reconstructor surprised by hostile bytes
-        return {"status": "error", "code": "corrupt",
-                "message": f"{name} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"}
-    return {"status": "ok", "info": asdict(info), "verification": verification,
-            "json": model_json if source == "pkl" else None}
-
-
-def _send_frame(sock: socket.socket, header: dict, payload: bytes = b"") -> None:
-    head = json.dumps({**header, "size": len(payload)}).encode()
-    sock.sendall(struct.pack("<Q", len(head)) + head)
-    sock.sendall(payload)
-
-
-_STARTED = b"+"  # a child's first byte: it took the request (so a crash after it is the file's doing)
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(min(size - len(buf), 1 << 20))
-        if not chunk:
-            raise EOFError("peer closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_frame(sock: socket.socket) -> tuple[dict, bytes]:
-    (size,) = struct.unpack("<Q", _recv_exact(sock, 8))
-    if size > 1 << 20:
-        raise EOFError("frame header too large")
-    header = json.loads(_recv_exact(sock, size))
-    return header, _recv_exact(sock, int(header["size"]))
-
-
-class _CheckServer:
-    """A helper process that imports xgboost once, then forks one child per check.
-
-    Forking from a small single-threaded helper (never from a server full of threads) is cheap and
-    safe, and no main module is re-imported. Requests arrive as socket ends passed over a control
-    socket; the helper exits when that socket closes (its parent is gone).
-    """
-
-    _instance: "_CheckServer | None" = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-        code = f"from model_manager.conversion import _serve_checks; _serve_checks({theirs.fileno()})"
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], env=env,
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        finally:
-            theirs.close()
-        self.send_lock = threading.Lock()
-        atexit.register(self.close)
-
-    def close(self) -> None:
-        """Closing the control socket ends the helper; wait for it so no process is left behind."""
-        self.control.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        atexit.unregister(self.close)
-
-    @classmethod
-    def get(cls) -> "_CheckServer | None":
-        with cls._lock:
-            server = cls._instance
-            if server is None or server.proc.poll() is not None:
-                if server is not None:
-                    server.close()
-                try:
-                    server = cls._instance = cls()
-                except OSError as exc:
-                    log.warning("cannot start the model check process (%s); checking models in this process", exc)
-                    return None
-            return server
-
-    def discard(self) -> None:
-        """Forget this helper (it failed to take a request); the next `get` starts a new one."""
-        log.warning("the model check process failed to take a request; starting a new one")
-        with self._lock:
-            if _CheckServer._instance is self:
-                _CheckServer._instance = None
-        self.close()
-
-    def submit(self, sock: socket.socket) -> None:
-        with self.send_lock:
-            socket.send_fds(self.control, [b"c"], [sock.fileno()])
-
-
-def _serve_checks(fd: int) -> None:
-    """The helper's main loop (see `_CheckServer`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl+C is for the parent; we go when it goes
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    import pandas  # noqa: F401  (children start with what they need loaded)
-    import xgboost  # noqa: F401
-
-    import model_manager.jsonsafe  # noqa: F401
-
-    control = socket.socket(fileno=fd)
-    while True:
-        try:
-            msg, fds, _flags, _addr = socket.recv_fds(control, 16, 4)
-        except OSError:
-            return
-        if not msg:
-            return  # the parent closed the control socket
-        for extra in fds[1:]:
-            os.close(extra)
-        if not fds:
-            continue
-        try:
-            pid = os.fork()
-        except OSError:  # out of processes: the parent sees no child start, and retries
-            os.close(fds[0])
-            continue
-        if pid == 0:  # the child: one check, then exit without cleanup
-            status = 1
-            try:
-                control.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _answer(socket.socket(fileno=fds[0]))
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(fds[0])
-
-
-def _answer(sock: socket.socket) -> None:
-    header, data = _recv_frame(sock)
-    sock.sendall(_STARTED)
-    signal.alarm(max(1, int(header.get("timeout") or CHECK_TIMEOUT)))  # a hang, even in C code, ends here
-    result, payload = _work(header, data)
-    _send_frame(sock, result, payload)
-    sock.close()
-
-
 class ConversionCache:
     """Content-addressed cache under the data dir.
 
@@ -395,8 +123,8 @@ class ConversionCache:
     - `payloads/<key>.gz` + `.meta.json` → prebuilt gzip payload and its ETag
 
     Every entry is written atomically and checked against its recorded hash when read, so a crash
-    or a stray edit can only cause a miss, never a wrong answer. Reads touch the files; `prune`
-    drops what has not been used for a while.
+    or a stray edit can only cause a miss, never a wrong answer. `sweep` deletes what the loaded
+    models no longer use.
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -419,11 +147,15 @@ class ConversionCache:
         if json_bytes is not None:
             jpath = self.root / "json" / f"{info.json_sha256}.json"
             if not jpath.exists():
-                atomic_write(jpath, json_bytes)
-        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(asdict(info)).encode())
+                atomic_write(jpath, json_bytes, durable=False)
+        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(asdict(info)).encode(), durable=False)
 
     def has_json(self, json_sha: str) -> bool:
-        return (self.root / "json" / f"{json_sha}.json").is_file()
+        path = self.root / "json" / f"{json_sha}.json"
+        if path.is_file():
+            _touch(path)  # about to be used: keep it out of the next sweep's reach
+            return True
+        return False
 
     def model_json(self, json_sha: str) -> bytes | None:
         path = self.root / "json" / f"{json_sha}.json"
@@ -452,21 +184,55 @@ class ConversionCache:
         return meta["etag"], gz
 
     def put_payload(self, key: str, etag: str, gz: bytes) -> None:
-        atomic_write(self.root / "payloads" / f"{key}.gz", gz)
-        atomic_write(self.root / "payloads" / f"{key}.meta.json", json.dumps({"etag": etag, "gzip_sha256": sha256(gz)}).encode())
+        atomic_write(self.root / "payloads" / f"{key}.gz", gz, durable=False)
+        atomic_write(self.root / "payloads" / f"{key}.meta.json",
+                     json.dumps({"etag": etag, "gzip_sha256": sha256(gz)}).encode(), durable=False)
 
-    def prune(self, max_age_days: float = 14) -> int:
-        """Delete entries unused for `max_age_days`; returns how many files went."""
-        cutoff, removed = time.time() - max_age_days * 86400, 0
-        for sub in ("models", "json", "payloads"):
-            for path in (self.root / sub).iterdir():
-                try:
-                    if path.stat().st_mtime < cutoff:
-                        path.unlink()
-                        removed += 1
-                except OSError:
-                    pass
+    def sweep(self, live_json: set[str], live_payloads: set[str], live_etags: set[str], *,
+              grace_seconds: float = 600, max_age_days: float = 30) -> int:
+        """Delete what the live sets do not name; returns how many files went.
+
+        Model JSON and payloads (the large entries) go as soon as nothing loaded uses them and they
+        are older than `grace_seconds` (an entry just written by a load still in progress, or by a
+        CLI `register`, is young). Model infos and parse records are small and go after
+        `max_age_days` unused. Unknown files are left alone.
+        """
+        now, removed = time.time(), 0
+
+        def drop(path: Path, cutoff: float) -> None:
+            nonlocal removed
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+
+        for path in self._entries("json"):
+            if path.suffix == ".json" and path.stem not in live_json:
+                drop(path, now - grace_seconds)
+        for path in self._entries("payloads"):
+            name = path.name
+            if name.startswith("raw-") and name.endswith(".json"):
+                live = name[4:-5] in live_etags
+            elif name.endswith(".meta.json"):
+                live = name[: -len(".meta.json")] in live_payloads
+            elif name.endswith(".gz"):
+                live = name[:-3] in live_payloads
+            else:
+                continue
+            if not live:
+                drop(path, now - grace_seconds)
+        for sub in ("models", "snapshots"):
+            for path in self._entries(sub):
+                drop(path, now - max_age_days * 86400)
         return removed
+
+    def _entries(self, sub: str) -> list[Path]:
+        try:
+            return [p for p in (self.root / sub).iterdir() if not p.name.startswith(".")]
+        except OSError:
+            return []
 
     @staticmethod
     def _read_json(path: Path) -> dict | None:
@@ -527,6 +293,7 @@ def convert_file(source: Path, out_dir: Path | None = None, *, force: bool = Fal
     pickle is loaded in a check process (`check_model`): a corrupt one cannot crash the run.
     """
     from model_manager.files import read_artifact
+    from model_manager.isolation import check_model
 
     target = json_target(source, out_dir)
     if target.exists() and not force:

@@ -15,19 +15,34 @@ from pathlib import Path
 from model_manager.errors import ArtifactError
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+_umask: int | None = None
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask, read once (os.umask can only be read by setting it, which is
+    not safe to do while other threads create files)."""
+    global _umask
+    if _umask is None:
+        current = os.umask(0o022)
+        os.umask(current)
+        _umask = current
+    return 0o666 & ~_umask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to `path` via a temp file in the same directory and a rename: readers see the
-    old file or the new one, never half of either."""
+    old file or the new one, never half of either. `durable=False` skips the fsync, for cache
+    entries that are checked against their hash when read (a torn write is only a miss)."""
     target = Path(path)
+    mode = _file_mode()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+            if durable:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

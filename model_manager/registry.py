@@ -29,6 +29,7 @@ from model_manager.artifacts import (
 )
 from model_manager import __version__
 from model_manager.conversion import ConversionCache, sha256
+from model_manager.isolation import start_checker
 from model_manager.files import atomic_write
 from model_manager.errors import (
     ConflictError, DuplicateSymbolError, NotFoundError, PathError, UnprocessableError, ValidationError,
@@ -52,6 +53,7 @@ class PreparedPayload:
     etag: str      # quoted strong ETag: sha256 of the uncompressed body
     gzip: bytes
     size: int      # uncompressed length
+    cache_key: str = ""  # its entry in the payload cache (see `payload_key`)
 
 
 @dataclass(frozen=True)
@@ -233,8 +235,12 @@ class Registry:
         from model_manager.watcher import Watcher
 
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        # the model check process takes ~1 s to start: start it now, beside the first load, not at
+        # the first model that needs it (a warm start may need none)
+        loop.run_in_executor(None, start_checker)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.sync_with_store)
+            await loop.run_in_executor(None, self.sync_with_store)
         except Exception:
             log.exception("loading the registered models failed")
         finally:
@@ -419,7 +425,7 @@ class Registry:
         body = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
         record = {"version": SNAPSHOT_VERSION, "sha256": sha256(body.encode()), "fields": body}
         try:
-            atomic_write(self._record_path(root, group.group_key), json.dumps(record).encode())
+            atomic_write(self._record_path(root, group.group_key), json.dumps(record).encode(), durable=False)
         except (OSError, TypeError, ValueError) as exc:  # a full disk or an odd value: the next start re-parses
             log.debug("parse record of %s not written: %s", group.group_key, exc)
 
@@ -446,7 +452,7 @@ class Registry:
                 return None
             if hit is None:
                 return None
-            return group, PreparedPayload(hit[0], hit[1], _gzip_size(hit[1]))
+            return group, PreparedPayload(hit[0], hit[1], _gzip_size(hit[1]), payload_key(model.name, group))
 
         keys = list(scanned)
         found = self.executor.map(one, keys)
@@ -462,18 +468,37 @@ class Registry:
         if hit is not None:
             group.model_json = None
             etag, gz = hit
-            return PreparedPayload(etag, gz, _gzip_size(gz)), None
+            return PreparedPayload(etag, gz, _gzip_size(gz), key), None
         model_json = group.model_json or self.cache.model_json(group.model_sha256)
         if model_json is None:
             return None, "converted model missing from the cache; it will be rebuilt on the next change"
         raw = build_payload_bytes(model_name, group, model_json)
         group.model_json = None  # raw JSON need not stay in memory
-        prepared = PreparedPayload(f'"{sha256(raw)[:32]}"', gzip.compress(raw, GZIP_LEVEL, mtime=0), len(raw))
+        prepared = PreparedPayload(f'"{sha256(raw)[:32]}"', gzip.compress(raw, GZIP_LEVEL, mtime=0), len(raw), key)
         try:
             self.cache.put_payload(key, prepared.etag, prepared.gzip)
         except OSError as exc:
             log.warning("payload cache not written: %s", exc)
         return prepared, None
+
+    # -- cache housekeeping ----------------------------------------------------------------------
+    def sweep_cache(self) -> int:
+        """Delete cache entries no loaded group uses any more (superseded by retraining, removed
+        groups, unregistered models). Without this the cache grows by a model's JSON and payload
+        at every rewrite. Returns how many files went."""
+        live_json, live_payloads, live_etags = set(), set(), set()
+        for model in list(self.models.values()):
+            for state in model.view.groups.values():
+                for snap in (state.snapshot, state.served):
+                    if snap is not None and snap.model_sha256:
+                        live_json.add(snap.model_sha256)
+                if state.payload is not None:
+                    live_payloads.add(state.payload.cache_key)
+                    live_etags.add(state.payload.etag.strip('"'))
+        removed = self.cache.sweep(live_json, live_payloads, live_etags)
+        if removed:
+            log.info("cache: removed %d unused entries", removed)
+        return removed
 
     # -- reads (event loop; no locks, no I/O) ------------------------------------------------------
     def group(self, name: str, symbol: str, group_key: str | None = None) -> GroupState:
@@ -555,7 +580,7 @@ class Registry:
             return body
         body = gzip.decompress(payload.gzip)
         try:
-            atomic_write(path, body)
+            atomic_write(path, body, durable=False)
             self._raw_verified.add(payload.etag)
         except OSError as exc:
             log.warning("plain payload not cached: %s", exc)

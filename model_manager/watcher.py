@@ -22,6 +22,7 @@ from model_manager.artifacts import split_artifact_name
 
 log = logging.getLogger(__name__)
 
+SWEEP_INTERVAL = 600.0  # seconds between cache sweeps (see Registry.sweep_cache)
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "afs", "ceph", "glusterfs", "lustre"}
 
 
@@ -60,6 +61,7 @@ class Watcher:
         self._stop = asyncio.Event()
         self._rewatch = asyncio.Event()
         self._identities: dict[str, tuple | None] = {}
+        self._last_sweep = -SWEEP_INTERVAL  # the first tick sweeps the cache (after the initial load)
         self.parse_count = 0  # group refreshes done, for tests and diagnostics
 
     async def start(self) -> None:
@@ -93,6 +95,9 @@ class Watcher:
                     self._rewatch.set()
                 if self.settings.watch_enabled:
                     await self._catch_up()
+                if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL:
+                    self._last_sweep = time.monotonic()
+                    await loop.run_in_executor(None, self.registry.sweep_cache)
             except Exception:  # keep watching whatever one tick hit
                 log.exception("watch tick failed")
 
