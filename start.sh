@@ -18,10 +18,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-APP="model-manager"
+# shellcheck source=scripts/common.sh
+. "$ROOT/scripts/common.sh"
 VENV_BIN="$ROOT/.venv/bin"
-RUN_BASE="${MODEL_MANAGER_RUN_DIR:-$ROOT}"
-PID_FILE="$RUN_BASE/run/$APP.pid"
 LOG_FILE="$RUN_BASE/logs/$APP.log"
 PM2_OUT="$RUN_BASE/logs/$APP.out.log"
 PM2_ERR="$RUN_BASE/logs/$APP.err.log"
@@ -76,39 +75,6 @@ URL="http://$PROBE_HOST:$PORT"
 export PYTHONUNBUFFERED=1
 
 # --- helpers -------------------------------------------------------------------------------------
-PM2=""
-if [ "${MODEL_MANAGER_NO_PM2:-0}" != 1 ]; then
-    if [ -x "$ROOT/.tools/node_modules/.bin/pm2" ]; then
-        PM2="$ROOT/.tools/node_modules/.bin/pm2"
-    elif command -v pm2 >/dev/null 2>&1; then
-        PM2="$(command -v pm2)"
-    fi
-fi
-
-# "status restarts pid" of our pm2 app, or nothing when pm2 does not know it.
-pm2_state() {
-    "$PM2" jlist 2>/dev/null | node -e '
-        let text = "";
-        process.stdin.on("data", (d) => (text += d)).on("end", () => {
-            for (const line of text.split("\n")) {
-                if (!line.startsWith("[")) continue;
-                let list;
-                try { list = JSON.parse(line); } catch (e) { continue; }
-                for (const p of list) {
-                    if (p.name === process.argv[1]) console.log(`${p.pm2_env.status} ${p.pm2_env.restart_time} ${p.pid}`);
-                }
-            }
-        });' "$APP"
-}
-
-alive() { [ -n "$1" ] && [ "$1" != 0 ] && kill -0 "$1" 2>/dev/null; }
-
-# True when pid $1 runs model-manager (a pid file may outlive its process, and pids get reused).
-is_model_manager() {
-    local cmd
-    if [ -r "/proc/$1/cmdline" ]; then cmd="$(tr '\0' ' ' <"/proc/$1/cmdline")"; else cmd="$(ps -o args= -p "$1" 2>/dev/null || true)"; fi
-    [[ "$cmd" == *model-manager* ]]
-}
 
 healthy() {
     "$VENV_BIN/python" - "$URL/healthz" <<'EOF' >/dev/null 2>&1

@@ -8,9 +8,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-APP="model-manager"
-RUN_BASE="${MODEL_MANAGER_RUN_DIR:-$ROOT}"
-PID_FILE="$RUN_BASE/run/$APP.pid"
+# shellcheck source=scripts/common.sh
+. "$ROOT/scripts/common.sh"
 GRACE="${MODEL_MANAGER_STOP_TIMEOUT:-10}"
 QUIET="${MODEL_MANAGER_QUIET_STOP:-0}"
 
@@ -21,16 +20,6 @@ case "${1:-}" in
 esac
 
 say() { [ "$QUIET" = 1 ] || echo "$*"; }
-alive() { [ -n "$1" ] && [ "$1" != 0 ] && kill -0 "$1" 2>/dev/null; }
-
-command_of() {
-    if [ -r "/proc/$1/cmdline" ]; then
-        tr '\0' ' ' <"/proc/$1/cmdline"
-    else
-        ps -o args= -p "$1" 2>/dev/null || true
-    fi
-}
-
 # Wait up to $2 seconds for process $1 to exit; true when it did.
 wait_gone() {
     local pid="$1" tenths=$(( $2 * 10 ))
@@ -56,7 +45,7 @@ STOPPED=0
 # --- a background process (pid file) -------------------------------------------------------------
 if [ -f "$PID_FILE" ]; then
     pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if alive "$pid" && [[ "$(command_of "$pid")" == *model-manager* ]]; then
+    if is_model_manager "$pid"; then
         say "stopping model-manager (pid $pid): SIGINT, waiting up to ${GRACE}s..."
         kill -INT "$pid" 2>/dev/null || true
         if ! wait_gone "$pid" "$GRACE"; then
@@ -79,29 +68,9 @@ if [ -f "$PID_FILE" ]; then
 fi
 
 # --- pm2 -----------------------------------------------------------------------------------------
-PM2=""
-if [ "${MODEL_MANAGER_NO_PM2:-0}" != 1 ]; then
-    if [ -x "$ROOT/.tools/node_modules/.bin/pm2" ]; then
-        PM2="$ROOT/.tools/node_modules/.bin/pm2"
-    elif command -v pm2 >/dev/null 2>&1; then
-        PM2="$(command -v pm2)"
-    fi
-fi
-PM2_DIR="${PM2_HOME:-$HOME/.pm2}"
 # Only ask pm2 when its daemon runs: asking would otherwise start one.
 if [ -n "$PM2" ] && [ -f "$PM2_DIR/pm2.pid" ] && alive "$(cat "$PM2_DIR/pm2.pid" 2>/dev/null || true)"; then
-    read -r state _restarts pid <<<"$("$PM2" jlist 2>/dev/null | node -e '
-        let text = "";
-        process.stdin.on("data", (d) => (text += d)).on("end", () => {
-            for (const line of text.split("\n")) {
-                if (!line.startsWith("[")) continue;
-                let list;
-                try { list = JSON.parse(line); } catch (e) { continue; }
-                for (const p of list) {
-                    if (p.name === process.argv[1]) console.log(`${p.pm2_env.status} ${p.pm2_env.restart_time} ${p.pid}`);
-                }
-            }
-        });' "$APP")" || true
+    read -r state _restarts pid <<<"$(pm2_state)" || true
     if [ -n "${state:-}" ]; then
         if alive "${pid:-}"; then
             say "stopping model-manager under pm2 (pid $pid): SIGINT, then SIGKILL after the kill_timeout..."
