@@ -117,7 +117,7 @@ def write_demo(directory: str | os.PathLike) -> list[str]:
 
 def ensure_demo(settings, store) -> Path:
     """Generate the demo directory under the data dir once, and register it as `demo`."""
-    from model_manager.registry import validate_registration
+    from model_manager.registration import validate_registration
 
     path = Path(settings.data_dir) / "demo-models"
     if not any(path.glob("*_factors.txt")):

@@ -10,199 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
-import json
 import gzip
+import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_manager.artifacts import (
-    DirectorySnapshot, GroupSnapshot, Issue, build_payload_bytes, check_directory, file_signature, load_group,
-    payload_key, scan_directory,
-)
 from model_manager import __version__
-from model_manager.conversion import ConversionCache, sha256
-from model_manager.isolation import start_checker
-from model_manager.files import atomic_write
-from model_manager.errors import (
-    ConflictError, DuplicateSymbolError, NotFoundError, PathError, UnprocessableError, ValidationError,
+from model_manager.artifacts import (
+    DirectorySnapshot, GroupSnapshot, Issue, build_payload_bytes, check_directory, file_signature, payload_key,
+    scan_directory,
 )
+from model_manager.conversion import ConversionCache, sha256
+from model_manager.errors import DuplicateSymbolError, NotFoundError, PathError, UnprocessableError
+from model_manager.files import atomic_write
+from model_manager.isolation import start_checker
+from model_manager.registration import load_snapshot, validate_registration
+from model_manager.state import GroupState, LoadedModel, PreparedPayload, now_iso
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 GZIP_LEVEL = 6
 RAW_CACHE_BYTES = 64 * 1024 * 1024
 SNAPSHOT_VERSION = f"{__version__}/1"  # parse records of another release are not trusted
 SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class PreparedPayload:
-    etag: str      # quoted strong ETag: sha256 of the uncompressed body
-    gzip: bytes
-    size: int      # uncompressed length
-    cache_key: str = ""  # its entry in the payload cache (see `payload_key`)
-
-
-@dataclass(frozen=True)
-class GroupState:
-    """What is known and served for one group. `snapshot` is the latest parse; `served` the snapshot
-    behind `payload` (the same object unless the latest parse failed: then `stale`)."""
-
-    snapshot: GroupSnapshot
-    served: GroupSnapshot | None
-    payload: PreparedPayload | None
-    refreshed_at: str
-    outcome: str          # "loaded" | "updated" | "failed" | "kept_previous"
-    message: str = ""
-    generation: int = 1   # how many times this group has been parsed since the server started
-
-    @property
-    def stale(self) -> bool:
-        return self.served is not None and self.served is not self.snapshot
-
-    def refresh_info(self) -> dict:
-        return {"group_key": self.snapshot.group_key, "symbol": self.snapshot.symbol, "status": self.snapshot.status,
-                "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message,
-                "generation": self.generation}
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """An immutable set of group states; a refresh swaps in a new view with one assignment."""
-
-    groups: dict[str, GroupState]
-    symbols: dict[str, list[str]]
-    factor_union: list[str]
-    refreshed_at: str | None
-
-    @classmethod
-    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None) -> "ModelView":
-        symbols: dict[str, list[str]] = {}
-        for key, state in groups.items():
-            symbols.setdefault(state.snapshot.symbol, []).append(key)
-        union = sorted({f for state in groups.values() for f in state.snapshot.factors})
-        return cls(groups, symbols, union, refreshed_at)
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    path: str
-    registered_at: str
-    view: ModelView = field(default_factory=lambda: ModelView({}, {}, [], None))
-    error: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def install(self, groups: dict[str, GroupState]) -> None:
-        """Swap in a new set of group states (readers see the old or the new, never a mix)."""
-        self.view = ModelView.build(groups, now_iso())
-
-    @property
-    def groups(self) -> dict[str, GroupState]:
-        return self.view.groups
-
-    @property
-    def symbols(self) -> dict[str, list[str]]:
-        return self.view.symbols
-
-    @property
-    def factor_union(self) -> list[str]:
-        return self.view.factor_union
-
-    @property
-    def refreshed_at(self) -> str | None:
-        return self.view.refreshed_at
-
-    @property
-    def status(self) -> str:
-        if self.error:
-            return "error"
-        statuses = {s.snapshot.status for s in self.groups.values()}
-        return "error" if "error" in statuses else "warning" if "warning" in statuses else "ok"
-
-    def to_dict(self, *, with_groups: bool = True) -> dict:
-        view = self.view
-        out = {"name": self.name, "path": self.path, "registered_at": self.registered_at,
-               "refreshed_at": view.refreshed_at, "group_count": len(view.groups), "symbol_count": len(view.symbols),
-               "status": self.status, "error": self.error}
-        if with_groups:
-            out["groups"] = [s.refresh_info() for s in view.groups.values()]
-        return out
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValidationError(f"model name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
-
-
-def normalize_path(path: str) -> str:
-    """Absolute, but symlinks kept: `current -> v3` must follow the link when it moves."""
-    if not isinstance(path, str) or not path.strip():
-        raise PathError("path is empty: give the model directory's absolute path")
-    if "\x00" in path:
-        raise PathError("path contains a NUL byte")
-    absolute = os.path.abspath(os.path.expanduser(path.strip()))
-    try:
-        absolute.encode("utf-8")  # bytes that are not UTF-8 arrive as lone surrogates
-    except UnicodeEncodeError:
-        shown = absolute.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        raise PathError(f"path {shown!r} is not valid UTF-8: rename the directory, or register a symlink "
-                        "with a UTF-8 name that points to it") from None
-    return absolute
-
-
-def validate_registration(store, name: str, path: str, *, max_bytes: int, cache: ConversionCache | None = None,
-                          executor=None, prepare=None) -> tuple[str, DirectorySnapshot | None]:
-    """The rules of `POST /api/models`, shared by the CLI. Returns (normalized path, snapshot); the
-    snapshot is None when exactly this name+path is already registered."""
-    check_name(name)
-    abspath = normalize_path(path)
-    existing = store.get_model(name)
-    if existing is not None:
-        if existing.path == abspath:
-            return abspath, None
-        raise ConflictError(f"model name {name!r} is already registered for {existing.path}: choose another name or remove it first")
-    check_directory(abspath)
-    snap = load_snapshot(abspath, cache=cache, max_bytes=max_bytes, executor=executor, prepare=prepare)
-    if not snap.groups:
-        raise ValidationError(f"{abspath} has no model groups (expected files like SYMBOL_RETURN_factors.txt and SYMBOL_RETURN_model.json)")
-    dupes = snap.duplicate_symbols()
-    if dupes:
-        raise DuplicateSymbolError(dupes)
-    return abspath, snap
-
-
-def load_snapshot(path: str, *, cache, max_bytes: int, executor=None, only: set[str] | None = None,
-                  scanned: dict | None = None, prepare=None) -> DirectorySnapshot:
-    """Load the groups of a directory; `prepare(group)`, when given, runs in the same worker right
-    after each group is parsed (see `Registry._preparer`)."""
-    root = check_directory(path)
-    if scanned is None:
-        scanned, _ = scan_directory(root)
-    keys = [k for k in scanned if only is None or k in only]
-
-    def one(key: str) -> GroupSnapshot:
-        group = load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
-        if prepare is not None:
-            prepare(group)
-        return group
-
-    groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
-    return DirectorySnapshot(root, {g.group_key: g for g in groups})
 
 
 class Registry:

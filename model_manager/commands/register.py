@@ -11,7 +11,7 @@ from rich.table import Table
 
 from model_manager.commands import app, fail
 from model_manager.conversion import ConversionCache
-from model_manager.registry import check_name, validate_registration
+from model_manager.registration import check_name, validate_registration
 from model_manager.settings import Settings
 from model_manager.store import Store
 

@@ -14,7 +14,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from model_manager.errors import ModelManagerError
-from model_manager.registry import NAME_RE, Registry
+from model_manager.registration import NAME_RE
+from model_manager.registry import Registry
 from model_manager.server import error_responses
 from model_manager.server.auth import parse_bearer
 from model_manager.store import hash_token

@@ -1,0 +1,109 @@
+"""What a loaded model is made of, in memory: the prebuilt payload of each group, the state of each
+group (latest parse, what is served, how the last refresh went) and an immutable view of a model's
+groups that a refresh replaces with one assignment."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass, field
+
+from model_manager.artifacts import GroupSnapshot
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class PreparedPayload:
+    etag: str      # quoted strong ETag: sha256 of the uncompressed body
+    gzip: bytes
+    size: int      # uncompressed length
+    cache_key: str = ""  # its entry in the payload cache (see `payload_key`)
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """What is known and served for one group. `snapshot` is the latest parse; `served` the snapshot
+    behind `payload` (the same object unless the latest parse failed: then `stale`)."""
+
+    snapshot: GroupSnapshot
+    served: GroupSnapshot | None
+    payload: PreparedPayload | None
+    refreshed_at: str
+    outcome: str          # "loaded" | "updated" | "failed" | "kept_previous"
+    message: str = ""
+    generation: int = 1   # how many times this group has been parsed since the server started
+
+    @property
+    def stale(self) -> bool:
+        return self.served is not None and self.served is not self.snapshot
+
+    def refresh_info(self) -> dict:
+        return {"group_key": self.snapshot.group_key, "symbol": self.snapshot.symbol, "status": self.snapshot.status,
+                "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message,
+                "generation": self.generation}
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """An immutable set of group states; a refresh swaps in a new view with one assignment."""
+
+    groups: dict[str, GroupState]
+    symbols: dict[str, list[str]]
+    factor_union: list[str]
+    refreshed_at: str | None
+
+    @classmethod
+    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None) -> "ModelView":
+        symbols: dict[str, list[str]] = {}
+        for key, state in groups.items():
+            symbols.setdefault(state.snapshot.symbol, []).append(key)
+        union = sorted({f for state in groups.values() for f in state.snapshot.factors})
+        return cls(groups, symbols, union, refreshed_at)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: str
+    registered_at: str
+    view: ModelView = field(default_factory=lambda: ModelView({}, {}, [], None))
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def install(self, groups: dict[str, GroupState]) -> None:
+        """Swap in a new set of group states (readers see the old or the new, never a mix)."""
+        self.view = ModelView.build(groups, now_iso())
+
+    @property
+    def groups(self) -> dict[str, GroupState]:
+        return self.view.groups
+
+    @property
+    def symbols(self) -> dict[str, list[str]]:
+        return self.view.symbols
+
+    @property
+    def factor_union(self) -> list[str]:
+        return self.view.factor_union
+
+    @property
+    def refreshed_at(self) -> str | None:
+        return self.view.refreshed_at
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "error"
+        statuses = {s.snapshot.status for s in self.groups.values()}
+        return "error" if "error" in statuses else "warning" if "warning" in statuses else "ok"
+
+    def to_dict(self, *, with_groups: bool = True) -> dict:
+        view = self.view
+        out = {"name": self.name, "path": self.path, "registered_at": self.registered_at,
+               "refreshed_at": view.refreshed_at, "group_count": len(view.groups), "symbol_count": len(view.symbols),
+               "status": self.status, "error": self.error}
+        if with_groups:
+            out["groups"] = [s.refresh_info() for s in view.groups.values()]
+        return out
