@@ -125,5 +125,5 @@ def ensure_demo(settings, store) -> Path:
     existing = store.get_model(DEMO_NAME)
     if existing is None:
         validate_registration(store, DEMO_NAME, str(path), max_bytes=settings.max_artifact_bytes)
-        store.add_model(DEMO_NAME, str(path.resolve()))
+        store.add_model(DEMO_NAME, str(path.resolve()), client="serve --demo")
     return path

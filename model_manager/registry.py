@@ -125,20 +125,20 @@ class Registry:
             # payloads first, the row last: a failure (or a kill) here must not leave a half-registered model
             model = LoadedModel(name, abspath, now_iso())
             states = self._states(model, snap, {}, prepared)
-            model.registered_at = self.store.add_model(name, abspath).registered_at
+            row = self.store.add_model(name, abspath, client=client,
+                                       detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
+            model.registered_at = row.registered_at
             model.install(states)
             self.models[name] = model
         self._watch_set_changed()
-        self.store.audit("register", client=client, detail=f"{name} -> {abspath} ({len(model.groups)} groups)")
         return model, True
 
     def unregister(self, name: str, *, client: str | None = None) -> None:
         with self._lock:
             self.get(name)
-            self.store.remove_model(name)
+            self.store.remove_model(name, client=client)
             self.models.pop(name, None)
         self._watch_set_changed()
-        self.store.audit("unregister", client=client, detail=name)
 
     def _watch_set_changed(self) -> None:
         if self.watcher is not None:

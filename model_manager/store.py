@@ -237,8 +237,9 @@ class Store:
         rows = self._read("SELECT name, path, registered_at FROM models WHERE name = ?", (name,))
         return ModelRow(*rows[0]) if rows else None
 
-    def add_model(self, name: str, path: str) -> ModelRow:
-        """Insert a registration; ConflictError when the name is taken (validation is the caller's)."""
+    def add_model(self, name: str, path: str, *, client: str | None = None, detail: str | None = None) -> ModelRow:
+        """Insert a registration and its `register` audit event in one transaction; ConflictError
+        when the name is taken (validation is the caller's)."""
         row = ModelRow(name, str(path), isoformat(utc_now()))
         with self._write() as db:
             existing = db.execute("SELECT path FROM models WHERE name = ?", (name,)).fetchone()
@@ -246,23 +247,30 @@ class Store:
                 raise ConflictError(f"the name {name!r} is already registered for {existing[0]}: "
                                     "pick another name or remove the existing model first")
             db.execute("INSERT INTO models (name, path, registered_at) VALUES (?, ?, ?)", (row.name, row.path, row.registered_at))
+            self._insert_audit(db, "register", client, detail if detail is not None else f"{name} -> {path}")
         return row
 
-    def remove_model(self, name: str) -> bool:
-        """Delete a registration; False when there was none."""
+    def remove_model(self, name: str, *, client: str | None = None) -> bool:
+        """Delete a registration (and audit it, in the same transaction); False when there was none."""
         with self._write() as db:
-            return db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+            removed = db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+            if removed:
+                self._insert_audit(db, "unregister", client, name)
+            return removed
 
     # -- audit trail ------------------------------------------------------------------------------
 
     def audit(self, event: str, *, client: str | None = None, detail: str = "") -> None:
         """Append one event (login, login_failed, bootstrap, password_changed, register, ...)."""
         with self._write() as db:
-            db.execute("INSERT INTO audit (at, event, client, detail) VALUES (?, ?, ?, ?)",
-                       (isoformat(utc_now()), event, client, detail[:AUDIT_DETAIL_MAX]))
-            self._audit_writes += 1
-            if self._audit_writes % 1000 == 0:
-                db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP_ROWS,))
+            self._insert_audit(db, event, client, detail)
+
+    def _insert_audit(self, db: sqlite3.Connection, event: str, client: str | None, detail: str) -> None:
+        db.execute("INSERT INTO audit (at, event, client, detail) VALUES (?, ?, ?, ?)",
+                   (isoformat(utc_now()), event, client, detail[:AUDIT_DETAIL_MAX]))
+        self._audit_writes += 1
+        if self._audit_writes % 1000 == 0:
+            db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP_ROWS,))
 
     def audit_events(self, *, limit: int = 200, event: str | None = None) -> list[dict]:
         """The newest events first: `{"id", "at", "event", "client", "detail"}`."""

@@ -210,7 +210,8 @@ def test_concurrent_threads_and_connections(db_path):
     try:
         assert errors == []
         assert len(shared.list_models()) == 8 * 25
-        assert len(shared.audit_events(limit=1000)) == 8 * 25
+        assert len(shared.audit_events(limit=1000, event="login")) == 8 * 25
+        assert len(shared.audit_events(limit=1000, event="register")) == 8 * 25  # one per registration
         assert all(other.token_expiry(t) is not None for t in tokens)
         assert shared.verify_password(PASSWORD)
     finally:
@@ -225,8 +226,7 @@ WRITER = textwrap.dedent("""
     store = Store(Path(sys.argv[1]))
     print("ready", flush=True)
     for i in range(int(sys.argv[2])):
-        store.add_model(f"proc-{i}", f"/models/proc/{i}")
-        store.audit("register", client="cli", detail=f"proc-{i}")
+        store.add_model(f"proc-{i}", f"/models/proc/{i}", client="cli", detail=f"proc-{i}")
     store.close()
 """)
 
@@ -239,7 +239,8 @@ def test_another_process_writes_at_the_same_time(store, db_path):
     assert proc.wait(timeout=120) == 0
     names = {m.name for m in store.list_models()}
     assert len(names) == 300
-    assert len(store.audit_events(limit=1000, event="register")) == 150
+    assert len(store.audit_events(limit=1000, event="register")) == 300
+    assert len([e for e in store.audit_events(limit=1000, event="register") if e["client"] == "cli"]) == 150
 
 
 def test_kill_9_mid_writes_leaves_a_consistent_db(db_path):
@@ -256,7 +257,8 @@ def test_kill_9_mid_writes_leaves_a_consistent_db(db_path):
         rows = store.list_models()
         assert rows, "the writer should have committed something in 0.5 s"
         assert all(r.path == f"/models/proc/{r.name.split('-')[1]}" for r in rows)
-        assert len(store.audit_events(limit=100000, event="register")) in (len(rows), len(rows) - 1)
+        # a registration and its audit event are one transaction: never one without the other
+        assert len(store.audit_events(limit=100000, event="register")) == len(rows)
     finally:
         store.close()
 
@@ -279,3 +281,16 @@ def test_core_does_not_import_cli_or_web_frameworks():
     code = "import sys, model_manager.store; bad = [m for m in ('typer', 'rich', 'litestar') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_registration_and_its_audit_event_are_one_transaction(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    store.add_model("prod", "/srv/models/prod", client="10.0.0.7", detail="prod -> /srv/models/prod (3 groups)")
+    assert store.remove_model("prod", client="cli") is True
+    assert store.remove_model("prod", client="cli") is False  # nothing removed: nothing audited
+    events = [(e["event"], e["client"], e["detail"]) for e in store.audit_events()]
+    assert events == [("unregister", "cli", "prod"), ("register", "10.0.0.7", "prod -> /srv/models/prod (3 groups)")]
+    with pytest.raises(ConflictError):
+        store.add_model("x", "/a")
+        store.add_model("x", "/b")
+    assert [e["event"] for e in store.audit_events()].count("register") == 2  # the refused one left no trace

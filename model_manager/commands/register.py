@@ -45,9 +45,8 @@ def register(
         return
     if remove:
         check_name(remove)
-        if not store.remove_model(remove):
+        if not store.remove_model(remove, client="cli"):
             raise fail(f"no model named {remove!r} is registered (see model-manager register --list)", 2)
-        store.audit("unregister", client="cli", detail=remove)
         console.print(f"removed {remove}")
         return
     if not name or not path:
@@ -58,8 +57,7 @@ def register(
     if snap is None:
         console.print(f"{name} is already registered for {abspath}")
         return
-    store.add_model(name, abspath)
-    store.audit("register", client="cli", detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
+    store.add_model(name, abspath, client="cli", detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
     errors = sum(1 for g in snap.groups.values() if g.status == "error")
     console.print(f"registered {name} -> {abspath}: {len(snap.groups)} groups"
                   + (f", [red]{errors} with errors[/red] (see model-manager inspect {abspath})" if errors else ""))
