@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import warnings
+from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,7 @@ from model_manager.conversion import ConversionCache, ModelInfo, sha256
 from model_manager.isolation import check_info, check_model
 from model_manager.errors import ArtifactError, PathError
 from model_manager.files import read_artifact
-from model_manager.jsonsafe import json_safe, scrub  # noqa: F401  (json_safe: part of this module's surface)
-from model_manager.safepickle import safe_loads
+from model_manager.jsonsafe import scrub
 
 log = logging.getLogger(__name__)
 
@@ -277,15 +277,6 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
     return {"columns": out_columns, "rows": rows}, notes
 
 
-def parse_info(data: bytes, name: str = "info.pkl") -> dict:
-    """Training metadata: a pickled dict, loaded through the allow-list unpickler, in this process
-    (`load_group` uses `isolation.check_info`, which does this in a child process)."""
-    obj = safe_loads(data)
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{name} holds a {type(obj).__name__}, expected a dict of training metadata", code="info_not_dict")
-    return obj
-
-
 def split_symbol(group_key: str, info: dict | None) -> tuple[str, str, Issue | None]:
     """Symbol and return name: info.pkl wins when its names are consistent with the group key."""
     symbol, _, return_name = group_key.partition("_")
@@ -354,7 +345,7 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
         issues.append(Issue("error", "missing_factors", f"{group_key}_factors.txt is missing: every group needs its factor list", None))
     else:
         factors = parse("factors.txt", parse_factors, read("factors.txt")) or []
-        dupes = sorted({f for f in factors if factors.count(f) > 1}) if len(set(factors)) != len(factors) else []
+        dupes = sorted(f for f, n in Counter(factors).items() if n > 1)
         if dupes:
             issues.append(Issue("warning", "duplicate_factors", f"factors listed more than once: {', '.join(dupes[:5])}", files["factors.txt"]))
 
@@ -373,7 +364,6 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
                 if extra:
                     issues.append(Issue("warning", "ic_unknown_factors", f"ic.csv has rows for {len(extra)} factor(s) not in factors.txt: {', '.join(extra[:5])}", files["ic.csv"]))
 
-    info = info_raw
     model_source, minfo, model_json = _load_model(files, read, issues, cache)
 
     dim = minfo.num_features if minfo else (len(factors) or None)
@@ -391,7 +381,7 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
 
     return GroupSnapshot(
         group_key=group_key, symbol=symbol, return_name=return_name, files=dict(sorted(files.items())),
-        factors=factors, ic=ic, info=info, dim=dim, model_source=model_source,
+        factors=factors, ic=ic, info=info_raw, dim=dim, model_source=model_source,
         model_sha256=minfo.json_sha256 if minfo else None, model_json=model_json,
         updated_at=_iso(max(mtimes)) if mtimes else None, signature=signature, issues=issues,
     )
@@ -456,14 +446,24 @@ def _validate_model(minfo: ModelInfo, factors: list[str], issues: list[Issue], f
 
 def load_directory(path: str | os.PathLike, *, cache: ConversionCache | None = None,
                    max_bytes: int = DEFAULT_MAX_BYTES, executor: Executor | None = None,
-                   only: set[str] | None = None) -> DirectorySnapshot:
-    """Scan and load every group (or only the keys in `only`), in parallel when given an executor."""
+                   only: set[str] | None = None, scanned: dict[str, dict[str, str]] | None = None,
+                   prepare: Callable[[GroupSnapshot], None] | None = None) -> DirectorySnapshot:
+    """Scan and load every group (or only the keys in `only`), in parallel when given an executor.
+
+    `scanned` reuses a scan the caller already made; `prepare(group)`, when given, runs in the same
+    worker right after each group is parsed (the registry prebuilds payloads there).
+    """
     root = check_directory(path)
-    scanned, ignored = scan_directory(root)
+    ignored: list[str] = []
+    if scanned is None:
+        scanned, ignored = scan_directory(root)
     keys = [k for k in scanned if only is None or k in only]
 
     def one(key: str) -> GroupSnapshot:
-        return load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
+        group = load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
+        if prepare is not None:
+            prepare(group)
+        return group
 
     groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
     return DirectorySnapshot(root, {g.group_key: g for g in groups}, ignored)

@@ -149,7 +149,7 @@ def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
             raise ArtifactError(f"{name} loads but cannot predict: {first[:200]}", code="corrupt") from None
         verification = None
         if verify and source == "pkl":
-            ok, verification = verify_predictions(original, model_json)
+            ok, verification = verify_predictions(original, booster)
             if not ok:
                 raise ArtifactError(f"verification failed: {verification}", code="verify_failed")
     except ArtifactError as exc:

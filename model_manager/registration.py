@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from model_manager.artifacts import DirectorySnapshot, GroupSnapshot, check_directory, load_group, scan_directory
+from model_manager.artifacts import DirectorySnapshot, load_directory
 from model_manager.conversion import ConversionCache
 from model_manager.errors import ConflictError, DuplicateSymbolError, PathError, ValidationError
 
@@ -45,30 +45,10 @@ def validate_registration(store, name: str, path: str, *, max_bytes: int, cache:
         if existing.path == abspath:
             return abspath, None
         raise ConflictError(f"model name {name!r} is already registered for {existing.path}: choose another name or remove it first")
-    check_directory(abspath)
-    snap = load_snapshot(abspath, cache=cache, max_bytes=max_bytes, executor=executor, prepare=prepare)
+    snap = load_directory(abspath, cache=cache, max_bytes=max_bytes, executor=executor, prepare=prepare)
     if not snap.groups:
         raise ValidationError(f"{abspath} has no model groups (expected files like SYMBOL_RETURN_factors.txt and SYMBOL_RETURN_model.json)")
     dupes = snap.duplicate_symbols()
     if dupes:
         raise DuplicateSymbolError(dupes)
     return abspath, snap
-
-
-def load_snapshot(path: str, *, cache, max_bytes: int, executor=None, only: set[str] | None = None,
-                  scanned: dict | None = None, prepare=None) -> DirectorySnapshot:
-    """Load the groups of a directory; `prepare(group)`, when given, runs in the same worker right
-    after each group is parsed (see `Registry._preparer`)."""
-    root = check_directory(path)
-    if scanned is None:
-        scanned, _ = scan_directory(root)
-    keys = [k for k in scanned if only is None or k in only]
-
-    def one(key: str) -> GroupSnapshot:
-        group = load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
-        if prepare is not None:
-            prepare(group)
-        return group
-
-    groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
-    return DirectorySnapshot(root, {g.group_key: g for g in groups})

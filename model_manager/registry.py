@@ -16,26 +16,24 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model_manager import __version__
 from model_manager.artifacts import (
-    DirectorySnapshot, GroupSnapshot, Issue, build_payload_bytes, check_directory, file_signature, payload_key,
-    scan_directory,
+    DirectorySnapshot, GroupSnapshot, Issue, build_payload_bytes, check_directory, file_signature, load_directory,
+    payload_key, scan_directory,
 )
 from model_manager.conversion import ConversionCache, sha256
 from model_manager.errors import DuplicateSymbolError, NotFoundError, PathError, UnprocessableError
 from model_manager.files import atomic_write
 from model_manager.isolation import start_checker
-from model_manager.registration import load_snapshot, validate_registration
+from model_manager.registration import validate_registration
 from model_manager.state import GroupState, LoadedModel, PreparedPayload, now_iso
 
 log = logging.getLogger(__name__)
 
 GZIP_LEVEL = 6
-RAW_CACHE_BYTES = 64 * 1024 * 1024
 SNAPSHOT_VERSION = f"{__version__}/1"  # parse records of another release are not trusted
 SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
 
@@ -52,9 +50,6 @@ class Registry:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.RLock()
-        self._raw: OrderedDict[str, bytes] = OrderedDict()
-        self._raw_bytes = 0
-        self._raw_lock = threading.Lock()
         self._raw_verified: set[str] = set()  # ETags whose plain-body file was checked (see _raw_file)
         self.watcher = None
         self.ready = asyncio.Event()  # set once the registered models are loaded
@@ -187,9 +182,9 @@ class Registry:
                 scanned, _ = scan_directory(root)
                 prepared: dict = {}
                 restored = self._restore(model, root, scanned) if only is None and not model.groups else {}
-                snap = load_snapshot(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
-                                     executor=self.executor, only=set(scanned) - set(restored) if restored else only,
-                                     scanned=scanned, prepare=self._preparer(model.name, prepared, str(root)))
+                snap = load_directory(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
+                                      executor=self.executor, only=set(scanned) - set(restored) if restored else only,
+                                      scanned=scanned, prepare=self._preparer(model.name, prepared, str(root)))
                 for key, (group, payload) in restored.items():
                     snap.groups[key] = group
                     prepared[key] = (payload, None)
@@ -238,7 +233,7 @@ class Registry:
         return out
 
     def _preparer(self, model_name: str, into: dict, root: str):
-        """A `load_snapshot` hook that prebuilds each group's payload in the worker that just parsed
+        """A `load_directory` hook that prebuilds each group's payload in the worker that just parsed
         it: the converted JSON is compressed and dropped at once, instead of every group's JSON
         waiting in memory for a second pass (360 MB for 200 groups of 300-tree models). A group
         that is served gets its parse recorded for the next start (see `_restore`)."""
@@ -357,45 +352,26 @@ class Registry:
             raise UnprocessableError(f"{state.snapshot.group_key} has errors, so its model is not served: {problems}")
         return state.payload
 
-    def raw_cached(self, payload: PreparedPayload) -> bytes | None:
-        with self._raw_lock:
-            body = self._raw.get(payload.etag)
-            if body is not None:
-                self._raw.move_to_end(payload.etag)
-            return body
-
     def raw_ready(self, payload: PreparedPayload) -> bytes | None:
         """The plain body when it costs no more than a read from the page cache (its file exists and
         was checked), else None; never decompresses. Cheap enough for the event loop."""
-        body = self.raw_cached(payload)
-        if body is None and payload.etag in self._raw_verified:
-            try:
-                body = (self.cache.root / "payloads" / f"raw-{payload.etag.strip(chr(34))}.json").read_bytes()
-            except OSError:
-                return None
-            if len(body) != payload.size:
-                self._raw_verified.discard(payload.etag)
-                return None
+        if payload.etag not in self._raw_verified:
+            return None
+        try:
+            body = self._raw_path(payload).read_bytes()
+        except OSError:
+            return None
+        if len(body) != payload.size:
+            self._raw_verified.discard(payload.etag)
+            return None
         return body
 
     def raw(self, payload: PreparedPayload) -> bytes:
-        """Uncompressed body for clients without gzip, from a small LRU of recently asked ones, else
-        from its file in the data dir's cache (blocking: call it from a worker thread)."""
-        with self._raw_lock:
-            body = self._raw.get(payload.etag)
-            if body is not None:
-                self._raw.move_to_end(payload.etag)
-                return body
-        body = self._raw_file(payload)
-        with self._raw_lock:
-            if payload.etag not in self._raw:
-                self._raw[payload.etag] = body
-                self._raw_bytes += len(body)
-                while self._raw_bytes > RAW_CACHE_BYTES and len(self._raw) > 1:
-                    _, old = self._raw.popitem(last=False)
-                    self._raw_bytes -= len(old)
-        return body
+        """Uncompressed body for clients without gzip (blocking: call it from a worker thread)."""
+        return self._raw_file(payload)
 
+    def _raw_path(self, payload: PreparedPayload) -> Path:
+        return self.cache.root / "payloads" / f"raw-{payload.etag.strip(chr(34))}.json"
 
     def _raw_file(self, payload: PreparedPayload) -> bytes:
         """The plain body kept as a file beside the payload cache, written at its first request.
@@ -404,7 +380,7 @@ class Registry:
         a fraction of a millisecond, and the page cache is not the server's memory. The file is
         named by the ETag (the sha256 of the body) and checked against it at its first read by
         this process, so a damaged file is only ever a miss."""
-        path = self.cache.root / "payloads" / f"raw-{payload.etag.strip(chr(34))}.json"
+        path = self._raw_path(payload)
         try:
             body = path.read_bytes()
         except OSError:

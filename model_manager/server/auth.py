@@ -291,7 +291,8 @@ async def require_token(connection: ASGIConnection, _: BaseRouteHandler) -> None
                                      headers={"WWW-Authenticate": "Bearer"})
 
 
-def _client(request: Request) -> str | None:
+def client_address(request: Request) -> str | None:
+    """The client's address as the server sees it (for throttling, the setup code and the audit trail)."""
     return request.client.host if request.client else None
 
 
@@ -356,27 +357,27 @@ def auth_status(request: Request) -> AuthStatus:
         initialized=initialized,
         authenticated=expiry is not None,
         expires_at=isoformat_ts(expiry),
-        setup_code_required=not initialized and not is_loopback(_client(request)),
+        setup_code_required=not initialized and not is_loopback(client_address(request)),
     )
 
 
 @post("/api/auth/bootstrap", status_code=201, tags=["auth"], responses=error_responses(400, 403, 409, 429))
 async def auth_bootstrap(request: Request, data: JSONBody[BootstrapBody]) -> TokenObject:
     """Set the first password and get a token. From another machine, send the setup code `serve` printed."""
-    return TokenObject(**await request.app.state.auth.bootstrap(data.password, data.setup_code, _client(request)))
+    return TokenObject(**await request.app.state.auth.bootstrap(data.password, data.setup_code, client_address(request)))
 
 
 @post("/api/auth/login", status_code=200, tags=["auth"], responses=error_responses(400, 401, 409, 429))
 async def auth_login(request: Request, data: JSONBody[PasswordBody]) -> TokenObject:
     """Exchange the password for a bearer token."""
-    return TokenObject(**await request.app.state.auth.login(data.password, _client(request)))
+    return TokenObject(**await request.app.state.auth.login(data.password, client_address(request)))
 
 
 @post("/api/auth/logout", status_code=204, guards=[require_token], security=BEARER_SECURITY, tags=["auth"],
       responses=error_responses(401), sync_to_thread=False)
 def auth_logout(request: Request) -> None:
     """Revoke the token sent with this request."""
-    request.app.state.auth.logout(bearer_token(request), _client(request))
+    request.app.state.auth.logout(bearer_token(request), client_address(request))
 
 
 @post("/api/auth/password", status_code=204, guards=[require_token], security=BEARER_SECURITY, tags=["auth"],
@@ -384,7 +385,7 @@ def auth_logout(request: Request) -> None:
 async def auth_password(request: Request, data: JSONBody[PasswordChangeBody]) -> None:
     """Change the password; every token except the one sent with this request is revoked."""
     await request.app.state.auth.change_password(bearer_token(request), data.current_password, data.new_password,
-                                                 _client(request))
+                                                 client_address(request))
 
 
 @get("/api/audit", guards=[require_token], security=BEARER_SECURITY, tags=["audit"], sync_to_thread=False,

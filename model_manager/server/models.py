@@ -17,7 +17,7 @@ from model_manager.errors import ModelManagerError
 from model_manager.registration import NAME_RE
 from model_manager.registry import Registry
 from model_manager.server import error_responses
-from model_manager.server.auth import parse_bearer
+from model_manager.server.auth import client_address, parse_bearer
 from model_manager.store import hash_token
 
 Name = Annotated[str, PathParameter(description="Registered model name", max_length=64)]
@@ -63,10 +63,6 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 def accepts_gzip(header: str | None) -> bool:
     """True when Accept-Encoding admits gzip (and does not set its q to 0)."""
     if not header:
@@ -93,20 +89,20 @@ def list_models(request: Request) -> dict[str, Any]:
 @post("/api/models", tags=["models"], summary="Register a model directory", sync_to_thread=True,
       status_code=201, responses=error_responses(400, 401, 409))
 def register_model(request: Request, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
-    model, created = _registry(request).register(data.name, data.path, client=_client(request))
+    model, created = _registry(request).register(data.name, data.path, client=client_address(request))
     return Response(model.to_dict(), status_code=201 if created else 200)
 
 
 @delete("/api/models/{name:str}", tags=["models"], summary="Unregister a model", sync_to_thread=True,
         responses=error_responses(401, 404))
 def unregister_model(request: Request, name: Name) -> None:
-    _registry(request).unregister(name, client=_client(request))
+    _registry(request).unregister(name, client=client_address(request))
 
 
 @post("/api/models/{name:str}/refresh", tags=["models"], summary="Re-read a model directory now",
       sync_to_thread=True, status_code=200, responses=error_responses(400, 401, 404))
 def refresh_model(request: Request, name: Name) -> dict[str, Any]:
-    return _registry(request).refresh(name, client=_client(request)).to_dict()
+    return _registry(request).refresh(name, client=client_address(request)).to_dict()
 
 
 @get("/api/models/{name:str}/symbols", tags=["models"], summary="Symbols of a model", sync_to_thread=False, responses=error_responses(401, 404))
@@ -151,7 +147,7 @@ async def model_payload(request: Request, name: Name, symbol: Symbol) -> Respons
     if accepts_gzip(request.headers.get("accept-encoding")):
         headers["Content-Encoding"] = "gzip"
         return Response(prepared.gzip, media_type="application/json", headers=headers)
-    body = registry.raw_cached(prepared)
+    body = registry.raw_ready(prepared)
     if body is None:
         import anyio
 
