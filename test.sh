@@ -60,6 +60,11 @@ if chromium_path="$(find_chromium)"; then
     say "browser tests use $chromium_path"
 fi
 
+if [ "$#" = 0 ]; then  # a full run also lints; a run of chosen tests does not
+    say ".venv/bin/ruff check ."
+    "$ROOT/.venv/bin/ruff" check . || { echo "test.sh: error: ruff found problems (fix them, or run .venv/bin/ruff check --fix .)" >&2; exit 1; }
+fi
+
 say ".venv/bin/python -m pytest $*"
 set +e
 "$PY" -m pytest "$@"

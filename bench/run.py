@@ -343,7 +343,7 @@ def machine_meta() -> dict:
         except (OSError, IndexError, subprocess.SubprocessError):
             return "?"
 
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
             "python": platform.python_version(), "xgboost": __import__("xgboost").__version__,
             "litestar": dist_version("litestar"), "uvicorn": dist_version("uvicorn"), "loadavg_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
             "wrk": version([tools.find_tool("wrk") or "wrk", "-v"]),
@@ -370,7 +370,8 @@ def run(cfg: Config) -> tuple[dict, list[dict], str]:
              model_json_gzip_bytes=irr["model_json_gzip_bytes"])
     data_dir = run_dir / "data"
     cold = measure_cold(cfg, main_dir, data_dir, logs)
-    f.update(cold_start_s=cold["seconds"], cold_start_cpu_s=cold["cpu_seconds"], rss_after_cold_bytes=cold["rss_bytes"], rss_peak_cold_bytes=cold["rss_peak_bytes"])
+    f.update(cold_start_s=cold["seconds"], cold_start_cpu_s=cold["cpu_seconds"], rss_after_cold_bytes=cold["rss_bytes"],
+             rss_peak_cold_bytes=cold["rss_peak_bytes"])
 
     log("warm restart: the same data dir, conversion cache present")
     server = Server(data_dir, logs / "serve-warm.log")

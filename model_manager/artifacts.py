@@ -16,15 +16,16 @@ import math
 import os
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from model_manager.conversion import ConversionCache, ModelInfo, sha256
-from model_manager.isolation import check_info, check_model
 from model_manager.errors import ArtifactError, PathError
 from model_manager.files import read_artifact
+from model_manager.isolation import check_info, check_model
 from model_manager.jsonsafe import scrub
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def split_symbol(group_key: str, info: dict | None) -> tuple[str, str, Issue | N
 # loading one group
 # --------------------------------------------------------------------------------------------
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="seconds")
 
 
 def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
@@ -360,9 +361,12 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
                 missing = [f for f in factors if f not in ic_factors]
                 extra = sorted(ic_factors - set(factors))
                 if missing:
-                    issues.append(Issue("warning", "ic_missing_factors", f"ic.csv has no row for {len(missing)} factor(s): {', '.join(missing[:5])}", files["ic.csv"]))
+                    issues.append(Issue("warning", "ic_missing_factors",
+                                        f"ic.csv has no row for {len(missing)} factor(s): {', '.join(missing[:5])}", files["ic.csv"]))
                 if extra:
-                    issues.append(Issue("warning", "ic_unknown_factors", f"ic.csv has rows for {len(extra)} factor(s) not in factors.txt: {', '.join(extra[:5])}", files["ic.csv"]))
+                    issues.append(Issue("warning", "ic_unknown_factors",
+                                        f"ic.csv has rows for {len(extra)} factor(s) not in factors.txt: {', '.join(extra[:5])}",
+                                        files["ic.csv"]))
 
     model_source, minfo, model_json = _load_model(files, read, issues, cache)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from model_manager.errors import ArtifactError
 
-
 _umask: int | None = None
 
 

@@ -25,7 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from model_manager.conversion import (
-    ModelInfo, booster_json, load_json_model, load_pickled_model, model_info, verify_predictions,
+    ModelInfo,
+    booster_json,
+    load_json_model,
+    load_pickled_model,
+    model_info,
+    verify_predictions,
 )
 from model_manager.errors import ArtifactError
 from model_manager.safepickle import safe_loads
@@ -196,7 +201,7 @@ class _CheckServer:
     socket; the helper exits when that socket closes (its parent is gone).
     """
 
-    _instance: "_CheckServer | None" = None
+    _instance: _CheckServer | None = None
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -224,7 +229,7 @@ class _CheckServer:
         atexit.unregister(self.close)
 
     @classmethod
-    def get(cls) -> "_CheckServer | None":
+    def get(cls) -> _CheckServer | None:
         with cls._lock:
             server = cls._instance
             if server is None or server.proc.poll() is not None:

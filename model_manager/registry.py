@@ -21,8 +21,15 @@ from pathlib import Path
 
 from model_manager import __version__
 from model_manager.artifacts import (
-    DirectorySnapshot, GroupSnapshot, Issue, build_payload_bytes, check_directory, file_signature, load_directory,
-    payload_key, scan_directory,
+    DirectorySnapshot,
+    GroupSnapshot,
+    Issue,
+    build_payload_bytes,
+    check_directory,
+    file_signature,
+    load_directory,
+    payload_key,
+    scan_directory,
 )
 from model_manager.conversion import ConversionCache, sha256
 from model_manager.errors import DuplicateSymbolError, NotFoundError, PathError, UnprocessableError

@@ -510,7 +510,7 @@ class _SafeUnpickler(pickle._Unpickler):
         return zoneinfo.ZoneInfo(zone)
 
     def _pytz_utc(self) -> datetime.timezone:
-        return datetime.timezone.utc
+        return datetime.UTC
 
     def _pytz_fixed(self, minutes: int) -> datetime.timezone:
         return datetime.timezone(datetime.timedelta(minutes=minutes))

@@ -66,7 +66,7 @@ class Settings:
     load_workers: int = 0
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults overridden by the MODEL_MANAGER_* variables that are set (and not empty)."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -80,14 +80,14 @@ class Settings:
                 raise UsageError(f"{var}={raw!r} is not valid: {exc}") from None
         return cls(**values).validated()
 
-    def replace(self, **changes: object) -> "Settings":
+    def replace(self, **changes: object) -> Settings:
         """A copy with the given fields changed; `None` values (flags not given) are ignored."""
         given = {k: v for k, v in changes.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(given["data_dir"])  # type: ignore[arg-type]
         return dataclasses.replace(self, **given).validated()
 
-    def validated(self) -> "Settings":
+    def validated(self) -> Settings:
         if not (0 < self.port < 65536):
             raise UsageError(f"port {self.port} is out of range: use 1-65535")
         if self.token_ttl <= 0:

@@ -11,7 +11,7 @@ from model_manager.artifacts import GroupSnapshot
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ModelView:
     refreshed_at: str | None
 
     @classmethod
-    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None) -> "ModelView":
+    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None) -> ModelView:
         symbols: dict[str, list[str]] = {}
         for key, state in groups.items():
             symbols.setdefault(state.snapshot.symbol, []).append(key)

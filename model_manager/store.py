@@ -16,11 +16,11 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from passlib.context import CryptContext
 
@@ -72,12 +72,12 @@ class ModelRow:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def isoformat(moment: datetime) -> str:
     """ISO-8601 in UTC with second precision, e.g. `2024-05-01T12:00:00+00:00`."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def hash_token(token: str) -> str:
@@ -200,7 +200,7 @@ class Store:
             db.execute("DELETE FROM tokens WHERE expires_at <= ?", (now,))  # expired tokens are dead weight
             db.execute("INSERT INTO tokens (digest, created_at, expires_at) VALUES (?, ?, ?)",
                        (hash_token(token), isoformat(utc_now()), expires))
-        return token, datetime.fromtimestamp(expires, timezone.utc)
+        return token, datetime.fromtimestamp(expires, UTC)
 
     def token_expiry(self, token: str) -> datetime | None:
         """When the token expires; None when it is unknown, revoked or already expired."""
@@ -211,7 +211,7 @@ class Store:
         rows = self._read("SELECT expires_at FROM tokens WHERE digest = ?", (digest,))
         if not rows or rows[0][0] <= time.time():
             return None
-        return datetime.fromtimestamp(rows[0][0], timezone.utc)
+        return datetime.fromtimestamp(rows[0][0], UTC)
 
     def revoke_token(self, token: str) -> None:
         with self._write() as db:

@@ -86,7 +86,7 @@ class Watcher:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 changed = await loop.run_in_executor(None, self.registry.sync_with_store)

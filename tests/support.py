@@ -32,7 +32,7 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
 
 
 def http(method: str, url: str, *, token: str | None = None, body: dict | None = None,
-         headers: dict | None = None, timeout: float = 30) -> tuple[int, "httpx.Headers", bytes]:
+         headers: dict | None = None, timeout: float = 30) -> tuple[int, httpx.Headers, bytes]:
     """A tiny HTTP client on urllib: returns (status, headers (case-insensitive), raw body) without
     raising on 4xx/5xx. The body is returned as sent (no gzip decoding)."""
     data = json.dumps(body).encode() if body is not None else None
@@ -64,7 +64,7 @@ class ServerProcess:
         self._log = tempfile.NamedTemporaryFile(prefix="mm-serve-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.start()
         return self
 

@@ -14,8 +14,15 @@ import pytest
 import xgboost as xgb
 
 from model_manager.artifacts import (
-    build_payload_bytes, dim_factors, load_directory, load_group, parse_factors, parse_ic, payload_head,
-    scan_directory, split_artifact_name,
+    build_payload_bytes,
+    dim_factors,
+    load_directory,
+    load_group,
+    parse_factors,
+    parse_ic,
+    payload_head,
+    scan_directory,
+    split_artifact_name,
 )
 from model_manager.conversion import ConversionCache
 from model_manager.errors import ArtifactError, PathError

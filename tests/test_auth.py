@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import TestClient
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from model_manager.commands import app as cli_app
 from model_manager.errors import ThrottledError
 from model_manager.server.app import create_app
-from model_manager.server.auth import LoginThrottle, TOKEN_RECHECK_SECONDS
+from model_manager.server.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
 from model_manager.settings import Settings
 from model_manager.store import Store
 from tests.support import run_cli
@@ -97,7 +97,7 @@ def test_status_before_and_after_bootstrap(client):
     token = bootstrap(client)
     status = client.get("/api/auth/status", headers=bearer(token)).json()
     assert status["initialized"] is True and status["authenticated"] is True
-    assert datetime.fromisoformat(status["expires_at"]) > datetime.now(timezone.utc) + timedelta(minutes=59)
+    assert datetime.fromisoformat(status["expires_at"]) > datetime.now(UTC) + timedelta(minutes=59)
     anonymous = client.get("/api/auth/status").json()
     assert anonymous["initialized"] is True and anonymous["authenticated"] is False
     bogus = client.get("/api/auth/status", headers=bearer("nope")).json()
@@ -105,7 +105,7 @@ def test_status_before_and_after_bootstrap(client):
 
 
 def test_bootstrap_token_object_then_409(client, settings):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     r = client.post("/api/auth/bootstrap", json={"password": PASSWORD})
     assert r.status_code == 201
     body = r.json()

@@ -309,8 +309,8 @@ def _slow_hash_pickle(depth: int) -> bytes:
 
 
 def test_a_pickle_that_would_take_hours_to_load_costs_a_bounded_wait():
-    from model_manager.isolation import check_info
     from model_manager.errors import ArtifactError
+    from model_manager.isolation import check_info
 
     assert len(_slow_hash_pickle(60)) < 500
     started = time.monotonic()

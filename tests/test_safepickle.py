@@ -82,7 +82,7 @@ def realistic_info() -> dict:
         "train_start": pd.Timestamp("2026-01-05 09:30", tz="Asia/Shanghai"),
         "train_end": pd.Timestamp("2026-03-01", tz="UTC"),
         "created": pd.Timestamp("2026-03-02 12:00:01.5"),
-        "created_dt": datetime.datetime(2026, 3, 2, 12, 0, tzinfo=datetime.timezone.utc),
+        "created_dt": datetime.datetime(2026, 3, 2, 12, 0, tzinfo=datetime.UTC),
         "london": datetime.datetime(2026, 3, 2, 8, 0, tzinfo=zoneinfo.ZoneInfo("Europe/London")),
         "fixed_offset": datetime.datetime(2026, 3, 2, tzinfo=datetime.timezone(datetime.timedelta(hours=8))),
         "day": datetime.date(2026, 3, 2), "session_open": datetime.time(9, 30), "horizon": datetime.timedelta(minutes=1),

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -87,11 +87,11 @@ def test_verify_without_password_is_false(store):
 
 
 def test_tokens_are_random_and_stored_only_as_sha256(store, db_path):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     token, expires = store.create_token(3600)
     other, _ = store.create_token(3600)
     assert token != other and len(token) >= 43  # 32 bytes, URL-safe base64
-    assert before + timedelta(seconds=3599) <= expires <= datetime.now(timezone.utc) + timedelta(seconds=3601)
+    assert before + timedelta(seconds=3599) <= expires <= datetime.now(UTC) + timedelta(seconds=3601)
     assert store.token_expiry(token) == expires
     raw_bytes = db_bytes(db_path)
     assert token.encode() not in raw_bytes and other.encode() not in raw_bytes

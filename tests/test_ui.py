@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -392,7 +392,7 @@ def test_symbol_detail_shows_chart_factors_metadata_and_sortable_ic(ui, server, 
     meta = page.locator("#metadata")
     for key in ("train_start", "train_end", "created_at"):
         raw = detail["info"][key]
-        moment = datetime.fromisoformat(raw).astimezone(timezone.utc)
+        moment = datetime.fromisoformat(raw).astimezone(UTC)
         readable = moment.strftime("%Y-%m-%d %H:%M") + (moment.strftime(":%S") if moment.second else "") + " UTC"
         expect(meta.locator(f"tr:has(th:text-is('{key}')) time")).to_have_text(readable)
     params_row = meta.locator("h3:text-is('params') + table tr:has(th:text-is('max_depth'))")

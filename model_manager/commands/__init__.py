@@ -38,7 +38,7 @@ def _root(
     """Inspect, convert and serve per-symbol XGBoost model directories."""
 
 
-def fail(message: str, code: int = 1) -> "typer.Exit":
+def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one red line on stderr and return the Exit to raise: `raise fail("...", 2)`."""
     _error_line(message)
     return typer.Exit(code)

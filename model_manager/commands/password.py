@@ -70,7 +70,8 @@ def _read_password(from_stdin: bool) -> str:
         if "\n" in password:
             raise ValidationError("stdin holds several lines: pass only the password, on one line")
         if not password:
-            raise ValidationError("stdin was empty: pipe the password in, e.g. `printf '%s\\n' \"$PW\" | model-manager password set --password-stdin`")
+            raise ValidationError("stdin was empty: pipe the password in, e.g. "
+                                  "`printf '%s\\n' \"$PW\" | model-manager password set --password-stdin`")
     else:
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
     check_password_strength(password)

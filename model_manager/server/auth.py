@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -401,7 +401,7 @@ def audit_events(
 
 
 def isoformat_ts(timestamp: float | None) -> str | None:
-    return None if timestamp is None else isoformat(datetime.fromtimestamp(timestamp, timezone.utc))
+    return None if timestamp is None else isoformat(datetime.fromtimestamp(timestamp, UTC))
 
 
 auth_routes = [auth_status, auth_bootstrap, auth_login, auth_logout, auth_password, audit_events]

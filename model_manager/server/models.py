@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from msgspec import Meta, Struct
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
+from msgspec import Meta, Struct
 
 from model_manager.errors import ModelManagerError
 from model_manager.registration import NAME_RE
