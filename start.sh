@@ -240,14 +240,18 @@ EOF
 )"
 if [ "$initialized" = no ]; then
     echo
-    echo "No password is set yet. Open $URL/ from this machine to set it, or run:"
+    code="$(new_log_lines "${LOGS_WITH_OFFSETS[@]}" | grep -o -i 'setup code: *[A-Z0-9-]*' | tail -n 1 \
+            | sed 's/.*: *//' || true)"
+    if [ -n "$code" ]; then
+        echo "No password is set yet. Open this link to set it (it carries the one-time setup code $code):"
+        echo "  $URL/#setup=$code"
+        echo "or run:"
+    else
+        echo "No password is set yet. Open $URL/ to set it (it asks for the setup code in the log), or run:"
+    fi
     if [ -n "${MODEL_MANAGER_DATA_DIR:-}" ]; then
         echo "  .venv/bin/model-manager password init --data-dir $MODEL_MANAGER_DATA_DIR"
     else
         echo "  .venv/bin/model-manager password init"
-    fi
-    code="$(new_log_lines "${LOGS_WITH_OFFSETS[@]}" | grep -o -i 'setup code: *[A-Z0-9-]*' | tail -n 1 || true)"
-    if [ -n "$code" ]; then
-        echo "From another machine the browser also asks for the one-time $code"
     fi
 fi

@@ -8,7 +8,6 @@ the model directory.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 import logging
@@ -22,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_manager.conversion import ConversionCache, ModelInfo, sha256
+from model_manager.cache import CacheDir
+from model_manager.clock import iso_from_timestamp
+from model_manager.conversion import ModelInfo, sha256
 from model_manager.errors import ArtifactError, PathError
 from model_manager.files import read_artifact
 from model_manager.isolation import check_info, check_model
@@ -298,12 +299,8 @@ def split_symbol(group_key: str, info: dict | None) -> tuple[str, str, Issue | N
 # --------------------------------------------------------------------------------------------
 # loading one group
 # --------------------------------------------------------------------------------------------
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="seconds")
-
-
 def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
-               cache: ConversionCache | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> GroupSnapshot:
+               cache: CacheDir | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> GroupSnapshot:
     """Parse and validate one group. Never raises for bad artifacts: problems become issues."""
     root = Path(directory).resolve()
     issues: list[Issue] = []
@@ -387,11 +384,11 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
         group_key=group_key, symbol=symbol, return_name=return_name, files=dict(sorted(files.items())),
         factors=factors, ic=ic, info=info_raw, dim=dim, model_source=model_source,
         model_sha256=minfo.json_sha256 if minfo else None, model_json=model_json,
-        updated_at=_iso(max(mtimes)) if mtimes else None, signature=signature, issues=issues,
+        updated_at=iso_from_timestamp(max(mtimes)) if mtimes else None, signature=signature, issues=issues,
     )
 
 
-def _load_model(files, read, issues: list[Issue], cache: ConversionCache | None):
+def _load_model(files, read, issues: list[Issue], cache: CacheDir | None):
     """Pick the model file (JSON wins over pkl), load or fetch its info. Returns (source, info, json)."""
     if "model.json" in files:
         source, name = "json", files["model.json"]
@@ -448,7 +445,7 @@ def _validate_model(minfo: ModelInfo, factors: list[str], issues: list[Issue], f
                             "the dimension→factor mapping would be wrong", model_file))
 
 
-def load_directory(path: str | os.PathLike, *, cache: ConversionCache | None = None,
+def load_directory(path: str | os.PathLike, *, cache: CacheDir | None = None,
                    max_bytes: int = DEFAULT_MAX_BYTES, executor: Executor | None = None,
                    only: set[str] | None = None, scanned: dict[str, dict[str, str]] | None = None,
                    prepare: Callable[[GroupSnapshot], None] | None = None) -> DirectorySnapshot:

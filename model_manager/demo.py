@@ -113,17 +113,3 @@ def write_demo(directory: str | os.PathLike) -> list[str]:
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     return [write_group(path, sym, ret, n, kind, seed=i + 1) for i, (sym, ret, n, kind) in enumerate(DEMO_GROUPS)]
-
-
-def ensure_demo(settings, store) -> Path:
-    """Generate the demo directory under the data dir once, and register it as `demo`."""
-    from model_manager.registration import validate_registration
-
-    path = Path(settings.data_dir) / "demo-models"
-    if not any(path.glob("*_factors.txt")):
-        write_demo(path)
-    existing = store.get_model(DEMO_NAME)
-    if existing is None:
-        validate_registration(store, DEMO_NAME, str(path), max_bytes=settings.max_artifact_bytes)
-        store.add_model(DEMO_NAME, str(path.resolve()), client="serve --demo")
-    return path

@@ -77,7 +77,24 @@ def _convert(value: Any, depth: int, active: set[int], budget: _Budget) -> Any:
         return _float(value)
     if depth > MAX_DEPTH:  # str() of a deep container could be as costly as converting it
         return f"<{type(value).__name__} nested too deep>"
+    scalar = _scalar(value, depth, active, budget)
+    if scalar is not _NOT_SCALAR:
+        return scalar
+    key = id(value)
+    if key in active:
+        return "<cycle>"
+    active.add(key)
+    try:
+        return _container(value, depth, active, budget)
+    finally:
+        active.discard(key)
 
+
+_NOT_SCALAR = object()
+
+
+def _scalar(value: Any, depth: int, active: set[int], budget: _Budget) -> Any:
+    """numpy/pandas/stdlib scalars as JSON values; `_NOT_SCALAR` for anything else."""
     import numpy as np
     import pandas as pd
 
@@ -97,12 +114,10 @@ def _convert(value: Any, depth: int, active: set[int], budget: _Budget) -> Any:
         return None
     if isinstance(value, (dt.datetime, dt.date, dt.time)):  # pd.Timestamp is a datetime
         return value.isoformat()
-    if isinstance(value, dt.timedelta):  # pd.Timedelta too
+    if isinstance(value, (dt.timedelta, complex)):  # pd.Timedelta too
         return _string(value)
     if isinstance(value, decimal.Decimal):
         return _float(float(value)) if value.is_finite() else None
-    if isinstance(value, complex):
-        return _string(value)
     if isinstance(value, Enum):
         return _convert(value.value, depth + 1, active, budget)
     if isinstance(value, (PurePath, uuid.UUID)):
@@ -113,47 +128,46 @@ def _convert(value: Any, depth: int, active: set[int], budget: _Budget) -> Any:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return raw.hex()
+    return _NOT_SCALAR
 
-    key = id(value)
-    if key in active:
-        return "<cycle>"
-    active.add(key)
-    try:
-        if isinstance(value, dict):
-            return {_key(k, budget): _convert(v, depth + 1, active, budget) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [_convert(v, depth + 1, active, budget) for v in value]
-        if isinstance(value, (set, frozenset)):
-            items = [_convert(v, depth + 1, active, budget) for v in value]
-            try:
-                return sorted(items)
-            except TypeError:
-                return items
-        if isinstance(value, np.ndarray):
-            return _convert(value.tolist(), depth + 1, active, budget)
-        if isinstance(value, pd.DataFrame):
-            return {
-                "columns": [_key(c, budget) for c in value.columns],
+
+def _container(value: Any, depth: int, active: set[int], budget: _Budget) -> Any:
+    """Containers, arrays, frames and estimators, converted item by item; anything else as a string."""
+    import numpy as np
+    import pandas as pd
+
+    def each(items) -> list:
+        return [_convert(v, depth + 1, active, budget) for v in items]
+
+    if isinstance(value, dict):
+        return {_key(k, budget): _convert(v, depth + 1, active, budget) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return each(value)
+    if isinstance(value, (set, frozenset)):
+        items = each(value)
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, np.ndarray):
+        return _convert(value.tolist(), depth + 1, active, budget)
+    if isinstance(value, pd.DataFrame):
+        return {"columns": [_key(c, budget) for c in value.columns],
                 "index": _convert(list(value.index), depth + 1, active, budget),
-                "data": _convert(value.to_numpy(dtype=object).tolist(), depth + 1, active, budget),
-            }
-        if isinstance(value, pd.Series):
-            if value.index.is_unique:
-                return {_key(k, budget): _convert(v, depth + 1, active, budget) for k, v in value.items()}
-            return _convert(value.tolist(), depth + 1, active, budget)
-        if isinstance(value, (pd.Index, pd.Categorical, pd.api.extensions.ExtensionArray)):
-            return _convert(list(value), depth + 1, active, budget)
-        if isinstance(value, slice):  # its str() would print whatever the pickle put in it, in full
-            parts = [_convert(p, depth + 1, active, budget) for p in (value.start, value.stop, value.step)]
-            return "slice(" + ", ".join(_short(p) for p in parts) + ")"
-        if _is_estimator(value):  # sklearn's repr pretty-prints every parameter, in full
-            params = value.__dict__ if isinstance(getattr(value, "__dict__", None), dict) else {}
-            return {"estimator": f"{type(value).__module__}.{type(value).__qualname__}",
-                    "params": _convert({k: v for k, v in params.items() if not str(k).startswith("_")},
-                                       depth + 1, active, budget)}
-        return _string(value)
-    finally:
-        active.discard(key)
+                "data": _convert(value.to_numpy(dtype=object).tolist(), depth + 1, active, budget)}
+    if isinstance(value, pd.Series):
+        if value.index.is_unique:
+            return {_key(k, budget): _convert(v, depth + 1, active, budget) for k, v in value.items()}
+        return _convert(value.tolist(), depth + 1, active, budget)
+    if isinstance(value, (pd.Index, pd.Categorical, pd.api.extensions.ExtensionArray)):
+        return _convert(list(value), depth + 1, active, budget)
+    if isinstance(value, slice):  # its str() would print whatever the pickle put in it, in full
+        return "slice(" + ", ".join(_short(p) for p in each((value.start, value.stop, value.step))) + ")"
+    if _is_estimator(value):  # sklearn's repr pretty-prints every parameter, in full
+        params = value.__dict__ if isinstance(getattr(value, "__dict__", None), dict) else {}
+        return {"estimator": f"{type(value).__module__}.{type(value).__qualname__}",
+                "params": _convert({k: v for k, v in params.items() if not str(k).startswith("_")}, depth + 1, active, budget)}
+    return _string(value)
 
 
 def _key(k: Any, budget: _Budget) -> str:

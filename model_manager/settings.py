@@ -6,6 +6,7 @@ Command-line flags win over env vars: commands call `settings.replace(**flags)` 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "max_body_kb": ("MODEL_MANAGER_MAX_BODY_KB", int, "Largest accepted request body in KiB."),
     "cors_origins": ("MODEL_MANAGER_CORS_ORIGINS", str, "Comma-separated origins allowed by CORS (empty: no CORS)."),
     "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Processes used to parse and convert models (0: one per core)."),
+    "trusted_proxies": ("MODEL_MANAGER_TRUSTED_PROXIES", str,
+                        "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)."),
 }
 
 
@@ -64,6 +67,7 @@ class Settings:
     max_body_kb: int = 64
     cors_origins: str = ""
     load_workers: int = 0
+    trusted_proxies: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -72,7 +76,7 @@ class Settings:
         values: dict[str, object] = {}
         for name, (var, parse, _help) in ENV_TABLE.items():
             raw = env.get(var)
-            if raw is None or (raw.strip() == "" and name != "cors_origins"):
+            if raw is None or (raw.strip() == "" and name not in ("cors_origins", "trusted_proxies")):
                 continue
             try:
                 values[name] = parse(raw.strip()) if parse is not str else raw.strip()  # type: ignore[operator]
@@ -96,7 +100,17 @@ class Settings:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0:
             raise UsageError("size limits must be positive")
+        for entry in self.proxy_list:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise UsageError(f"MODEL_MANAGER_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR "
+                                 "(e.g. 127.0.0.1,10.0.0.0/8)") from None
         return self
+
+    @property
+    def proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def db_path(self) -> Path:

@@ -1,21 +1,40 @@
 """What a loaded model is made of, in memory: the prebuilt payload of each group, the state of each
 group (latest parse, what is served, how the last refresh went) and an immutable view of a model's
-groups that a refresh replaces with one assignment."""
+groups that a refresh replaces with one assignment. Also the parse record of a group: what the
+cache keeps of a served group's parse so a restart can skip re-parsing it."""
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 
-from model_manager.artifacts import GroupSnapshot
+from model_manager.artifacts import GroupSnapshot, Issue
+from model_manager.clock import now_iso
+
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+def snapshot_record(group: GroupSnapshot) -> dict:
+    """A served group's parse as a JSON-able dict (everything but the model JSON)."""
+    fields = {name: getattr(group, name) for name in RECORD_FIELDS}
+    fields["issues"] = [i.to_dict() for i in group.issues]
+    return fields
+
+
+def snapshot_from_record(fields: dict) -> GroupSnapshot | None:
+    """The snapshot `snapshot_record` described, or None when the record does not fit this release."""
+    if set(fields) != set(RECORD_FIELDS):
+        return None
+    try:
+        fields = {**fields, "signature": tuple(tuple(item) for item in fields["signature"]),
+                  "issues": [Issue(**issue) for issue in fields["issues"]]}
+        return GroupSnapshot(**fields)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
-class PreparedPayload:
+class PayloadBytes:
     etag: str      # quoted strong ETag: sha256 of the uncompressed body
     gzip: bytes
     size: int      # uncompressed length
@@ -29,7 +48,7 @@ class GroupState:
 
     snapshot: GroupSnapshot
     served: GroupSnapshot | None
-    payload: PreparedPayload | None
+    payload: PayloadBytes | None
     refreshed_at: str
     outcome: str          # "loaded" | "updated" | "failed" | "kept_previous"
     message: str = ""

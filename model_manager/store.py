@@ -24,6 +24,7 @@ from pathlib import Path
 
 from passlib.context import CryptContext
 
+from model_manager.clock import isoformat, utc_now
 from model_manager.errors import ConflictError, PathError, ValidationError
 
 MIN_PASSWORD_LENGTH = 8
@@ -69,15 +70,6 @@ class ModelRow:
     name: str
     path: str
     registered_at: str
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def isoformat(moment: datetime) -> str:
-    """ISO-8601 in UTC with second precision, e.g. `2024-05-01T12:00:00+00:00`."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def hash_token(token: str) -> str:
@@ -151,18 +143,20 @@ class Store:
         """True once a password has been set."""
         return bool(self._read("SELECT 1 FROM auth WHERE id = 1"))
 
-    def init_password(self, password: str) -> None:
-        """Set the first password; ConflictError when one is already set."""
+    def init_password(self, password: str, *, client: str | None = None) -> None:
+        """Set the first password and audit it (`bootstrap`), in one transaction; ConflictError
+        when one is already set."""
         check_password_strength(password)
         hashed = _crypt.hash(password)  # slow on purpose: outside the transaction
         with self._write() as db:
             if db.execute("SELECT 1 FROM auth WHERE id = 1").fetchone():
                 raise ConflictError("a password is already set: log in, or change it with `model-manager password set`")
             db.execute("INSERT INTO auth (id, password_hash, updated_at) VALUES (1, ?, ?)", (hashed, isoformat(utc_now())))
+            self._insert_audit(db, "bootstrap", client, "")
 
-    def set_password(self, password: str, *, keep_token: str | None = None) -> int:
+    def set_password(self, password: str, *, keep_token: str | None = None, client: str | None = None) -> int:
         """Set or replace the password and, in the same transaction, revoke every token except
-        `keep_token`. Returns the number of tokens revoked."""
+        `keep_token` and audit it (`password_changed`). Returns the number of tokens revoked."""
         check_password_strength(password)
         hashed = _crypt.hash(password)
         with self._write() as db:
@@ -171,7 +165,10 @@ class Store:
                 "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, updated_at = excluded.updated_at",
                 (hashed, isoformat(utc_now())),
             )
-            return self._revoke_all(db, keep_token)
+            revoked = self._revoke_all(db, keep_token)
+            others = " other" if keep_token is not None else ""
+            self._insert_audit(db, "password_changed", client, f"{revoked}{others} token(s) revoked")
+            return revoked
 
     def verify_password(self, password: str) -> bool:
         """Check a password against the stored hash (constant time in the hash library); False when
@@ -213,9 +210,11 @@ class Store:
             return None
         return datetime.fromtimestamp(rows[0][0], UTC)
 
-    def revoke_token(self, token: str) -> None:
+    def revoke_token(self, token: str, *, client: str | None = None) -> None:
+        """Revoke one token and audit it (`logout`), in one transaction."""
         with self._write() as db:
             db.execute("DELETE FROM tokens WHERE digest = ?", (hash_token(token),))
+            self._insert_audit(db, "logout", client, "")
 
     def revoke_all_tokens(self, *, keep_token: str | None = None) -> int:
         """Revoke every token except `keep_token`; returns how many were revoked."""

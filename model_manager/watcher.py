@@ -17,12 +17,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Protocol
 
 from model_manager.artifacts import split_artifact_name
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 600.0  # seconds between cache sweeps (see Registry.sweep_cache)
+SWEEP_INTERVAL = 600.0  # seconds between cache sweeps (see Watched.sweep_cache)
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "afs", "ceph", "glusterfs", "lustre"}
 
 
@@ -50,9 +51,31 @@ def _identity(path: str) -> tuple | None:
         return None
 
 
+class Watched(Protocol):
+    """What the watcher drives (the registry). Every method may block: it runs them in threads."""
+
+    def directories(self) -> dict[str, tuple[str, bool]]:
+        """{model name: (directory path, whether the directory itself is unusable)}."""
+
+    def sync_registrations(self) -> bool:
+        """Follow registrations made by other processes; True when the set of models changed."""
+
+    def reread(self, name: str) -> int:
+        """Re-read a whole model directory; returns its group count."""
+
+    def refresh_groups(self, name: str, keys: set[str]) -> None:
+        """Re-read these groups of a model."""
+
+    def changed_groups(self, name: str) -> set[str]:
+        """Groups whose files changed since they were read (a stat-only check)."""
+
+    def sweep_cache(self) -> int:
+        """Delete cache entries nothing uses any more."""
+
+
 class Watcher:
-    def __init__(self, registry, settings):
-        self.registry = registry
+    def __init__(self, models: Watched, settings):
+        self.models = models
         self.settings = settings
         self.debounce = float(settings.watch_debounce)
         self.interval = float(settings.watch_interval)
@@ -66,7 +89,7 @@ class Watcher:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._identities = {m.name: _identity(m.path) for m in list(self.registry.models.values())}
+        self._identities = {name: _identity(path) for name, (path, _) in self.models.directories().items()}
         self._tasks = [asyncio.create_task(self._tick_loop(), name="mm-tick")]
         if self.settings.watch_enabled:
             self._tasks += [asyncio.create_task(self._watch_loop(), name="mm-watch"),
@@ -89,7 +112,7 @@ class Watcher:
             except TimeoutError:
                 pass
             try:
-                changed = await loop.run_in_executor(None, self.registry.sync_with_store)
+                changed = await loop.run_in_executor(None, self.models.sync_registrations)
                 changed |= await loop.run_in_executor(None, self.check_roots)
                 if changed:
                     self._rewatch.set()
@@ -97,26 +120,27 @@ class Watcher:
                     await self._catch_up()
                 if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL:
                     self._last_sweep = time.monotonic()
-                    await loop.run_in_executor(None, self.registry.sweep_cache)
+                    await loop.run_in_executor(None, self.models.sweep_cache)
             except Exception:  # keep watching whatever one tick hit
                 log.exception("watch tick failed")
 
     def check_roots(self) -> bool:
         """Re-read models whose root appeared, vanished or changed identity. True if any did."""
         changed = False
-        for model in list(self.registry.models.values()):
-            ident = _identity(model.path)
-            if model.name not in self._identities:  # just registered (and just loaded)
-                self._identities[model.name] = ident
+        directories = self.models.directories()
+        for name, (path, broken) in directories.items():
+            ident = _identity(path)
+            if name not in self._identities:  # just registered (and just loaded)
+                self._identities[name] = ident
                 changed = True
                 continue
-            if ident != self._identities.get(model.name) or (ident is None and not model.error) or (ident and model.error):
-                self._identities[model.name] = ident
-                log.info("model %s: directory %s %s, re-reading", model.name, model.path, "is back" if ident else "is gone")
-                self.registry.reload_model(model, None)
+            if ident != self._identities.get(name) or (ident is None and not broken) or (ident and broken):
+                self._identities[name] = ident
+                log.info("model %s: directory %s %s, re-reading", name, path, "is back" if ident else "is gone")
+                self.models.reread(name)
                 changed = True
         for name in list(self._identities):
-            if name not in self.registry.models:
+            if name not in directories:
                 self._identities.pop(name)
         return changed
 
@@ -131,8 +155,8 @@ class Watcher:
         a file system that drops events). Stat-only: cheap even for large directories."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        for name in list(self.registry.models):
-            for key in await loop.run_in_executor(None, self.registry.changed_groups, name):
+        for name in list(self.models.directories()):
+            for key in await loop.run_in_executor(None, self.models.changed_groups, name):
                 self._pending.setdefault((name, key), now)
 
     # -- file events -------------------------------------------------------------------------------
@@ -140,12 +164,12 @@ class Watcher:
         """{directory as events name it: model} and the paths to watch (roots and their parents)."""
         dirs: dict[str, str] = {}
         paths: set[str] = set()
-        for model in list(self.registry.models.values()):
-            for form in {model.path, os.path.realpath(model.path)}:
-                dirs[form] = model.name
-            if os.path.isdir(model.path):
-                paths.add(model.path)
-            parent = os.path.dirname(model.path.rstrip("/")) or "/"
+        for name, (path, _) in self.models.directories().items():
+            for form in {path, os.path.realpath(path)}:
+                dirs[form] = name
+            if os.path.isdir(path):
+                paths.add(path)
+            parent = os.path.dirname(path.rstrip("/")) or "/"
             if os.path.isdir(parent):
                 paths.add(parent)
         return dirs, sorted(paths)
@@ -203,16 +227,15 @@ class Watcher:
             for name, keys in by_model.items():
                 try:
                     if "*" in keys:
-                        model = self.registry.models.get(name)
-                        if model is not None:
-                            await loop.run_in_executor(None, self._full_reload, model)
+                        await loop.run_in_executor(None, self._full_reload, name)
                     else:
-                        await loop.run_in_executor(None, self.registry.refresh_groups, name, keys)
+                        await loop.run_in_executor(None, self.models.refresh_groups, name, keys)
                         self.parse_count += len(keys)
                 except Exception:
                     log.exception("refresh of %s failed", name)
 
-    def _full_reload(self, model) -> None:
-        self._identities[model.name] = _identity(model.path)
-        self.registry.reload_model(model, None)
-        self.parse_count += len(model.groups)
+    def _full_reload(self, name: str) -> None:
+        path = self.models.directories().get(name, (None, False))[0]
+        if path is not None:
+            self._identities[name] = _identity(path)
+            self.parse_count += self.models.reread(name)

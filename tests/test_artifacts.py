@@ -24,7 +24,7 @@ from model_manager.artifacts import (
     scan_directory,
     split_artifact_name,
 )
-from model_manager.conversion import ConversionCache
+from model_manager.cache import CacheDir
 from model_manager.errors import ArtifactError, PathError
 from model_manager.jsonsafe import json_safe
 
@@ -222,7 +222,7 @@ def test_dim_factors_without_ic_have_null_tau(tmp_path, models):
 
 
 def test_conversion_cache_skips_reconversion_and_survives_corruption(tmp_path, model_dir):
-    cache = ConversionCache(tmp_path / "cache")
+    cache = CacheDir(tmp_path / "cache")
     files, _ = scan_directory(model_dir)
     first = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
     second = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)

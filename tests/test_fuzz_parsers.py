@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_manager.artifacts import GroupSnapshot, build_payload_bytes, load_group
-from model_manager.conversion import ConversionCache
+from model_manager.cache import CacheDir
 
 from .conftest import FACTORS
 
@@ -129,7 +129,7 @@ def load(tmp: Path, valid: dict[str, bytes], kind: str, data: bytes, *, drop: st
         name = f"{KEY}_{k}"
         (tmp / name).write_bytes(data if k == kind else content)
         files[k] = name
-    conversions = ConversionCache(tmp / "cache") if cache else None
+    conversions = CacheDir(tmp / "cache") if cache else None
     started = time.monotonic()
     group = load_group(tmp, KEY, files, cache=conversions, max_bytes=1 << 20)
     assert time.monotonic() - started < 30, "parsing one small group must not take this long"

@@ -3,13 +3,18 @@ errors from the core become one red line on stderr here, and nowhere else."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from model_manager import __version__
 from model_manager.errors import ModelManagerError
+from model_manager.service import ModelManager
+from model_manager.settings import Settings
 
 app = typer.Typer(
     help="Inspect, convert and serve per-symbol XGBoost model directories.",
@@ -38,10 +43,21 @@ def _root(
     """Inspect, convert and serve per-symbol XGBoost model directories."""
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one red line on stderr and return the Exit to raise: `raise fail("...", 2)`."""
-    _error_line(message)
-    return typer.Exit(code)
+# Options shared by every command that takes them (declared once, in the manner of sqlite-utils).
+DataDirOption = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="MODEL_MANAGER_DATA_DIR", show_envvar=False,
+    help="Data dir: the sqlite db (password, tokens, registrations, audit) and the cache. "
+         "\\[env MODEL_MANAGER_DATA_DIR; default: the per-user app dir]")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the shapes of the HTTP API) instead of tables.")]
+
+
+def open_manager(data_dir: Path | None = None, **settings: object) -> ModelManager:
+    """The service for this command: settings from the environment, then the flags given."""
+    return ModelManager(Settings.from_env().replace(data_dir=data_dir, **settings))
+
+
+def print_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 for _name in COMMAND_MODULES:

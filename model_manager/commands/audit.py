@@ -1,18 +1,14 @@
 """`model-manager audit`: the audit trail kept in the data dir's database."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from model_manager.commands import app
+from model_manager.commands import DataDirOption, app, open_manager, print_json
 from model_manager.errors import PathError
-from model_manager.settings import Settings
-from model_manager.store import Store
+from model_manager.service import AUDIT_EVENTS
 
 EVENT_STYLE = {"login_failed": "red", "bootstrap_refused": "red", "password_change_failed": "red",
                "refresh_failed": "yellow", "password_changed": "bold", "bootstrap": "bold"}
@@ -21,24 +17,19 @@ EVENT_STYLE = {"login_failed": "red", "bootstrap_refused": "red", "password_chan
 @app.command()
 def audit(
     limit: int = typer.Option(50, "--limit", "-n", min=1, max=100_000, help="How many events to show, newest first."),
-    event: str = typer.Option(None, "--event", "-e", help="Only this event: login, login_failed, bootstrap, logout, "
-                              "password_changed, register, unregister, refresh_failed, ..."),
+    event: str = typer.Option(None, "--event", "-e", help=f"Only this event: {', '.join(AUDIT_EVENTS)}."),
     as_json: bool = typer.Option(False, "--json", help='Print {"events": [...]} as GET /api/audit does.'),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Data dir holding the database. \\[env MODEL_MANAGER_DATA_DIR]"),
+    data_dir: DataDirOption = None,
 ) -> None:
     """Show the audit trail: logins, failed logins, first-password setup, logouts, password changes,
     registrations and refresh failures, with the client address and time (UTC)."""
-    settings = Settings.from_env().replace(data_dir=data_dir)
-    if not settings.db_path.is_file():
-        raise PathError(f"no database in {settings.data_dir}: nothing has been recorded there yet "
-                        "(check --data-dir or MODEL_MANAGER_DATA_DIR)")
-    store = Store(settings.db_path)
-    try:
-        events = store.audit_events(limit=limit, event=event)
-    finally:
-        store.close()
+    with open_manager(data_dir) as manager:
+        if not manager.has_database():
+            raise PathError(f"no database in {manager.settings.data_dir}: nothing has been recorded there yet "
+                            "(check --data-dir or MODEL_MANAGER_DATA_DIR)")
+        events = manager.audit_events(limit=limit, event=event)
     if as_json:
-        typer.echo(json.dumps({"events": events}, indent=2))
+        print_json({"events": events})
         return
     console = Console(highlight=False)
     if not events:

@@ -9,9 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from model_manager.commands import app, fail
-from model_manager.conversion import convert_file, pickles_in
-from model_manager.settings import Settings
+from model_manager.commands import app, open_manager
 
 STYLE = {"converted": "green", "skipped": "yellow", "failed": "red"}
 
@@ -30,21 +28,14 @@ def convert(
     bit-identically to the pickle. Existing JSON files are skipped unless --force. Exit codes: 0 all
     converted or skipped, 1 any failure, 2 bad path.
     """
-    settings = Settings.from_env()
-    sources = pickles_in(path)
-    if output is not None:
-        if output.exists() and not output.is_dir():
-            raise fail(f"--output {output} exists and is not a directory", 2)
-        output.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
-    results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("converting", total=len(sources))
-        for src in sources:
-            progress.update(task, description=f"converting {src.name}")
-            results.append(convert_file(src, output, force=force, verify=verify, max_bytes=settings.max_artifact_bytes))
-            progress.advance(task)
+                  console=Console(stderr=True), transient=True) as progress, open_manager() as manager:
+        task = progress.add_task("converting", total=None)
+
+        def step(done: int, total: int, src: Path) -> None:
+            progress.update(task, description=f"converting {src.name}", completed=done, total=total)
+
+        results = manager.convert(path, output, force=force, verify=verify, progress=step)
     table = Table(title="convert", title_justify="left")
     for col in ("model", "result", "features", "JSON size", "detail"):
         table.add_column(col, justify="right" if col in ("features", "JSON size") else "left")

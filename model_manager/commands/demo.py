@@ -6,8 +6,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from model_manager.commands import app, fail
+from model_manager.commands import app
 from model_manager.demo import write_demo
+from model_manager.errors import PathError
 
 
 @app.command()
@@ -21,9 +22,9 @@ def demo(
     trained with feature names), factor lists, IC tables with kendall_tau and training metadata.
     """
     if directory.exists() and not directory.is_dir():
-        raise fail(f"{directory} exists and is not a directory", 2)
+        raise PathError(f"{directory} exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not force:
-        raise fail(f"{directory} is not empty: pick a new directory or pass --force", 2)
+        raise PathError(f"{directory} is not empty: pick a new directory or pass --force")
     console = Console()
     with console.status("training demo models..."):
         groups = write_demo(directory)

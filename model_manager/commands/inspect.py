@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from model_manager.artifacts import DirectorySnapshot, GroupSnapshot, load_directory
-from model_manager.commands import app, fail
-from model_manager.settings import Settings
+from model_manager.artifacts import DirectorySnapshot, GroupSnapshot
+from model_manager.commands import JsonOption, app, open_manager, print_json
+from model_manager.errors import NotFoundError, PathError, UsageError
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "red"}
 
@@ -24,7 +24,7 @@ def inspect(
     group_key: str = typer.Option(None, "--group-key", "-g", help="Pick the group when a symbol is in several."),
     sort: str = typer.Option("kendall_tau", "--sort", help="IC table order: a metric (by |value|, largest first), 'dim' or 'factor'."),
     top: int = typer.Option(0, "--top", min=0, help="Show only the first N IC rows (0: all)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON in the shapes of the HTTP API instead of tables."),
+    as_json: JsonOption = False,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any group has an error (for CI and scripts)."),
 ) -> None:
     """Show every group of a model directory: symbol, return, dim, factors, model source and status.
@@ -32,23 +32,23 @@ def inspect(
     With --symbol, show that group's training metadata, issues, IC table (with a bar per factor) and
     factor list. Exit codes: 0 ok, 1 errors found with --strict, 2 bad path or unknown symbol.
     """
-    settings = Settings.from_env()
-    snap = load_directory(path, max_bytes=settings.max_artifact_bytes)
+    with open_manager() as manager:
+        snap = manager.inspect(path)
     if not snap.groups:
-        raise fail(f"no model groups in {path} (expected files like SYMBOL_RETURN_factors.txt)", 2)
+        raise PathError(f"no model groups in {path} (expected files like SYMBOL_RETURN_factors.txt)")
     console = Console()
     model_name = snap.path.name
     if symbol:
         group = _pick(snap, symbol, group_key)
         if as_json:
-            _print_json(group.detail(model_name))
+            print_json(group.detail(model_name))
         else:
             _render_detail(console, group, sort, top)
         failed = group.status == "error"
     else:
         dupes = snap.duplicate_symbols()
         if as_json:
-            _print_json({
+            print_json({
                 "model_name": model_name, "path": str(snap.path), "group_count": len(snap.groups),
                 "symbol_count": len({g.symbol for g in snap.groups.values()}),
                 "symbols": [g.summary() for g in snap.groups.values()], "duplicate_symbols": dupes,
@@ -65,19 +65,15 @@ def _pick(snap: DirectorySnapshot, symbol: str, group_key: str | None) -> GroupS
     if group_key:
         group = snap.groups.get(group_key)
         if group is None or group.symbol != symbol:
-            raise fail(f"no group {group_key} for symbol {symbol} in {snap.path}", 2)
+            raise NotFoundError(f"no group {group_key} for symbol {symbol} in {snap.path}")
         return group
     matches = snap.by_symbol(symbol)
     if not matches:
         known = ", ".join(sorted({g.symbol for g in snap.groups.values()}))
-        raise fail(f"symbol {symbol} is not in {snap.path} (symbols: {known})", 2)
+        raise NotFoundError(f"symbol {symbol} is not in {snap.path} (symbols: {known})")
     if len(matches) > 1:
-        raise fail(f"symbol {symbol} is in several groups ({', '.join(g.group_key for g in matches)}): pick one with --group-key", 2)
+        raise UsageError(f"symbol {symbol} is in several groups ({', '.join(g.group_key for g in matches)}): pick one with --group-key")
     return matches[0]
-
-
-def _print_json(data: dict) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _status(group: GroupSnapshot) -> Text:
@@ -153,7 +149,7 @@ def _ic_table(g: GroupSnapshot, sort: str, top: int) -> Table:
         idx = columns.index(metric)
         rows.sort(key=lambda r: -abs(r[idx]) if r[idx] is not None else 1)
     else:
-        raise fail(f"--sort {sort}: not a column of {g.group_key}_ic.csv (columns: {', '.join(columns[1:])}; or dim, factor)", 2)
+        raise UsageError(f"--sort {sort}: not a column of {g.group_key}_ic.csv (columns: {', '.join(columns[1:])}; or dim, factor)")
     if top:
         rows = rows[:top]
     bar_col = columns.index(metric) if metric in columns[1:] else (columns.index("kendall_tau") if "kendall_tau" in columns else None)

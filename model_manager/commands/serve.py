@@ -5,18 +5,19 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import shlex
 import signal
 import socket
 import sys
 from enum import Enum
-from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from model_manager import __version__
-from model_manager.commands import app, fail
-from model_manager.errors import UsageError
+from model_manager.commands import DataDirOption, app
+from model_manager.errors import ModelManagerError, UsageError
+from model_manager.service import ModelManager
 from model_manager.settings import ENV_TABLE, Settings
 from model_manager.store import Store
 
@@ -44,7 +45,7 @@ def _help(field: str) -> str:
 def serve(
     host: str = typer.Option(None, "--host", help=_help("host")),
     port: int = typer.Option(None, "--port", "-p", help=_help("port")),
-    data_dir: Path = typer.Option(None, "--data-dir", help=_help("data_dir")),
+    data_dir: DataDirOption = None,
     watch: bool = typer.Option(None, "--watch/--no-watch", help=_help("watch_enabled")),
     watch_interval: float = typer.Option(None, "--watch-interval", help=_help("watch_interval")),
     watch_debounce: float = typer.Option(None, "--watch-debounce", help=_help("watch_debounce")),
@@ -70,9 +71,7 @@ def serve(
         store = Store(settings.db_path)
         try:
             if demo:
-                from model_manager.demo import ensure_demo
-
-                path = ensure_demo(settings, store)
+                path = ModelManager(settings, store=store).ensure_demo()
                 logging.getLogger("model_manager.serve").info("demo model directory %s registered as 'demo'", path)
             _run(settings, store, sock)
         finally:
@@ -96,6 +95,9 @@ def _run(settings: Settings, store: Store, sock: socket.socket) -> None:
         log_config=None,          # logging is configured above, once, for everything
         access_log=False,         # the app writes its own structured access log
         server_header=False,
+        # the client address is the TCP peer, unless that peer is a proxy the operator trusts
+        proxy_headers=bool(settings.proxy_list),
+        forwarded_allow_ips=settings.proxy_list or [],
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
@@ -108,7 +110,7 @@ def _run(settings: Settings, store: Store, sock: socket.socket) -> None:
         server.run(sockets=[sock])
     except SystemExit as exc:
         if exc.code not in (0, None):
-            raise fail("the server did not start: see the error above", 1) from None
+            raise ModelManagerError("the server did not start: see the error above") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -145,9 +147,15 @@ def _banner(settings: Settings, setup_code: str | None) -> None:
         console.print(f"listening on all interfaces ({settings.host or '0.0.0.0'}:{settings.port})")
     console.print(f"data dir: {settings.data_dir}")
     if setup_code:
-        console.print("No password is set yet: open the UI from this machine, or run `model-manager password init`.")
-        console.print(f"One-time setup code: [bold]{setup_code}[/bold] (asked when the first password is set from another machine)")
+        console.print(f"No password is set yet: open [bold]{url}/#setup={setup_code}[/bold] to set it, or run "
+                      f"`model-manager password init{_data_dir_flag(settings)}`.")
+        console.print(f"One-time setup code: [bold]{setup_code}[/bold] (the link above fills it in)")
     sys.stdout.flush()
+
+
+def _data_dir_flag(settings: Settings) -> str:
+    """` --data-dir X` when the data dir is not the default one, so a printed command acts on it."""
+    return "" if settings.data_dir == Settings().data_dir else f" --data-dir {shlex.quote(str(settings.data_dir))}"
 
 
 class _ShutdownCancellation(logging.Filter):

@@ -1,24 +1,27 @@
-"""The /api/models routes (SPEC §2). Thin: read the request, ask the registry, shape the answer.
+"""The /api/models routes (SPEC §2). Thin: read the request, call the service, return its answer.
 
-Handlers that touch the file system (register, refresh, unregister) run in worker threads; the
-payload route is a dict lookup that returns prebuilt bytes (gzip or plain) with a strong ETag.
+Handlers that touch the file system or sqlite (register, refresh, unregister) run in worker threads;
+the reads are in-memory lookups, and the payload route returns prebuilt bytes (gzip or plain) with a
+strong ETag through `payload.payload_response`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from litestar import Request, Response, delete, get, post
+import anyio
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import Meta, Struct
 
-from model_manager.errors import ModelManagerError
 from model_manager.registration import NAME_RE
-from model_manager.registry import Registry
 from model_manager.server import error_responses
-from model_manager.server.auth import client_address, parse_bearer
-from model_manager.store import hash_token
+from model_manager.server.auth import BEARER_SECURITY, client_address, require_token
+from model_manager.server.payload import payload_response
+from model_manager.service import ModelManager
 
 Name = Annotated[str, PathParameter(description="Registered model name", max_length=64)]
 Symbol = Annotated[str, PathParameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)]
@@ -59,157 +62,73 @@ class ModelPayload:
     payload: PayloadContent
 
 
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry
+Manager = NamedDependency[ModelManager]
 
 
-def accepts_gzip(header: str | None) -> bool:
-    """True when Accept-Encoding admits gzip (and does not set its q to 0)."""
-    if not header:
-        return False
-    for part in header.lower().split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip() in ("gzip", "*"):
-            q = params.strip()
-            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
-    return False
+def _manager(state: State) -> ModelManager:
+    return state.manager
 
 
-def etag_matches(header: str, etag: str) -> bool:
-    if header.strip() == "*":
-        return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+async def _wait_for_models(request: Request) -> None:
+    """Hold model requests during the initial load instead of answering 404 for models not yet read."""
+    await request.app.state.manager.serving.ready.wait()
 
 
-@get("/api/models", tags=["models"], summary="List registered models", sync_to_thread=False, responses=error_responses(401))
-def list_models(request: Request) -> dict[str, Any]:
-    return {"models": [m.to_dict() for m in list(_registry(request).models.values())]}
+class ModelsController(Controller):
+    path = "/api/models"
+    tags = ["models"]
+    guards = [require_token]
+    security = BEARER_SECURITY
+    before_request = _wait_for_models
+    dependencies = {"manager": Provide(_manager, sync_to_thread=False)}
 
+    @get("", summary="List registered models", sync_to_thread=False, responses=error_responses(401))
+    def list_models(self, manager: Manager) -> dict[str, Any]:
+        return {"models": manager.models()}
 
-@post("/api/models", tags=["models"], summary="Register a model directory", sync_to_thread=True,
-      status_code=201, responses=error_responses(400, 401, 409))
-def register_model(request: Request, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
-    model, created = _registry(request).register(data.name, data.path, client=client_address(request))
-    return Response(model.to_dict(), status_code=201 if created else 200)
+    @post("", summary="Register a model directory", sync_to_thread=True, status_code=201,
+          responses=error_responses(400, 401, 409))
+    def register_model(self, request: Request, manager: Manager, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
+        done = manager.register(data.name, data.path, client=client_address(request))
+        return Response(done.model.to_dict(), status_code=201 if done.created else 200)
 
+    @delete("/{name:str}", summary="Unregister a model", sync_to_thread=True, responses=error_responses(401, 404))
+    def unregister_model(self, request: Request, manager: Manager, name: Name) -> None:
+        manager.unregister(name, client=client_address(request))
 
-@delete("/api/models/{name:str}", tags=["models"], summary="Unregister a model", sync_to_thread=True,
-        responses=error_responses(401, 404))
-def unregister_model(request: Request, name: Name) -> None:
-    _registry(request).unregister(name, client=client_address(request))
+    @post("/{name:str}/refresh", summary="Re-read a model directory now", sync_to_thread=True, status_code=200,
+          responses=error_responses(400, 401, 404))
+    def refresh_model(self, request: Request, manager: Manager, name: Name) -> dict[str, Any]:
+        return manager.refresh(name, client=client_address(request))
 
+    @get("/{name:str}/symbols", summary="Symbols of a model", sync_to_thread=False, responses=error_responses(401, 404))
+    def list_symbols(self, manager: Manager, name: Name) -> dict[str, Any]:
+        return manager.symbols(name)
 
-@post("/api/models/{name:str}/refresh", tags=["models"], summary="Re-read a model directory now",
-      sync_to_thread=True, status_code=200, responses=error_responses(400, 401, 404))
-def refresh_model(request: Request, name: Name) -> dict[str, Any]:
-    return _registry(request).refresh(name, client=client_address(request)).to_dict()
+    @get("/{name:str}/factors", summary="All factors used by a model (deduplicated, sorted)", sync_to_thread=False,
+         responses=error_responses(401, 404))
+    def list_factors(self, manager: Manager, name: Name) -> dict[str, Any]:
+        return manager.factors(name)
 
+    @get("/{name:str}/symbols/{symbol:str}", summary="One symbol: factors, IC, metadata, issues", sync_to_thread=False,
+         responses=error_responses(401, 404))
+    def symbol_detail(self, manager: Manager, name: Name, symbol: Symbol, group_key: GroupKey = None) -> dict[str, Any]:
+        return manager.detail(name, symbol, group_key)
 
-@get("/api/models/{name:str}/symbols", tags=["models"], summary="Symbols of a model", sync_to_thread=False, responses=error_responses(401, 404))
-def list_symbols(request: Request, name: Name) -> dict[str, Any]:
-    states = sorted(_registry(request).get(name).view.groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
-    return {"model_name": name, "symbols": [{**s.snapshot.summary(), "stale": s.stale} for s in states]}
-
-
-@get("/api/models/{name:str}/factors", tags=["models"], summary="All factors used by a model (deduplicated, sorted)",
-     sync_to_thread=False, responses=error_responses(401, 404))
-def list_factors(request: Request, name: Name) -> dict[str, Any]:
-    view = _registry(request).get(name).view
-    return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
-            "factor_count": len(view.factor_union), "factors": view.factor_union}
-
-
-@get("/api/models/{name:str}/symbols/{symbol:str}", tags=["models"], summary="One symbol: factors, IC, metadata, issues",
-     sync_to_thread=False, responses=error_responses(401, 404))
-def symbol_detail(request: Request, name: Name, symbol: Symbol,
-                  group_key: GroupKey = None) -> dict[str, Any]:
-    state = _registry(request).group(name, symbol, group_key)
-    detail = state.snapshot.detail(name)
-    detail.update({"stale": state.stale, "served_updated_at": state.served.updated_at if state.served else None,
-                   "refresh": state.refresh_info()})
-    return detail
-
-
-@get("/api/models/{name:str}/model/{symbol:str}", tags=["models"], summary="The model payload a trading engine loads",
-     skip_compression=True, media_type="application/json",
-     responses={200: ResponseSpec(data_container=ModelPayload, generate_examples=False,
-                                  description="The payload (gzip-encoded when accepted)"),
-                **error_responses(401, 404, 422)},
-     description="XGBoost JSON model, metadata and the dimension→factor mapping. Strong ETag; "
-                 "`If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
-async def model_payload(request: Request, name: Name, symbol: Symbol) -> Response[bytes]:
-    registry = _registry(request)
-    prepared = registry.payload(name, symbol)
-    headers = {"ETag": prepared.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
-    inm = request.headers.get("if-none-match")
-    if inm and etag_matches(inm, prepared.etag):
-        return Response(b"", status_code=304, headers=headers)
-    if accepts_gzip(request.headers.get("accept-encoding")):
-        headers["Content-Encoding"] = "gzip"
-        return Response(prepared.gzip, media_type="application/json", headers=headers)
-    body = registry.raw_ready(prepared)
-    if body is None:
-        import anyio
-
-        body = await anyio.to_thread.run_sync(registry.raw, prepared)
-    return Response(body, media_type="application/json", headers=headers)
-
-
-class PayloadFastPath:
-    """The common case of `model_payload`, answered straight from the ASGI scope.
-
-    A trading engine's poll — GET /api/models/{name}/model/{symbol} with a token checked within the
-    last `TOKEN_RECHECK_SECONDS`, a payload ready, and (without gzip) its plain body cached — costs
-    a few dict lookups here instead of Litestar's routing, parameter parsing, guard and response
-    building, which were most of the request's CPU time (see bench/README.md). Everything else
-    (errors, a token not seen lately, CORS requests, query strings, repeated headers) returns None
-    and takes the full route, which answers byte for byte the same way.
-    """
-
-    WANTED = {b"authorization": "authorization", b"if-none-match": "if-none-match",
-              b"accept-encoding": "accept-encoding"}
-
-    def __init__(self, registry: Registry, tokens) -> None:
-        self.registry = registry
-        self.tokens = tokens
-
-    def __call__(self, scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        if scope["method"] != "GET" or scope.get("query_string") or not self.registry.ready.is_set():
-            return None
-        parts = scope["path"].split("/")  # ["", "api", "models", name, "model", symbol]
-        if len(parts) != 6 or parts[4] != "model" or not 0 < len(parts[3]) <= 64 or not 0 < len(parts[5]) <= 256:
-            return None
-        found: dict[str, str] = {}
-        for key, value in scope["headers"]:
-            if key == b"origin":
-                return None  # CORS: let the middleware add its headers
-            name = self.WANTED.get(key)
-            if name is not None:
-                if name in found:
-                    return None
-                found[name] = value.decode("latin-1")
-        token = parse_bearer(found.get("authorization"))
-        if token is None or not isinstance(self.tokens.fresh(hash_token(token), claim=False), float):
-            return None
-        try:
-            prepared = self.registry.payload(parts[3], parts[5])
-        except ModelManagerError:
-            return None
-        etag = prepared.etag.encode("latin-1")
-        headers = [(b"etag", etag), (b"vary", b"Accept-Encoding"), (b"cache-control", b"no-cache")]
-        inm = found.get("if-none-match")
-        if inm and etag_matches(inm, prepared.etag):
-            return 304, headers, b""
-        if accepts_gzip(found.get("accept-encoding")):
-            body = prepared.gzip
-            headers.append((b"content-encoding", b"gzip"))
-        else:
-            body = self.registry.raw_ready(prepared)
-            if body is None:
-                return None  # decompressed in a worker thread by the full route
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        return 200, headers, body
-
-
-model_routes = [list_models, register_model, unregister_model, refresh_model, list_symbols, list_factors,
-                symbol_detail, model_payload]
+    @get("/{name:str}/model/{symbol:str}", summary="The model payload a trading engine loads",
+         skip_compression=True, media_type="application/json",
+         responses={200: ResponseSpec(data_container=ModelPayload, generate_examples=False,
+                                      description="The payload (gzip-encoded when accepted)"),
+                    **error_responses(401, 404, 422)},
+         description="XGBoost JSON model, metadata and the dimension→factor mapping. Strong ETag; "
+                     "`If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
+    async def model_payload(self, request: Request, manager: Manager, name: Name, symbol: Symbol) -> Response[bytes]:
+        payload = manager.payload(name, symbol)
+        inm, encodings = request.headers.get("if-none-match"), request.headers.get("accept-encoding")
+        answer = payload_response(payload, inm, encodings, manager.serving.plain_body_cached)
+        if answer is None:
+            body = await anyio.to_thread.run_sync(manager.serving.plain_body, payload)
+            answer = payload_response(payload, inm, encodings, lambda _: body)
+        status, headers, content = answer
+        shown = {k.decode(): v.decode("latin-1") for k, v in headers if k not in (b"content-type", b"content-length")}
+        return Response(content, status_code=status, media_type="application/json", headers=shown)

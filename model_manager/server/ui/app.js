@@ -16,6 +16,7 @@ const state = {
   status: null, // last /api/auth/status answer
   flash: null, // {text, kind} shown once on the next access view
   renderCount: 0,
+  setupCode: null, // from a #setup=CODE link, for the first-password form
 };
 
 function setCrumbs(route) {
@@ -61,7 +62,7 @@ function showAccess(status) {
   renderSessionBox();
   const flash = state.flash;
   state.flash = null;
-  renderAccessGate(main, { status, flash, onSignedIn });
+  renderAccessGate(main, { status, flash, onSignedIn, setupCode: state.setupCode });
 }
 
 async function checkStatus() {
@@ -80,6 +81,7 @@ setUnauthorizedHandler((message) => {
 async function render({ focus = false } = {}) {
   const count = ++state.renderCount;
   const route = parseRoute();
+  if (route.setupCode) state.setupCode = route.setupCode; // kept in memory only, and out of the address bar
   if (route.redirect) {
     history.replaceState(null, "", links.models());
   }

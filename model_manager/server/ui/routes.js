@@ -1,8 +1,11 @@
 // Hash routes: #/models, #/models/NAME, #/models/NAME/SYMBOL[?group_key=G]. Hash routing keeps deep
-// links working after a reload without any server-side fallback.
+// links working after a reload without any server-side fallback. `#setup=CODE` is the first-run link
+// `model-manager serve` prints: it opens the models view with the setup code filled in.
 
-/** Parse a location hash into {view, name?, symbol?, groupKey?, redirect?}. */
+/** Parse a location hash into {view, name?, symbol?, groupKey?, redirect?, setupCode?}. */
 export function parseRoute(hash = location.hash) {
+  const setup = /^#setup=([A-Za-z0-9-]{1,32})$/.exec(hash);
+  if (setup) return { view: "models", redirect: true, setupCode: setup[1] };
   const [pathPart, query = ""] = hash.replace(/^#/, "").split("?");
   const parts = pathPart
     .split("/")

@@ -11,9 +11,9 @@ function usernameField() {
 }
 
 const SETUP_CODE_HELP =
-  "This server accepts the first password from another machine only with its one-time setup code. " +
+  "This server accepts the first password only with its one-time setup code. " +
   "`model-manager serve` printed the code in its terminal (or in its log file when started in the background) " +
-  "while no password is set: look for the line with “setup code”.";
+  "while no password is set, with a link that fills it in: look for the line with “setup code”.";
 
 function busy(button, on, label) {
   button.disabled = on;
@@ -21,9 +21,9 @@ function busy(button, on, label) {
 }
 
 /** The full-page gate shown while not signed in: bootstrap when uninitialized, else login. */
-export function renderAccessGate(main, { status, flash, onSignedIn }) {
+export function renderAccessGate(main, { status, flash, onSignedIn, setupCode }) {
   document.title = status.initialized ? "Log in · model-manager" : "Set up · model-manager";
-  const card = status.initialized ? loginCard(flash, onSignedIn) : bootstrapCard(status, flash, onSignedIn);
+  const card = status.initialized ? loginCard(flash, onSignedIn) : bootstrapCard(status, flash, onSignedIn, setupCode);
   replaceContent(
     main,
     h(
@@ -88,7 +88,7 @@ function loginCard(flash, onSignedIn) {
   );
 }
 
-function bootstrapCard(status, flash, onSignedIn) {
+function bootstrapCard(status, flash, onSignedIn, setupCode) {
   const { field: pwField, input: pw } = field(
     "New password",
     { type: "password", name: "password", autocomplete: "new-password", required: true, minlength: MIN_PASSWORD },
@@ -98,6 +98,7 @@ function bootstrapCard(status, flash, onSignedIn) {
   const { field: codeField, input: code } = field("Setup code", { type: "text", name: "setup_code", autocomplete: "off", spellcheck: "false" }, SETUP_CODE_HELP);
   codeField.id = "setup-code-field";
   codeField.hidden = !status.setup_code_required;
+  if (setupCode) code.value = setupCode;
   const error = messageEl("error");
   const submit = h("button", { type: "submit", class: "button button-primary" }, "Set password and sign in");
   const form = h("form", { class: "form", id: "bootstrap-form", novalidate: true }, usernameField(), pwField, confirmField, codeField, error, submit);
@@ -129,7 +130,7 @@ function bootstrapCard(status, flash, onSignedIn) {
       if (err instanceof ApiError && err.status === 403) {
         const wasHidden = codeField.hidden;
         codeField.hidden = false;
-        showMessage(error, wasHidden ? "A setup code is needed to set the first password from this machine: enter it below." : err.detail);
+        showMessage(error, wasHidden ? "A setup code is needed to set the first password: enter it below." : err.detail);
         code.focus();
         return;
       }

@@ -1,0 +1,261 @@
+"""Authentication, without any web framework: the password flows, bearer tokens and login throttling.
+
+`Authenticator` is what the server calls (its methods do blocking I/O — sqlite, argon2 — so the
+server runs them in worker threads). Each flow and its audit row is one store transaction.
+
+Token checks are the hot path: `TokenCache` maps a token digest to its expiry and re-reads sqlite
+for a digest at most every `TOKEN_RECHECK_SECONDS`. Logout and password changes made through this
+process drop cache entries at once; a `model-manager password set` in another process takes effect
+within the recheck period (plus `RECHECK_GRACE_SECONDS` for requests made while the re-read is under way).
+
+First run: while no password is set, the authenticator holds a one-time setup code (printed by
+`serve` with a link that fills it in). Every bootstrap must present it, so whoever reaches the port
+first cannot take the server over — a client on the same host included, since a proxy on the same
+host makes every client look local. Five wrong codes and every bootstrap is throttled.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+import secrets
+import threading
+import time
+from typing import Any
+
+from model_manager.clock import isoformat
+from model_manager.errors import AuthError, ConflictError, ForbiddenError, ThrottledError
+from model_manager.settings import Settings
+from model_manager.store import Store, check_password_strength, hash_token
+
+TOKEN_RECHECK_SECONDS = 0.5  # how stale a cached token check may be (revocation from another process)
+RECHECK_GRACE_SECONDS = 0.1  # while one request re-reads a due token, the others use the cached answer
+SETUP_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a terminal
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an `Authorization` header value `Bearer <token>`, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class TokenCache:
+    """digest → (expiry as unix seconds, when it was last read from sqlite as monotonic seconds)."""
+
+    def __init__(self, store: Store, recheck_seconds: float = TOKEN_RECHECK_SECONDS, max_entries: int = 10_000):
+        self.store = store
+        self.recheck_seconds = recheck_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, float]] = {}
+        self._rechecking: dict[str, float] = {}  # digest → until when one request's sqlite re-read covers it
+
+    def expiry(self, digest: str) -> float | None:
+        """Expiry of a live token (unix seconds), None when unknown, revoked or expired."""
+        entry = self._entries.get(digest)
+        if entry is None or time.monotonic() - entry[1] >= self.recheck_seconds:
+            moment = self.store.token_expiry_for_digest(digest)
+            self._rechecking.pop(digest, None)
+            if moment is None:
+                self._entries.pop(digest, None)
+                return None
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # bounded memory; live tokens are simply re-read
+            entry = (moment.timestamp(), time.monotonic())
+            self._entries[digest] = entry
+        if entry[0] <= time.time():
+            self._entries.pop(digest, None)
+            return None
+        return entry[0]
+
+    def fresh(self, digest: str, *, claim: bool = True) -> float | None | bool:
+        """`expiry` without any I/O: False when the answer needs sqlite (unknown digest, or an entry
+        due for its recheck); then the caller asks `expiry` off the event loop.
+
+        Of the requests that find an entry due, only one is sent to sqlite: the entry is vouched
+        for `RECHECK_GRACE_SECONDS` longer while that read is under way. Otherwise every request of
+        a busy client queued for the same read twice a second, which set the p99 latency. With
+        `claim=False` (the payload fast path, which cannot read sqlite itself) a due entry nobody is
+        re-reading yet is False without being claimed, so the full route's guard claims and reads it."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return False
+        now = time.monotonic()
+        if now - entry[1] >= self.recheck_seconds and self._rechecking.get(digest, 0.0) <= now:
+            if claim:
+                self._rechecking[digest] = now + RECHECK_GRACE_SECONDS  # this caller re-reads; the others need not
+            return False
+        if entry[0] <= time.time():
+            return None
+        return entry[0]
+
+    def forget(self, digest: str) -> None:
+        self._entries.pop(digest, None)
+
+    def clear(self, *, keep: str | None = None) -> None:
+        kept = self._entries.get(keep) if keep else None
+        self._entries.clear()
+        self._rechecking.clear()
+        if kept is not None:
+            self._entries[keep] = kept  # type: ignore[index]
+
+
+class LoginThrottle:
+    """Failed attempts, per client and across all clients.
+
+    After `free_failures` failures from one client each further one blocks that client for a doubling
+    delay (capped); after `global_free_failures` failures from anyone, everyone is blocked the same
+    way, so guesses spread over many addresses (an IPv6 /64 holds 2**64) do not multiply. IPv6
+    clients are counted per /64. A success resets its client; failures are forgotten after
+    `forget_after` seconds without one."""
+
+    GLOBAL = "*"
+
+    def __init__(self, free_failures: int = 5, base_delay: float = 2.0, max_delay: float = 300.0,
+                 forget_after: float = 900.0, max_clients: int = 10_000, global_free_failures: int = 30):
+        self.free_failures = free_failures
+        self.global_free_failures = global_free_failures
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.forget_after = forget_after
+        self.max_clients = max_clients
+        self._clients: dict[str, tuple[int, float, float]] = {}  # client -> (failures, blocked_until, last_failure)
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> None:
+        """Raise ThrottledError while the client (or everyone) is blocked."""
+        now = time.monotonic()
+        for key, whom in ((client_key(client), "this address"), (self.GLOBAL, "this server")):
+            with self._lock:
+                _failures, blocked_until, _last = self._clients.get(key, (0, 0.0, 0.0))
+            if blocked_until > now:
+                wait = max(1, math.ceil(blocked_until - now))
+                raise ThrottledError(f"too many failed attempts on {whom}: try again in {wait} s", retry_after=wait)
+
+    def failure(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._clients) >= self.max_clients:
+                self._clients = {k: v for k, v in self._clients.items() if now - v[2] < self.forget_after}
+            self._count(client_key(client), self.free_failures, now)
+            self._count(self.GLOBAL, self.global_free_failures, now)
+
+    def _count(self, key: str, free: int, now: float) -> None:
+        failures, _, last = self._clients.get(key, (0, 0.0, 0.0))
+        if last and now - last > self.forget_after:
+            failures = 0
+        failures += 1
+        blocked_until = now + min(self.base_delay * 2 ** (failures - free), self.max_delay) if failures >= free else 0.0
+        self._clients[key] = (failures, blocked_until, now)
+
+    def success(self, client: str) -> None:
+        with self._lock:
+            self._clients.pop(client_key(client), None)
+
+
+def client_key(client: str) -> str:
+    """What a client is counted as: its address, or its /64 for IPv6 (one host can hold them all)."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class Authenticator:
+    """The password, tokens, throttling and first-run setup code of one server process."""
+
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.tokens = TokenCache(store)
+        self.throttle = LoginThrottle()
+        # 5 wrong setup codes from anywhere and every bootstrap waits: the code is the only secret then
+        self.setup_throttle = LoginThrottle(free_failures=5, global_free_failures=5)
+        self.setup_code: str | None = None if store.is_initialized() else new_setup_code()
+
+    def token_object(self) -> dict[str, Any]:
+        token, expires = self.store.create_token(self.settings.token_ttl)
+        return {"token": token, "token_type": "bearer", "expires_in": self.settings.token_ttl,
+                "expires_at": isoformat(expires)}
+
+    def token_expiry(self, token: str | None) -> float | None:
+        """Expiry (unix seconds) of a live token; None for no token, unknown, revoked or expired."""
+        return self.tokens.expiry(hash_token(token)) if token else None
+
+    def status(self, token: str | None) -> tuple[bool, float | None]:
+        """(a password is set, expiry of `token` or None)."""
+        return self.store.is_initialized(), self.token_expiry(token)
+
+    def bootstrap(self, password: str, setup_code: str | None, client: str | None) -> dict[str, Any]:
+        """Set the first password and return a token object."""
+        key = client or "unknown"
+        self.setup_throttle.check(key)
+        if self.store.is_initialized():
+            self.setup_code = None
+            raise ConflictError("a password is already set: log in with POST /api/auth/login")
+        self._check_setup_code(setup_code, client, key)
+        check_password_strength(password)
+        self.store.init_password(password, client=client)
+        self.setup_code = None
+        return self.token_object()
+
+    def _check_setup_code(self, setup_code: str | None, client: str | None, key: str) -> None:
+        if not setup_code:
+            self.store.audit("bootstrap_refused", client=client, detail="no setup code")
+            raise ForbiddenError("setting the first password needs the one-time setup code: `model-manager serve` "
+                                 "printed it at startup, with a link that fills it in (see the server's output or log); "
+                                 "or run `model-manager password init` on the server")
+        if not self.setup_code or not hmac.compare_digest(_normalize_code(setup_code), _normalize_code(self.setup_code)):
+            self.setup_throttle.failure(key)
+            self.store.audit("bootstrap_refused", client=client, detail="wrong setup code")
+            raise ForbiddenError("the setup code is wrong: use the one-time code printed by `model-manager serve` "
+                                 "at startup of the running server")
+
+    def login(self, password: str, client: str | None) -> dict[str, Any]:
+        """Check the password (throttled per client) and return a token object."""
+        key = client or "unknown"
+        self.throttle.check(key)
+        if not self.store.is_initialized():
+            raise ConflictError("no password is set yet: set one with POST /api/auth/bootstrap "
+                                "or `model-manager password init`")
+        if not self.store.verify_password(password):
+            self.throttle.failure(key)
+            self.store.audit("login_failed", client=client)
+            raise AuthError("wrong password")
+        self.throttle.success(key)
+        self.store.audit("login", client=client)
+        return self.token_object()
+
+    def logout(self, token: str, client: str | None) -> None:
+        self.store.revoke_token(token, client=client)
+        self.tokens.forget(hash_token(token))
+
+    def change_password(self, token: str, current: str, new: str, client: str | None) -> None:
+        """Replace the password; every token but `token` is revoked."""
+        key = client or "unknown"
+        self.throttle.check(key)
+        if not self.store.verify_password(current):
+            self.throttle.failure(key)
+            self.store.audit("password_change_failed", client=client)
+            raise AuthError("the current password is wrong")
+        self.throttle.success(key)
+        check_password_strength(new)
+        self.store.set_password(new, keep_token=token, client=client)
+        self.tokens.clear(keep=hash_token(token))
+
+
+def new_setup_code() -> str:
+    chars = "".join(secrets.choice(SETUP_CODE_ALPHABET) for _ in range(8))
+    return f"{chars[:4]}-{chars[4:]}"
+
+
+def _normalize_code(code: str) -> bytes:
+    return "".join(code.split()).replace("-", "").upper().encode()

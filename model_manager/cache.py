@@ -1,0 +1,191 @@
+"""The cache directory under the data dir: every on-disk layout the server keeps, and its sweep.
+
+    models/<sha of a model file>.meta.json   ModelInfo of a model file (pkl or json) already checked
+    json/<sha of json>.json                  the JSON text converted from a pickle
+    payloads/<key>.gz + <key>.meta.json      a prebuilt gzip payload and its ETag
+    payloads/raw-<etag>.json                 its plain body, written at the first request without gzip
+    snapshots/<sha of root+group>.json       a served group's parse, so a restart can skip re-parsing
+
+Every entry is written atomically and checked against a recorded hash when read, so a crash or a
+stray edit can only cause a miss, never a wrong answer. Entries are rebuilt from the model
+directories whenever they are missing; `sweep` deletes what the loaded models no longer use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from model_manager import __version__
+from model_manager.conversion import ModelInfo, sha256
+from model_manager.files import atomic_write
+
+RECORD_VERSION = f"{__version__}/1"  # parse records of another release are not trusted
+SUBDIRS = ("models", "json", "payloads", "snapshots")
+
+
+@dataclass
+class LiveEntries:
+    """What the loaded models still use; everything else in the cache may go."""
+
+    json: set[str] = field(default_factory=set)      # sha256 of converted model JSON
+    payloads: set[str] = field(default_factory=set)  # payload cache keys
+    etags: set[str] = field(default_factory=set)     # ETags (unquoted) of served payloads
+
+
+class CacheDir:
+    """One data dir's cache. Safe to share between threads and processes (atomic writes only)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.root = Path(directory)
+        for sub in SUBDIRS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- model conversions --------------------------------------------------------------------
+    def model_info(self, source_sha: str) -> ModelInfo | None:
+        meta = self._read_json(self.root / "models" / f"{source_sha}.meta.json")
+        if meta is None:
+            return None
+        try:
+            return ModelInfo(**meta)
+        except TypeError:
+            return None
+
+    def put_model(self, source_sha: str, info: ModelInfo, json_bytes: bytes | None = None) -> None:
+        """Record a checked model; `json_bytes` (a pickle's conversion) is kept for later payloads."""
+        if json_bytes is not None:
+            jpath = self.root / "json" / f"{info.json_sha256}.json"
+            if not jpath.exists():
+                atomic_write(jpath, json_bytes, durable=False)
+        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(asdict(info)).encode(), durable=False)
+
+    def has_json(self, json_sha: str) -> bool:
+        path = self.root / "json" / f"{json_sha}.json"
+        if path.is_file():
+            _touch(path)  # about to be used: keep it out of the next sweep's reach
+            return True
+        return False
+
+    def model_json(self, json_sha: str) -> bytes | None:
+        path = self.root / "json" / f"{json_sha}.json"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if sha256(data) != json_sha:
+            path.unlink(missing_ok=True)
+            return None
+        _touch(path)
+        return data
+
+    # -- prebuilt payloads --------------------------------------------------------------------
+    def payload(self, key: str) -> tuple[str, bytes] | None:
+        """(etag, gzip bytes) of a prebuilt payload, or None."""
+        meta = self._read_json(self.root / "payloads" / f"{key}.meta.json")
+        if not meta:
+            return None
+        try:
+            gz = (self.root / "payloads" / f"{key}.gz").read_bytes()
+        except OSError:
+            return None
+        if sha256(gz) != meta.get("gzip_sha256"):
+            return None
+        _touch(self.root / "payloads" / f"{key}.gz")
+        return meta["etag"], gz
+
+    def put_payload(self, key: str, etag: str, gz: bytes) -> None:
+        atomic_write(self.root / "payloads" / f"{key}.gz", gz, durable=False)
+        atomic_write(self.root / "payloads" / f"{key}.meta.json",
+                     json.dumps({"etag": etag, "gzip_sha256": sha256(gz)}).encode(), durable=False)
+
+    def plain_body_path(self, etag: str) -> Path:
+        """Where the plain (uncompressed) body of the payload with this quoted ETag is kept."""
+        return self.root / "payloads" / f"raw-{etag.strip(chr(34))}.json"
+
+    # -- parse records ------------------------------------------------------------------------
+    def write_record(self, root: str, group_key: str, fields: dict) -> None:
+        """Keep a served group's parse (a JSON-able dict) for the next start."""
+        body = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        record = {"version": RECORD_VERSION, "sha256": sha256(body.encode()), "fields": body}
+        atomic_write(self._record_path(root, group_key), json.dumps(record).encode(), durable=False)
+
+    def read_record(self, root: str, group_key: str) -> dict | None:
+        """The fields `write_record` kept, when they are intact and of this release; else None."""
+        try:
+            record = json.loads(self._record_path(root, group_key).read_bytes())
+            if record.get("version") != RECORD_VERSION or sha256(record["fields"].encode()) != record["sha256"]:
+                return None
+            fields = json.loads(record["fields"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return fields if isinstance(fields, dict) else None
+
+    def _record_path(self, root: str, group_key: str) -> Path:
+        name = sha256(f"{os.path.realpath(os.path.expanduser(root.strip()))}\0{group_key}".encode())
+        return self.root / "snapshots" / f"{name}.json"
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def sweep(self, live: LiveEntries, *, grace_seconds: float = 600, max_age_days: float = 30) -> int:
+        """Delete what `live` does not name; returns how many files went.
+
+        Model JSON and payloads (the large entries) go as soon as nothing loaded uses them and they
+        are older than `grace_seconds` (an entry just written by a load still in progress, or by a
+        CLI `register`, is young). Model infos and parse records are small and go after
+        `max_age_days` unused. Unknown files are left alone.
+        """
+        now, removed = time.time(), 0
+
+        def drop(path: Path, cutoff: float) -> None:
+            nonlocal removed
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+
+        for path in self._entries("json"):
+            if path.suffix == ".json" and path.stem not in live.json:
+                drop(path, now - grace_seconds)
+        for path in self._entries("payloads"):
+            name = path.name
+            if name.startswith("raw-") and name.endswith(".json"):
+                used = name[4:-5] in live.etags
+            elif name.endswith(".meta.json"):
+                used = name[: -len(".meta.json")] in live.payloads
+            elif name.endswith(".gz"):
+                used = name[:-3] in live.payloads
+            else:
+                continue
+            if not used:
+                drop(path, now - grace_seconds)
+        for sub in ("models", "snapshots"):
+            for path in self._entries(sub):
+                drop(path, now - max_age_days * 86400)
+        return removed
+
+    def _entries(self, sub: str) -> list[Path]:
+        try:
+            return [p for p in (self.root / sub).iterdir() if not p.name.startswith(".")]
+        except OSError:
+            return []
+
+    @staticmethod
+    def _read_json(path: Path) -> dict | None:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict):
+            _touch(path)
+            return data
+        return None
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass

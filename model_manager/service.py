@@ -1,0 +1,285 @@
+"""`ModelManager(settings)`: the application. One object owns a data dir — its sqlite `Store`, its
+`CacheDir`, the password and its tokens (`Authenticator`) — and every operation a user can ask for:
+register, unregister, refresh, password changes, audit, inspect and convert. The CLI commands and the
+HTTP handlers are thin surfaces over it: they read their input, call one method and render.
+
+Offline (the CLI) nothing is loaded into memory: a registration is validated, written to the store
+and picked up by a running server. Serving (`start_serving`), the service also owns the `Registry`,
+the in-memory view of every registered model, and the `Watcher` that keeps it fresh.
+
+Everything here may block on disk or sqlite: the server calls it from worker threads, except the
+in-memory reads (`symbols`, `factors`, `detail`, `payload`), which are dict lookups.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_manager.artifacts import DirectorySnapshot, GroupSnapshot, load_directory
+from model_manager.auth import Authenticator
+from model_manager.cache import CacheDir
+from model_manager.converter import ConvertResult, convert_file, pickles_in
+from model_manager.errors import ConflictError, DuplicateSymbolError, NotFoundError, PathError, UsageError
+from model_manager.registration import check_name, normalize_path
+from model_manager.registry import Registry
+from model_manager.settings import Settings
+from model_manager.state import LoadedModel, PayloadBytes
+from model_manager.store import ModelRow, Store
+
+log = logging.getLogger(__name__)
+
+# Every event the audit trail records (the CLI checks `audit -e` against it).
+AUDIT_EVENTS = ("bootstrap", "bootstrap_refused", "login", "login_failed", "logout", "password_changed",
+                "password_change_failed", "register", "unregister", "refresh_failed")
+
+
+@dataclass
+class Registration:
+    """The outcome of `ModelManager.register`."""
+
+    name: str
+    path: str
+    created: bool                            # False: exactly this name and path were registered already
+    snapshot: DirectorySnapshot | None       # what was read (None when nothing new was registered)
+    model: LoadedModel | None = None         # the served model, when the service is serving
+
+    @property
+    def error_groups(self) -> list[str]:
+        groups = self.snapshot.groups.values() if self.snapshot else ()
+        return [g.group_key for g in groups if g.status == "error"]
+
+
+class ModelManager:
+    """One data dir and everything done with it. `close()` (or `with`) when done."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None):
+        self.settings = settings
+        self._store = store
+        self._owns_store = store is None
+        self._cache: CacheDir | None = None
+        self._auth: Authenticator | None = None
+        self.registry: Registry | None = None
+        self.watcher = None
+        self._register_lock = threading.Lock()
+        self._loading: asyncio.Task | None = None
+
+    def __enter__(self) -> ModelManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- what it owns (opened on first use, so `inspect` and `convert` need no data dir) -------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings.db_path)
+        return self._store
+
+    @property
+    def cache(self) -> CacheDir:
+        if self._cache is None:
+            self._cache = CacheDir(self.settings.cache_dir)
+        return self._cache
+
+    @property
+    def auth(self) -> Authenticator:
+        if self._auth is None:
+            self._auth = Authenticator(self.settings, self.store)
+        return self._auth
+
+    def has_database(self) -> bool:
+        return self._store is not None or self.settings.db_path.is_file()
+
+    def close(self) -> None:
+        if self.registry is not None:
+            self.registry.close()
+        if self._store is not None and self._owns_store:
+            self._store.close()
+            self._store = None
+
+    # -- registration ----------------------------------------------------------------------------
+    def register(self, name: str, path: str, *, client: str | None = None) -> Registration:
+        """Validate a model directory and register it under `name` (SPEC `POST /api/models`): a valid
+        name, a readable directory with at least one group, no symbol in several groups, and a name
+        not taken by another path. The row and its audit event are one transaction, written after
+        the directory was read (and, when serving, its payloads built), so a failure or a kill
+        half-way leaves nothing half-registered. The same name and path again is not an error."""
+        check_name(name)
+        abspath = normalize_path(path)
+        # serving, the registry's lock: its sync with the store must not load this model meanwhile
+        with self.registry.lock if self.registry else self._register_lock:
+            existing = self.store.get_model(name)
+            if existing is not None:
+                if existing.path != abspath:
+                    raise ConflictError(f"model name {name!r} is already registered for {existing.path}: "
+                                        "choose another name or remove it first")
+                model = self._served(name)
+                return Registration(name, abspath, False, None, model)
+            hook, built = self.registry.payload_hook(name, abspath) if self.registry else (None, {})
+            snap = load_directory(abspath, cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
+                                  executor=self.registry.executor if self.registry else None, prepare=hook)
+            if not snap.groups:
+                raise PathError(f"{abspath} has no model groups "
+                                "(expected files like SYMBOL_RETURN_factors.txt and SYMBOL_RETURN_model.json)")
+            dupes = snap.duplicate_symbols()
+            if dupes:
+                raise DuplicateSymbolError(dupes)
+            row = self.store.add_model(name, abspath, client=client,
+                                       detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
+            model = self.registry.install(name, abspath, row.registered_at, snap, built) if self.registry else None
+        self._watch_set_changed()
+        return Registration(name, abspath, True, snap, model)
+
+    def _served(self, name: str) -> LoadedModel | None:
+        if self.registry is None:
+            return None
+        if name not in self.registry.models:
+            self.registry.sync_registrations()
+        return self.registry.get(name)
+
+    def unregister(self, name: str, *, client: str | None = None) -> None:
+        """Forget a registration (its files are never touched)."""
+        check_name(name)
+        if not self.store.remove_model(name, client=client):
+            where = "GET /api/models" if self.registry else "model-manager register --list"
+            raise NotFoundError(f"no model named {name!r} is registered (see {where})")
+        if self.registry is not None:
+            self.registry.drop(name)
+        self._watch_set_changed()
+
+    def registered(self) -> list[ModelRow]:
+        return self.store.list_models()
+
+    def _watch_set_changed(self) -> None:
+        if self.watcher is not None:
+            self.watcher.models_changed()
+
+    # -- password and audit ------------------------------------------------------------------------
+    def init_password(self, password: str, *, client: str | None = None) -> None:
+        """Set the first password (ConflictError when one is set)."""
+        if self.store.is_initialized():
+            raise ConflictError("a password is already set: change it with `model-manager password set`")
+        self.store.init_password(password, client=client)
+
+    def set_password(self, password: str, *, client: str | None = None) -> int:
+        """Set or replace the password and revoke every token; returns how many were revoked."""
+        return self.store.set_password(password, client=client)
+
+    def audit_events(self, *, limit: int = 200, event: str | None = None) -> list[dict]:
+        """The audit trail, newest first; `event` must be one of AUDIT_EVENTS."""
+        if event is not None and event not in AUDIT_EVENTS:
+            raise UsageError(f"unknown audit event {event!r}: use one of {', '.join(AUDIT_EVENTS)}")
+        return self.store.audit_events(limit=limit, event=event)
+
+    # -- offline work --------------------------------------------------------------------------------
+    def inspect(self, path: str | Path) -> DirectorySnapshot:
+        """Read a model directory (never written) with every group parsed and checked."""
+        return load_directory(path, max_bytes=self.settings.max_artifact_bytes)
+
+    def convert(self, path: Path, output: Path | None = None, *, force: bool = False, verify: bool = True,
+                progress: Callable[[int, int, Path], None] | None = None) -> list[ConvertResult]:
+        """Convert a *_model.pkl file, or every one in a directory, to XGBoost JSON (see converter.py).
+        `progress(done, total, next_file)` is called before each file."""
+        sources = pickles_in(path)
+        if output is not None:
+            if output.exists() and not output.is_dir():
+                raise PathError(f"--output {output} exists and is not a directory")
+            output.mkdir(parents=True, exist_ok=True)
+        results = []
+        for done, src in enumerate(sources):
+            if progress is not None:
+                progress(done, len(sources), src)
+            results.append(convert_file(src, output, force=force, verify=verify, max_bytes=self.settings.max_artifact_bytes))
+        return results
+
+    def ensure_demo(self) -> Path:
+        """Write the demo model directory under the data dir (once) and register it as `demo`."""
+        from model_manager.demo import DEMO_NAME, write_demo
+
+        path = Path(self.settings.data_dir) / "demo-models"
+        if not any(path.glob("*_factors.txt")):
+            write_demo(path)
+        if self.store.get_model(DEMO_NAME) is None:
+            self.register(DEMO_NAME, str(path), client="serve --demo")
+        return path
+
+    # -- serving -------------------------------------------------------------------------------------
+    def serve(self) -> Registry:
+        """Create the in-memory registry (empty until `start_serving` loads it)."""
+        if self.registry is None:
+            self.registry = Registry(self.settings, self.store, self.cache)
+        return self.registry
+
+    async def start_serving(self) -> None:
+        """Load the registered models in the background (the server answers /healthz meanwhile and
+        holds model requests until `registry.ready`), then watch their directories."""
+        self.serve()
+        self._loading = asyncio.create_task(self._initial_load(), name="mm-initial-load")
+
+    async def _initial_load(self) -> None:
+        from model_manager.watcher import Watcher
+
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, Registry.warm_up)
+        try:
+            await loop.run_in_executor(None, self.registry.load_registered)
+        finally:
+            self.registry.ready.set()
+        self.watcher = Watcher(self.registry, self.settings)
+        await self.watcher.start()
+
+    async def stop_serving(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.registry is not None:
+            self.registry.close()
+
+    @property
+    def serving(self) -> Registry:
+        if self.registry is None:
+            raise RuntimeError("the service is not serving: call start_serving() first")
+        return self.registry
+
+    def refresh(self, name: str, *, client: str | None = None) -> dict[str, Any]:
+        """Re-read a model directory now; the model object (SPEC `model`)."""
+        return self.serving.refresh(name, client=client).to_dict()
+
+    # -- in-memory reads (no I/O: fine on the event loop) ---------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in list(self.serving.models.values())]
+
+    def symbols(self, name: str) -> dict[str, Any]:
+        states = sorted(self.serving.get(name).view.groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
+        return {"model_name": name, "symbols": [{**s.snapshot.summary(), "stale": s.stale} for s in states]}
+
+    def factors(self, name: str) -> dict[str, Any]:
+        view = self.serving.get(name).view
+        return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
+                "factor_count": len(view.factor_union), "factors": view.factor_union}
+
+    def detail(self, name: str, symbol: str, group_key: str | None = None) -> dict[str, Any]:
+        state = self.serving.group(name, symbol, group_key)
+        detail = state.snapshot.detail(name)
+        detail.update({"stale": state.stale, "served_updated_at": state.served.updated_at if state.served else None,
+                       "refresh": state.refresh_info()})
+        return detail
+
+    def payload(self, name: str, symbol: str) -> PayloadBytes:
+        return self.serving.payload(name, symbol)
+
+
+def group_summary(groups: Iterable[GroupSnapshot]) -> dict[str, int]:
+    """How many groups are ok / warning / error."""
+    counts = {"ok": 0, "warning": 0, "error": 0}
+    for g in groups:
+        counts[g.status] += 1
+    return counts
