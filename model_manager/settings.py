@@ -47,6 +47,7 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "max_body_kb": ("MODEL_MANAGER_MAX_BODY_KB", int, "Largest accepted request body in KiB."),
     "cors_origins": ("MODEL_MANAGER_CORS_ORIGINS", str, "Comma-separated origins allowed by CORS (empty: no CORS)."),
     "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Processes used to parse and convert models (0: one per core)."),
+    "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
 }
 
 
@@ -64,6 +65,7 @@ class Settings:
     max_body_kb: int = 64
     cors_origins: str = ""
     load_workers: int = 0
+    keep_versions: int = 20
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -94,6 +96,8 @@ class Settings:
             raise UsageError("MODEL_MANAGER_TOKEN_TTL must be a positive number of seconds")
         if self.watch_interval <= 0 or self.watch_debounce < 0:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
+        if self.keep_versions < 1:
+            raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0:
             raise UsageError("size limits must be positive")
         return self
