@@ -500,9 +500,12 @@ def payload_key(model_name: str, group: GroupSnapshot) -> str:
     return sha256(f"v1|{group.model_sha256}|{head}".encode())
 
 
-def build_payload_bytes(model_name: str, group: GroupSnapshot, model_json: bytes) -> bytes:
-    """The exact response body of `GET /api/models/{name}/model/{symbol}`."""
+def build_payload_bytes(model_name: str, group: GroupSnapshot, model_json: bytes, *, version: int | None = None) -> bytes:
+    """The exact response body of `GET /api/models/{name}/model/{symbol}`; with `version`, its
+    `metadata.version` (SPEC §6; like the other metadata keys we set, it wins over an info.pkl key)."""
     head = payload_head(model_name, group)
     inner = head["payload"]
+    if version is not None:
+        inner["metadata"]["version"] = version
     head["payload"] = {"model_json": model_json.decode("utf-8"), "metadata": inner["metadata"], "dim_factors": inner["dim_factors"]}
     return json.dumps(head, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")

@@ -9,6 +9,7 @@
     ├── NotFoundError                 unknown model / symbol               CLI exit 2 / HTTP 404
     ├── ConflictError                 name taken, already initialized      CLI exit 1 / HTTP 409
     ├── UnprocessableError            group has errors, payload blocked    CLI exit 1 / HTTP 422
+    │   └── DamagedDataError          stored bytes fail their hash check   CLI exit 1 / HTTP 422
     ├── AuthError                     wrong password / bad token           CLI exit 1 / HTTP 401
     │   └── ForbiddenError            authenticated but not allowed        CLI exit 1 / HTTP 403
     ├── ThrottledError                too many failures; .retry_after      CLI exit 1 / HTTP 429
@@ -57,6 +58,10 @@ class ConflictError(ModelManagerError):
 
 class UnprocessableError(ModelManagerError):
     status_code = 422
+
+
+class DamagedDataError(UnprocessableError):
+    """Bytes we stored (a version's payload) no longer match their hash: never served."""
 
 
 class AuthError(ModelManagerError):

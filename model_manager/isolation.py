@@ -74,6 +74,15 @@ def check_info(data: bytes, name: str, *, timeout: int = INFO_TIMEOUT) -> dict:
     return json.loads(payload)
 
 
+def compare_predictions(model_a: bytes, model_b: bytes, dim: int, name: str, *,
+                        timeout: int = CHECK_TIMEOUT) -> dict:
+    """Predictions of two XGBoost JSON models on the same fixed inputs, compared in a child process
+    (see `versiondiff.compare_work`). ArtifactError when either cannot be loaded or evaluated."""
+    data = struct.pack("<Q", len(model_a)) + bytes(model_a) + bytes(model_b)
+    result, _payload = _run_isolated({"kind": "compare", "name": name, "dim": dim}, data, timeout, "the XGBoost loader")
+    return result["comparison"]
+
+
 def _run_isolated(header: dict, data: bytes, timeout: int, what: str) -> tuple[dict, bytes]:
     name = header["name"]
     for _attempt in range(2):  # a helper that died (or could not fork) gets replaced once
@@ -128,6 +137,8 @@ def _work(header: dict, data: bytes) -> tuple[dict, bytes]:
             return {"status": "error", "code": "info_not_dict",
                     "message": f"{name} holds a {type(obj).__name__}, expected a dict of training metadata"}, b""
         return {"status": "ok"}, json.dumps(json_safe(obj), allow_nan=False).encode()
+    if header["kind"] == "compare":
+        return _compare(data, int(header["dim"]), name), b""
     result = _check(data, header["source"], name, bool(header.get("verify")))
     return result, result.pop("json", None) or b""
 
@@ -164,6 +175,17 @@ def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
                 "message": f"{name} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"}
     return {"status": "ok", "info": asdict(info), "verification": verification,
             "json": model_json if source == "pkl" else None}
+
+
+def _compare(data: bytes, dim: int, name: str) -> dict:
+    from model_manager.versiondiff import compare_work
+
+    (size,) = struct.unpack("<Q", data[:8])
+    try:
+        return {"status": "ok", "comparison": compare_work(data[8:8 + size], data[8 + size:], dim)}
+    except Exception as exc:  # xgboost refusing a model: an error answer, not a dead child
+        return {"status": "error", "code": "corrupt",
+                "message": f"{name}: predictions could not be compared ({type(exc).__name__}: {str(exc)[:200]})"}
 
 
 def _send_frame(sock: socket.socket, header: dict, payload: bytes = b"") -> None:

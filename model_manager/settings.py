@@ -50,6 +50,7 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Processes used to parse and convert models (0: one per core)."),
     "trusted_proxies": ("MODEL_MANAGER_TRUSTED_PROXIES", str,
                         "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)."),
+    "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
 }
 
 
@@ -68,6 +69,7 @@ class Settings:
     cors_origins: str = ""
     load_workers: int = 0
     trusted_proxies: str = ""
+    keep_versions: int = 20
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -98,6 +100,8 @@ class Settings:
             raise UsageError("MODEL_MANAGER_TOKEN_TTL must be a positive number of seconds")
         if self.watch_interval <= 0 or self.watch_debounce < 0:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
+        if self.keep_versions < 1:
+            raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0:
             raise UsageError("size limits must be positive")
         for entry in self.proxy_list:

@@ -1,4 +1,5 @@
-"""The sqlite store under the data dir: password hash, API tokens, registered models, audit trail.
+"""The sqlite store under the data dir: password hash, API tokens, registered models, audit trail,
+and the tables behind versions (their rules live in `versions.py`).
 
 One file, WAL mode, a busy timeout, the schema created on open. A `Store` is safe to share between
 threads (one connection behind a lock) and between processes (a CLI `register` or `password set`
@@ -10,6 +11,7 @@ can migrate hashes on login via `verify_and_update`) and a token is stored as it
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -29,7 +31,7 @@ from model_manager.errors import ConflictError, PathError, ValidationError
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # the hash library refuses more than 4096 bytes; no human needs this many
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 AUDIT_KEEP_ROWS = 100_000  # the audit table is pruned to this many newest rows
 AUDIT_DETAIL_MAX = 2_000
 
@@ -58,6 +60,67 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_event ON audit (event, id);
+""" + """
+-- versions (see versions.py): one row per servable content of a group, numbered 1, 2, 3... per
+-- (model, group_key): the primary key makes a duplicate number impossible and MAX(version) + 1 in
+-- the recording transaction makes a gap impossible. Rows are never deleted, so numbers are never
+-- reused, also across an unregister and a new registration of the same name.
+CREATE TABLE IF NOT EXISTS versions (
+    model          TEXT NOT NULL,
+    group_key      TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    symbol         TEXT NOT NULL,
+    etag           TEXT NOT NULL,      -- quoted strong ETag of the body (first 32 hex of payload_sha256)
+    payload_sha256 TEXT NOT NULL,      -- sha256 of the uncompressed body
+    blob_sha256    TEXT NOT NULL,      -- sha256 of the gzip bytes: the blob's name, checked when read
+    size           INTEGER NOT NULL,   -- uncompressed length
+    content_sha256 TEXT NOT NULL,      -- the body without metadata.version and updated_at (dedupe key)
+    model_sha256   TEXT,
+    created_at     TEXT NOT NULL,
+    live_from      TEXT,               -- start of its latest live period (all periods: live_periods)
+    live_until     TEXT,               -- end of it (NULL while live)
+    dim            INTEGER,
+    factor_count   INTEGER NOT NULL,
+    model_source   TEXT,
+    status         TEXT NOT NULL,
+    detail         TEXT NOT NULL,      -- JSON: what a diff needs (factors, IC table, info, model summary)
+    pruned         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (model, group_key, version)
+);
+CREATE INDEX IF NOT EXISTS versions_blob ON versions (blob_sha256, pruned);
+CREATE TABLE IF NOT EXISTS live_periods (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    model      TEXT NOT NULL,
+    group_key  TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    live_from  TEXT NOT NULL,
+    live_until TEXT
+);
+CREATE INDEX IF NOT EXISTS live_periods_group ON live_periods (model, group_key, live_until);
+CREATE TABLE IF NOT EXISTS pins (
+    model     TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    reason    TEXT NOT NULL DEFAULT '',
+    pinned_at TEXT NOT NULL,
+    PRIMARY KEY (model, group_key)
+);
+CREATE TABLE IF NOT EXISTS holds (
+    model   TEXT PRIMARY KEY,
+    held_at TEXT NOT NULL,
+    reason  TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS held_versions (  -- per group of a held model: the version it is held at
+    model     TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    PRIMARY KEY (model, group_key)
+);
+CREATE TABLE IF NOT EXISTS version_state (  -- bumped by every change of what is live: processes poll it
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO version_state (id, seq) VALUES (1, 0);
 """
 
 _crypt = CryptContext(schemes=["argon2"], deprecated="auto")
@@ -128,6 +191,14 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` write transaction (for core modules that keep their own tables here)."""
+        return self._write()
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one read statement."""
+        return self._read(sql, params)
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -255,6 +326,7 @@ class Store:
             removed = db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
             if removed:
                 self._insert_audit(db, "unregister", client, name)
+                _retire_versions(db, name)
             return removed
 
     # -- audit trail ------------------------------------------------------------------------------
@@ -279,3 +351,20 @@ class Store:
         else:
             rows = self._read("SELECT id, at, event, client, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(zip(("id", "at", "event", "client", "detail"), row)) for row in rows]
+
+
+# -- versions of an unregistered model ------------------------------------------------------------
+
+def _retire_versions(db: sqlite3.Connection, name: str) -> None:
+    """Unregistering keeps a model's version records (the history of what was live when, and numbers
+    that a new registration of the name continues instead of reusing) but drops its pins and hold, so
+    nothing from the old registration governs a new one, ends its live periods and marks every
+    version pruned: its payload bytes are deleted by the next blob sweep (`VersionStore.sweep`)."""
+    now = isoformat(utc_now())
+    db.execute("UPDATE live_periods SET live_until = ? WHERE model = ? AND live_until IS NULL", (now, name))
+    db.execute("UPDATE versions SET live_until = ? WHERE model = ? AND live_from IS NOT NULL AND live_until IS NULL",
+               (now, name))
+    db.execute("UPDATE versions SET pruned = 1 WHERE model = ?", (name,))
+    for table in ("pins", "holds", "held_versions"):
+        db.execute(f"DELETE FROM {table} WHERE model = ?", (name,))  # noqa: S608 - fixed table names
+    db.execute("UPDATE version_state SET seq = seq + 1 WHERE id = 1")

@@ -1,0 +1,111 @@
+"""Content-addressed payload bytes in the data dir: `versions/ab/<sha256>.gz`, named by the sha256 of
+the gzip bytes they hold.
+
+A blob is written atomically and durably (temp file, fsync, rename, fsync of the directory) before any
+record that refers to it is committed, and checked against its name whenever it is read: a damaged
+blob is a `DamagedDataError`, never bytes served silently. Identical bytes are stored once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from model_manager.conversion import sha256
+from model_manager.errors import DamagedDataError
+from model_manager.files import atomic_write
+
+ORPHAN_GRACE_SECONDS = 600  # a blob written moments ago may belong to a record about to be committed
+
+
+class BlobStore:
+    """The blob directory of one data dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a sha256 hex digest: {digest!r}")
+        return self.root / digest[:2] / f"{digest}.gz"
+
+    def put(self, data: bytes) -> str:
+        """Store `data` durably (0600) and return its sha256. Existing identical bytes are kept."""
+        digest = sha256(data)
+        target = self.path(digest)
+        if self._intact(target, digest):
+            return digest
+        target.parent.mkdir(exist_ok=True, mode=0o700)
+        atomic_write(target, data, durable=True)
+        os.chmod(target, 0o600)  # payloads are as private as the db (a brief 0644 window holds no secret)
+        _fsync_dir(target.parent)
+        return digest
+
+    def ensure(self, data: bytes, digest: str) -> None:
+        """Make sure the blob `digest` is on disk (rewrite it from `data` if a sweep took it)."""
+        if not self._intact(self.path(digest), digest):
+            self.put(data)
+
+    def get(self, digest: str, what: str = "payload") -> bytes:
+        """The bytes of blob `digest`, checked against it: DamagedDataError when the file is missing,
+        unreadable or no longer matches its hash."""
+        try:
+            data = self.path(digest).read_bytes()
+        except OSError as exc:
+            raise DamagedDataError(f"the stored bytes of {what} cannot be read from the data dir "
+                                   f"({self.path(digest).name}: {exc.strerror or exc}); pin another version") from None
+        if sha256(data) != digest:
+            raise DamagedDataError(f"the stored bytes of {what} are damaged (they no longer match their sha256 "
+                                   f"{digest[:12]}…) and are not served; pin another version")
+        return data
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def delete(self, digest: str) -> bool:
+        try:
+            self.path(digest).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def all_digests(self) -> dict[str, float]:
+        """{digest: mtime} of every blob on disk; stray temp files older than the grace period are removed."""
+        out: dict[str, float] = {}
+        now = time.time()
+        for sub in self.root.iterdir() if self.root.is_dir() else ():
+            if not sub.is_dir():
+                continue
+            for entry in sub.iterdir():
+                try:
+                    mtime = entry.stat().st_mtime
+                except OSError:
+                    continue
+                if entry.name.endswith(".tmp"):  # left by a process killed mid-write
+                    if now - mtime > ORPHAN_GRACE_SECONDS:
+                        entry.unlink(missing_ok=True)
+                elif entry.name.endswith(".gz"):
+                    out[entry.name[:-3]] = mtime
+        return out
+
+    @staticmethod
+    def _intact(path: Path, digest: str) -> bool:
+        try:
+            return sha256(path.read_bytes()) == digest
+        except OSError:
+            return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a power cut must not lose a blob a committed row names)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,346 @@
+"""Versions of each group (SPEC §6): every servable payload is recorded, numbered 1, 2, 3… per group,
+kept content-addressed in the data dir, and can be pinned, rolled back, held and compared.
+
+Recording, in `VersionStore.record(candidate(...))`:
+1. The candidate's *content digest* (the payload without `metadata.version` and `updated_at`, so a file
+   rewritten with the same content or only touched makes no version) is compared with the latest
+   version's: equal means no new version (the latest one's bytes are what is served).
+2. Otherwise the next number N is read, the final body is built with `metadata.version = N`, gzipped,
+   and written to the blob store durably — before any row names it.
+3. One `BEGIN IMMEDIATE` transaction checks that N is still the next number (another process may have
+   recorded meanwhile: then it starts again), makes sure the blob is still there, inserts the row,
+   moves the live period if the live version changed and prunes what retention lets go.
+A kill at any point leaves either no row (and at most an orphan blob, swept later) or a committed row
+whose bytes are on disk: numbers never skip, never repeat.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from model_manager import versionrules as rules
+from model_manager.blobs import ORPHAN_GRACE_SECONDS, BlobStore
+from model_manager.conversion import sha256
+from model_manager.errors import ConflictError, NotFoundError, UnprocessableError
+from model_manager.store import Store, isoformat, utc_now
+from model_manager.versiondiff import diff_versions
+from model_manager.versionrecords import Candidate, Recorded, StoredPayload, VersionInfo, candidate, content_sha256
+
+__all__ = ["Candidate", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate", "content_sha256"]
+
+GZIP_LEVEL = 6
+_COLUMNS = ("model", "group_key", "version", "symbol", "etag", "payload_sha256", "blob_sha256", "size",
+            "content_sha256", "model_sha256", "created_at", "live_from", "live_until", "dim", "factor_count",
+            "model_source", "status", "pruned")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM versions"  # noqa: S608 - fixed column names
+
+
+class VersionStore:
+    """Versions of every group of every model in one data dir: records and pins in the sqlite store,
+    payload bytes in `data_dir/versions`. Thread-safe; several processes may share a data dir."""
+
+    def __init__(self, store: Store, data_dir: Path, *, keep: int = 20,
+                 compare: Callable[[bytes, bytes, int, str], dict] | None = None) -> None:
+        self.store = store
+        self.blobs = BlobStore(Path(data_dir) / "versions")
+        self.keep = keep
+        if compare is None:
+            from model_manager.isolation import compare_predictions as compare
+        self._compare = compare
+        self._comparisons: dict[tuple[str, str], dict] = {}
+        self._comparisons_lock = threading.Lock()
+
+    # -- reads ------------------------------------------------------------------------------------
+    def get(self, model: str, group_key: str, version: int) -> VersionInfo:
+        """One version; NotFoundError when the group has no such version."""
+        rows = self.store.query(f"{_SELECT} WHERE model = ? AND group_key = ? AND version = ?", (model, group_key, version))
+        if not rows:
+            raise NotFoundError(f"{model}/{group_key} has no version {version} (see its versions)")
+        return _info(rows[0])
+
+    def history(self, model: str, group_key: str) -> list[VersionInfo]:
+        """Every version of a group, newest first."""
+        rows = self.store.query(f"{_SELECT} WHERE model = ? AND group_key = ? ORDER BY version DESC", (model, group_key))
+        return [_info(r) for r in rows]
+
+    def live(self, model: str, group_key: str) -> VersionInfo | None:
+        """The version the group serves now (None when it has none)."""
+        rows = self.store.query("SELECT version FROM live_periods WHERE model = ? AND group_key = ? AND live_until IS NULL "
+                                "ORDER BY id DESC LIMIT 1", (model, group_key))
+        return self.get(model, group_key, rows[0][0]) if rows else None
+
+    def live_versions(self, model: str) -> dict[str, int]:
+        """{group_key: live version} of a model: what a server compares after `state_seq` moved."""
+        rows = self.store.query("SELECT group_key, version FROM live_periods WHERE model = ? AND live_until IS NULL", (model,))
+        return dict(rows)
+
+    def state_seq(self) -> int:
+        """A number that grows whenever any live version, pin or hold changes (in any process)."""
+        return self.store.query("SELECT seq FROM version_state WHERE id = 1")[0][0]
+
+    def hold_info(self, model: str) -> dict | None:
+        """{"held_at", "reason"} while the model is held, else None."""
+        rows = self.store.query("SELECT held_at, reason FROM holds WHERE model = ?", (model,))
+        return {"held_at": rows[0][0], "reason": rows[0][1]} if rows else None
+
+    def payload(self, model: str, group_key: str, version: int | None = None) -> StoredPayload:
+        """The bytes of a version (default: the live one). NotFoundError when unknown or pruned,
+        DamagedDataError when the stored bytes fail their hash check."""
+        info = self.live(model, group_key) if version is None else self.get(model, group_key, version)
+        if info is None:
+            raise NotFoundError(f"{model}/{group_key} has no live version")
+        if info.pruned:
+            raise NotFoundError(f"version {info.version} of {model}/{group_key} was pruned: its bytes are no longer "
+                                "kept (MODEL_MANAGER_KEEP_VERSIONS); its record stays in the history")
+        data = self.blobs.get(info.blob_sha256, f"version {info.version} of {model}/{group_key}")
+        return StoredPayload(info.version, info.etag, data, info.size)
+
+    def versions(self, model: str, group_key: str) -> dict:
+        """The SPEC §6 versions object of a group, newest first. NotFoundError when it has none."""
+        infos = self.history(model, group_key)
+        if not infos:
+            raise NotFoundError(f"no versions are recorded for {model}/{group_key}")
+        with self.store.transaction() as db:  # one consistent view of pins, hold and periods
+            live = rules.current_live(db, model, group_key)
+            pin = db.execute("SELECT version, reason, pinned_at FROM pins WHERE model = ? AND group_key = ?",
+                             (model, group_key)).fetchone()
+            hold = db.execute("SELECT held_at, reason FROM holds WHERE model = ?", (model,)).fetchone()
+            periods: dict[int, list[list]] = {}
+            for version, start, end in db.execute("SELECT version, live_from, live_until FROM live_periods "
+                                                  "WHERE model = ? AND group_key = ? ORDER BY id", (model, group_key)):
+                periods.setdefault(version, []).append([start, end])
+        pinned = pin[0] if pin else None
+        return {"model_name": model, "symbol": infos[0].symbol, "group_key": group_key, "live_version": live,
+                "latest_version": infos[0].version, "pinned_version": pinned, "held": hold is not None,
+                "pin": {"version": pin[0], "reason": pin[1], "pinned_at": pin[2]} if pin else None,
+                "hold": {"held_at": hold[0], "reason": hold[1]} if hold else None,
+                "versions": [i.to_dict(live=live, pinned=pinned, periods=periods.get(i.version)) for i in infos]}
+
+    # -- recording --------------------------------------------------------------------------------
+    def record(self, cand: Candidate) -> Recorded:
+        """Record `cand` as the group's next version unless it equals the latest one (see the module
+        docstring). ConflictError only if other writers keep winning the race for the next number."""
+        if cand.status == "error":
+            raise UnprocessableError(f"{cand.group_key} has errors: it makes no version")
+        model, group = cand.model_name, cand.group_key
+        detail: str | None = None
+        for _attempt in range(5):
+            latest = self.history_head(model, group)
+            if latest is not None and not latest.pruned and latest.content_sha256 == cand.content_sha256:
+                self._heal(latest, cand)
+                with self.store.transaction() as db:
+                    changed = rules.sync_live(db, model, group, isoformat(utc_now()))
+                return Recorded(latest, False, self.live(model, group), changed)
+            number = (latest.version if latest else 0) + 1
+            raw = cand.build(number)
+            packed = gzip.compress(raw, GZIP_LEVEL, mtime=0)
+            blob = self.blobs.put(packed)
+            if detail is None:
+                detail = json.dumps(cand.detail(), separators=(",", ":"), allow_nan=False)
+            digest = sha256(raw)
+            with self.store.transaction() as db:
+                if rules.max_version(db, model, group) != number - 1:
+                    continue  # another process recorded first: look again
+                self.blobs.ensure(packed, blob)  # a concurrent sweep may have taken an unnamed blob
+                now = isoformat(utc_now())
+                db.execute(f"INSERT INTO versions ({', '.join(_COLUMNS[:11])}, dim, factor_count, model_source, "
+                           "status, detail) VALUES (" + ", ".join("?" * 16) + ")",
+                           (model, group, number, cand.symbol, f'"{digest[:32]}"', digest, blob, len(raw),
+                            cand.content_sha256, cand.model_sha256, now, cand.dim, cand.factor_count,
+                            cand.model_source, cand.status, detail))
+                if rules.is_held(db, model) and rules.held_version(db, model, group) is None:
+                    # a group that first appears during a hold: its first version is what it is held at
+                    db.execute("INSERT INTO held_versions (model, group_key, version) VALUES (?, ?, ?)",
+                               (model, group, number))
+                changed = rules.sync_live(db, model, group, now)
+                doomed = rules.prune(db, model, group, self.keep)
+            self._delete_blobs(doomed)
+            info = self.get(model, group, number)
+            return Recorded(info, True, self.live(model, group), changed,
+                            StoredPayload(number, info.etag, packed, len(raw)))
+        raise ConflictError(f"versions of {model}/{group} kept changing while recording; try again")
+
+    def _heal(self, info: VersionInfo, cand: Candidate) -> None:
+        """Rewrite a version's missing blob when the same content rebuilds exactly its bytes (it does
+        unless the files' mtimes moved since); otherwise reading it reports the damage."""
+        if self.blobs.exists(info.blob_sha256):
+            return
+        raw = cand.build(info.version)
+        packed = gzip.compress(raw, GZIP_LEVEL, mtime=0)
+        if sha256(raw) == info.payload_sha256 and sha256(packed) == info.blob_sha256:
+            self.blobs.put(packed)
+
+    def history_head(self, model: str, group_key: str) -> VersionInfo | None:
+        """The latest version of a group (pruned or not), or None."""
+        rows = self.store.query(f"{_SELECT} WHERE model = ? AND group_key = ? ORDER BY version DESC LIMIT 1",
+                                (model, group_key))
+        return _info(rows[0]) if rows else None
+
+    def group_removed(self, model: str, group_key: str) -> None:
+        """A group's files are gone: its live period ends (its records, pin and numbers stay)."""
+        with self.store.transaction() as db:
+            if rules.current_live(db, model, group_key) is not None:
+                rules.close_live(db, model, group_key, isoformat(utc_now()))
+                rules.bump(db)
+
+    # -- pins and holds -----------------------------------------------------------------------------
+    def pin(self, model: str, group_key: str, version: int, *, reason: str = "", client: str | None = None) -> dict:
+        """Serve `version` until unpinned. NotFoundError unknown version, ConflictError pruned one."""
+        self.get(model, group_key, version)
+        with self.store.transaction() as db:
+            info = _info(db.execute(f"{_SELECT} WHERE model = ? AND group_key = ? AND version = ?",
+                                    (model, group_key, version)).fetchone())  # pruned meanwhile? seen here
+            self._pin(db, info, reason, client, "pin", f"{model}/{group_key} pinned to v{version}")
+        return self.versions(model, group_key)
+
+    def unpin(self, model: str, group_key: str, *, reason: str = "", client: str | None = None) -> dict:
+        """Drop the pin: live follows the hold or the latest again."""
+        self._require(model, group_key)
+        with self.store.transaction() as db:
+            pinned = rules.pinned_version(db, model, group_key)
+            if pinned is not None:
+                db.execute("DELETE FROM pins WHERE model = ? AND group_key = ?", (model, group_key))
+                rules.bump(db)
+                rules.sync_live(db, model, group_key, isoformat(utc_now()))
+                self.store._insert_audit(db, "unpin", client, _with_reason(f"{model}/{group_key} unpinned from v{pinned}", reason))
+                doomed = rules.prune(db, model, group_key, self.keep)
+            else:
+                doomed = []
+        self._delete_blobs(doomed)
+        return self.versions(model, group_key)
+
+    def rollback(self, model: str, group_key: str, *, reason: str = "", client: str | None = None) -> dict:
+        """Pin the most recently live version older than the live one. ConflictError when none."""
+        self._require(model, group_key)
+        with self.store.transaction() as db:
+            live = rules.current_live(db, model, group_key)
+            target = rules.rollback_target(db, model, group_key)
+            if target is None:
+                raise ConflictError(f"nothing to roll back to: no version of {model}/{group_key} older than the live one "
+                                    f"(v{live}) has been served" if live else f"{model}/{group_key} serves no version")
+            info = _info(db.execute(f"{_SELECT} WHERE model = ? AND group_key = ? AND version = ?",
+                                    (model, group_key, target)).fetchone())
+            self._pin(db, info, reason, client, "rollback", f"{model}/{group_key} rolled back from v{live} to v{target}")
+        return self.versions(model, group_key)
+
+    def hold(self, model: str, *, reason: str = "", client: str | None = None) -> bool:
+        """Hold a model: each group keeps serving its live version while new ones are recorded.
+        False when it was already held."""
+        with self.store.transaction() as db:
+            if rules.is_held(db, model):
+                return False
+            db.execute("INSERT INTO holds (model, held_at, reason) VALUES (?, ?, ?)", (model, isoformat(utc_now()), reason))
+            db.execute("INSERT OR REPLACE INTO held_versions (model, group_key, version) SELECT model, group_key, version "
+                       "FROM live_periods WHERE model = ? AND live_until IS NULL", (model,))
+            rules.bump(db)
+            self.store._insert_audit(db, "hold", client, _with_reason(f"{model} held", reason))
+        return True
+
+    def release(self, model: str, *, reason: str = "", client: str | None = None) -> bool:
+        """End a hold: each group serves its latest version (pins still win). False when not held."""
+        doomed: list[str] = []
+        with self.store.transaction() as db:
+            if not rules.is_held(db, model):
+                return False
+            groups = rules.live_groups(db, model)
+            db.execute("DELETE FROM holds WHERE model = ?", (model,))
+            db.execute("DELETE FROM held_versions WHERE model = ?", (model,))
+            rules.bump(db)
+            now = isoformat(utc_now())
+            for group in groups:
+                rules.sync_live(db, model, group, now)
+                doomed += rules.prune(db, model, group, self.keep)
+            self.store._insert_audit(db, "release", client, _with_reason(f"{model} released", reason))
+        self._delete_blobs(doomed)
+        return True
+
+    def _pin(self, db, info: VersionInfo, reason: str, client: str | None, event: str, what: str) -> None:
+        if info.pruned:
+            raise ConflictError(f"version {info.version} of {info.model}/{info.group_key} was pruned: its bytes are gone, "
+                                "so it cannot be served; pin a kept version")
+        db.execute("INSERT OR REPLACE INTO pins (model, group_key, version, reason, pinned_at) VALUES (?, ?, ?, ?, ?)",
+                   (info.model, info.group_key, info.version, reason, isoformat(utc_now())))
+        rules.bump(db)
+        rules.sync_live(db, info.model, info.group_key, isoformat(utc_now()))
+        self.store._insert_audit(db, event, client, _with_reason(what, reason))
+
+    def _require(self, model: str, group_key: str) -> None:
+        if self.history_head(model, group_key) is None:
+            raise NotFoundError(f"no versions are recorded for {model}/{group_key}")
+
+    # -- retention ----------------------------------------------------------------------------------
+    def sweep(self) -> int:
+        """Apply retention to every group, delete blobs no kept version names (and orphans of a
+        killed writer once they are old enough). Returns how many blobs went."""
+        doomed: list[str] = []
+        with self.store.transaction() as db:
+            for model, group in db.execute("SELECT DISTINCT model, group_key FROM versions WHERE pruned = 0").fetchall():
+                doomed += rules.prune(db, model, group, self.keep)
+        removed = self._delete_blobs(doomed)
+        on_disk = self.blobs.all_digests()
+        with self.store.transaction() as db:
+            named = {d for (d,) in db.execute("SELECT DISTINCT blob_sha256 FROM versions")}
+            in_use = {d for (d,) in db.execute("SELECT DISTINCT blob_sha256 FROM versions WHERE pruned = 0")}
+            for digest, mtime in on_disk.items():
+                orphan_old = digest not in named and time.time() - mtime > ORPHAN_GRACE_SECONDS
+                if digest not in in_use and (digest in named or orphan_old):
+                    removed += self.blobs.delete(digest)
+        return removed
+
+    def _delete_blobs(self, digests: list[str]) -> int:
+        """Delete the given blobs unless a kept version still names them (checked inside a write
+        transaction, so a writer that needs one again rewrites it in its own)."""
+        if not digests:
+            return 0
+        removed = 0
+        with self.store.transaction() as db:
+            for digest in digests:
+                if not rules.blob_in_use(db, digest):
+                    removed += self.blobs.delete(digest)
+        return removed
+
+    # -- diff -----------------------------------------------------------------------------------------
+    def diff(self, model: str, group_key: str, from_version: int | None = None, to_version: int | None = None) -> dict:
+        """The SPEC §6 diff object (defaults: `to` the latest, `from` the version before it);
+        NotFoundError for an unknown version or when there is nothing before `to`."""
+        return diff_versions(self, model, group_key, from_version, to_version)
+
+    def detail(self, info: VersionInfo) -> dict:
+        """What a diff needs of one version (kept in its record, also once it is pruned)."""
+        rows = self.store.query("SELECT detail FROM versions WHERE model = ? AND group_key = ? AND version = ?",
+                                (info.model, info.group_key, info.version))
+        return json.loads(rows[0][0])
+
+    def compare(self, a: VersionInfo, b: VersionInfo) -> dict:
+        """Both versions' models on the same inputs (cached per pair of blobs). ArtifactError when a
+        model cannot be evaluated; NotFoundError / DamagedDataError as `payload`."""
+        key = (a.blob_sha256, b.blob_sha256)
+        with self._comparisons_lock:
+            cached = self._comparisons.get(key)
+        if cached is not None:
+            return cached
+        models = [self._model_json(i) for i in (a, b)]
+        result = self._compare(models[0], models[1], a.dim, f"{a.model}/{a.group_key} v{a.version}/v{b.version}")
+        with self._comparisons_lock:
+            if len(self._comparisons) >= 256:
+                self._comparisons.pop(next(iter(self._comparisons)))
+            self._comparisons[key] = result
+        return result
+
+    def _model_json(self, info: VersionInfo) -> bytes:
+        body = gzip.decompress(self.payload(info.model, info.group_key, info.version).gzip)
+        return json.loads(body)["payload"]["model_json"].encode("utf-8")
+
+
+def _info(row: tuple) -> VersionInfo:
+    values = dict(zip(_COLUMNS, row))
+    values["pruned"] = bool(values["pruned"])
+    return VersionInfo(**values)
+
+
+def _with_reason(what: str, reason: str) -> str:
+    return f"{what}: {reason}" if reason else what

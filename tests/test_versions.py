@@ -1,0 +1,402 @@
+"""Versions: recording, the live rule (pin, hold, rollback, release), retention, blob integrity, diff,
+and crash safety, on a real sqlite file and payloads of tiny trained XGBoost models."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from model_manager.artifacts import load_group, scan_directory
+from model_manager.conversion import sha256
+from model_manager.errors import ConflictError, DamagedDataError, NotFoundError, UnprocessableError
+from model_manager.settings import Settings
+from model_manager.store import Store
+from model_manager.versiondiff import prediction_inputs
+from model_manager.versions import VersionStore, candidate
+
+from .conftest import FACTORS, write_group
+
+KEY = "SOLUSDT_mid_chg_1m"
+
+
+@pytest.fixture(scope="module")
+def retrains(training_data):
+    """Successive trainings of one group: different tree counts and seeds."""
+    x, y = training_data
+    return [xgb.XGBRegressor(n_estimators=3 + i, max_depth=2, n_jobs=1, random_state=i).fit(x, y) for i in range(4)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "data" / "model-manager.sqlite3")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def vs(store, tmp_path):
+    return VersionStore(store, tmp_path / "data", keep=20)
+
+
+def parse(directory: Path, key: str = KEY):
+    scanned, _ = scan_directory(directory)
+    return load_group(directory, key, scanned[key])
+
+
+def record(vs: VersionStore, directory: Path, key: str = KEY, model: str = "m"):
+    group = parse(directory, key)
+    return vs.record(candidate(model, group, group.model_json))
+
+
+def retrain(directory: Path, model, **kwargs) -> None:
+    for stale in directory.glob(f"{KEY}_model.*"):
+        stale.unlink()
+    write_group(directory, KEY, model_json=bytes(model.get_booster().save_raw(raw_format="json")), **kwargs)
+
+
+def body(vs: VersionStore, version: int, key: str = KEY) -> dict:
+    return json.loads(gzip.decompress(vs.payload("m", key, version).gzip))
+
+
+def test_numbering_dedupe_and_metadata_version(vs, tmp_path, retrains):
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    first = record(vs, d)
+    assert (first.created, first.version.version, first.live.version) == (True, 1, 1)
+    # the same files again, and the same files touched later: no new version
+    assert record(vs, d).created is False
+    later = time.time() + 100
+    for f in d.iterdir():
+        os.utime(f, (later, later))
+    again = record(vs, d)
+    assert (again.created, again.version.version) == (False, 1)
+
+    retrain(d, retrains[1])
+    second = record(vs, d)
+    assert (second.created, second.version.version, second.live_changed) == (True, 2, True)
+    retrain(d, retrains[0])  # back to the first model: a new version with the first one's content
+    third = record(vs, d)
+    assert third.version.version == 3 and third.version.content_sha256 == first.version.content_sha256
+
+    for n in (1, 2, 3):
+        stored = vs.payload("m", KEY, n)
+        raw = gzip.decompress(stored.gzip)
+        assert stored.etag == f'"{sha256(raw)[:32]}"' and stored.size == len(raw)
+        payload = json.loads(raw)["payload"]
+        assert payload["metadata"]["version"] == n
+        assert [f["factor_name"] for f in payload["dim_factors"]] == FACTORS
+    assert body(vs, 1)["payload"]["model_json"] == body(vs, 3)["payload"]["model_json"]
+    assert second.payload.gzip == vs.payload("m", KEY, 2).gzip  # what record handed back is what is stored
+    assert [v["version"] for v in vs.versions("m", KEY)["versions"]] == [3, 2, 1]
+    blob = vs.blobs.path(vs.get("m", KEY, 1).blob_sha256)
+    assert oct(blob.stat().st_mode & 0o777) == "0o600" and blob.parent.parent == tmp_path / "data" / "versions"
+
+
+def test_broken_group_makes_no_version(vs, tmp_path, retrains):
+    d = tmp_path / "models"
+    write_group(d, KEY, model_json=b'{"not": "a model"')
+    group = parse(d)
+    assert group.errors
+    with pytest.raises(UnprocessableError):
+        candidate("m", group, b"")
+    with pytest.raises(NotFoundError):
+        vs.versions("m", KEY)
+
+
+def test_live_rule_pin_hold_rollback_release(vs, store, tmp_path, retrains):
+    d = tmp_path / "models"
+    for model in retrains[:3]:
+        retrain(d, model)
+        record(vs, d)
+    state = vs.versions("m", KEY)
+    assert (state["live_version"], state["latest_version"], state["pinned_version"], state["held"]) == (3, 3, None, False)
+    seq = vs.state_seq()
+
+    state = vs.pin("m", KEY, 1, reason="v3 trades badly", client="cli")
+    assert (state["live_version"], state["pinned_version"]) == (1, 1)
+    assert vs.state_seq() > seq
+    retrain(d, retrains[3])
+    rec = record(vs, d)  # a new version while pinned: recorded, not served
+    assert (rec.version.version, rec.live.version, rec.live_changed) == (4, 1, False)
+
+    state = vs.unpin("m", KEY, reason="fixed", client="cli")
+    assert (state["live_version"], state["pinned_version"]) == (4, None)
+
+    assert vs.hold("m", reason="review first") is True
+    assert vs.hold("m") is False
+    retrain(d, retrains[1])
+    rec = record(vs, d)
+    assert (rec.version.version, rec.live.version) == (5, 4)
+    assert vs.versions("m", KEY)["held"] is True
+    # a pin still wins during a hold; unpinning goes back to the held version, not the latest
+    vs.pin("m", KEY, 2)
+    assert vs.live("m", KEY).version == 2
+    vs.unpin("m", KEY)
+    assert vs.live("m", KEY).version == 4
+    assert vs.release("m", reason="looks fine") is True
+    assert vs.release("m") is False
+    assert vs.live("m", KEY).version == 5
+
+    # rollback goes back through what was live and older, never forward: 5 -> 4 -> 2 -> 1
+    state = vs.rollback("m", KEY, reason="bad")
+    assert state["live_version"] == 4 and state["pinned_version"] == 4
+    state = vs.rollback("m", KEY)
+    assert state["live_version"] == 2  # v2 was live (pinned) before v4's last period, and is older than 4
+    state = vs.rollback("m", KEY)
+    assert state["live_version"] == 1
+    with pytest.raises(ConflictError, match="nothing to roll back to"):
+        vs.rollback("m", KEY)
+    with pytest.raises(NotFoundError):
+        vs.pin("m", KEY, 99)
+    with pytest.raises(NotFoundError):
+        vs.rollback("m", "NOPE_x")
+
+    versions = {v["version"]: v for v in vs.versions("m", KEY)["versions"]}
+    assert versions[1]["live"] and versions[1]["pinned"] and versions[1]["live_until"] is None
+    assert all(not v["live"] for n, v in versions.items() if n != 1)
+    assert versions[3]["live_from"] and versions[3]["live_until"]  # served once, then replaced
+    assert len(versions[1]["live_periods"]) == 3 and versions[1]["live_periods"][0][1] is not None
+    assert versions[5]["live_periods"] == [[versions[5]["live_from"], versions[5]["live_until"]]]
+    events = {e["event"]: e["detail"] for e in store.audit_events(limit=50)}
+    assert "v3 trades badly" in events["pin"] and "review first" in events["hold"]
+    assert "looks fine" in events["release"] and "rolled back from v5 to v4: bad" in " ".join(
+        e["detail"] for e in store.audit_events(event="rollback"))
+    assert set(versions[1]) >= {"version", "etag", "model_sha256", "created_at", "live", "pinned", "live_from",
+                                "live_until", "dim", "factor_count", "model_source", "status", "pruned"}
+
+    # everything survives a restart
+    before = vs.versions("m", KEY)
+    store.close()
+    reopened = Store(store.db_path)
+    try:
+        assert VersionStore(reopened, tmp_path / "data").versions("m", KEY) == before
+    finally:
+        reopened.close()
+
+
+def test_group_first_seen_during_hold_is_held_at_its_first_version(vs, tmp_path, retrains):
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    record(vs, d)
+    vs.hold("m")
+    write_group(d, "BTCUSDT_mid_chg_1m", model_json=bytes(retrains[1].get_booster().save_raw(raw_format="json")))
+    assert record(vs, d, "BTCUSDT_mid_chg_1m").live.version == 1
+    write_group(d, "BTCUSDT_mid_chg_1m", model_json=bytes(retrains[2].get_booster().save_raw(raw_format="json")))
+    assert record(vs, d, "BTCUSDT_mid_chg_1m").live.version == 1
+    vs.release("m")
+    assert vs.live("m", "BTCUSDT_mid_chg_1m").version == 2
+
+
+def test_retention_prunes_bytes_keeps_records(store, tmp_path, retrains, training_data):
+    vs = VersionStore(store, tmp_path / "data", keep=2)
+    d = tmp_path / "models"
+    x, y = training_data
+    models = [xgb.XGBRegressor(n_estimators=2 + i, max_depth=2, n_jobs=1).fit(x, y) for i in range(6)]
+    retrain(d, models[0])
+    record(vs, d)
+    vs.pin("m", KEY, 1)
+    for model in models[1:]:
+        retrain(d, model)
+        record(vs, d)
+    versions = {v["version"]: v for v in vs.versions("m", KEY)["versions"]}
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6]
+    assert [n for n, v in versions.items() if not v["pruned"]] == [6, 5, 1]  # newest two and the pinned one
+    for n in (2, 3, 4):
+        assert not vs.blobs.exists(vs.get("m", KEY, n).blob_sha256)
+        with pytest.raises(NotFoundError, match="pruned"):
+            vs.payload("m", KEY, n)
+        with pytest.raises(ConflictError, match="pruned"):
+            vs.pin("m", KEY, n)
+    # unpinning lets v1 go, unless it is the rollback target: live 6 was preceded by 1 (pinned all along)
+    vs.unpin("m", KEY)
+    assert vs.live("m", KEY).version == 6
+    assert not vs.get("m", KEY, 1).pruned  # the rollback target keeps its bytes
+    assert vs.rollback("m", KEY)["live_version"] == 1
+    # a diff of a pruned version still compares what the records hold
+    diff = vs.diff("m", KEY, 2, 6)
+    assert diff["predictions"] is None and "pruned" in diff["predictions_note"]
+    assert diff["model"]["num_trees"] == {"from": 3, "to": 7}
+
+
+def test_blob_integrity(vs, tmp_path, retrains):
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    info = record(vs, d).version
+    path = vs.blobs.path(info.blob_sha256)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(DamagedDataError, match="damaged"):
+        vs.payload("m", KEY, 1)
+    path.unlink()
+    with pytest.raises(DamagedDataError):
+        vs.payload("m", KEY)
+    # recording the same, untouched files again rewrites the exact bytes that went missing
+    assert record(vs, d).created is False
+    assert vs.payload("m", KEY).gzip == data
+
+
+def test_identical_bytes_stored_once_and_sweep(vs, tmp_path, retrains):
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    info = record(vs, d).version
+    packed = vs.payload("m", KEY, 1).gzip
+    assert vs.blobs.put(packed) == info.blob_sha256
+    assert len(list((tmp_path / "data" / "versions").rglob("*.gz"))) == 1
+    orphan = vs.blobs.put(b"left by a writer killed before its row")
+    assert vs.sweep() == 0 and vs.blobs.exists(orphan)  # too young: its row may be about to commit
+    old = time.time() - 3600
+    os.utime(vs.blobs.path(orphan), (old, old))
+    assert vs.sweep() == 1 and not vs.blobs.exists(orphan) and vs.blobs.exists(info.blob_sha256)
+
+
+def test_unregister_keeps_history_and_drops_pins(vs, store, tmp_path, retrains):
+    d = tmp_path / "models"
+    store.add_model("m", str(d))
+    for model in retrains[:2]:
+        retrain(d, model)
+        record(vs, d)
+    vs.pin("m", KEY, 1)
+    vs.hold("m")
+    blob = vs.get("m", KEY, 1).blob_sha256
+    assert store.remove_model("m")
+    assert vs.live("m", KEY) is None and vs.hold_info("m") is None
+    assert vs.sweep() == 2 and not vs.blobs.exists(blob)
+    history = vs.versions("m", KEY)
+    assert history["pinned_version"] is None and all(v["pruned"] for v in history["versions"])
+    assert all(v["live_until"] for v in history["versions"])
+    # a new registration of the name continues the numbers; the same content is a new version
+    store.add_model("m", str(d))
+    rec = record(vs, d)
+    assert (rec.created, rec.version.version, rec.live.version) == (True, 3, 3)
+
+
+def test_diff_values(vs, tmp_path, training_data):
+    x, y = training_data
+    d = tmp_path / "models"
+    old_model = xgb.XGBRegressor(n_estimators=4, max_depth=2, n_jobs=1, learning_rate=0.3).fit(x, y)
+    new_model = xgb.XGBRegressor(n_estimators=6, max_depth=3, n_jobs=1, learning_rate=0.1).fit(x[:, [1, 0, 2, 3, 4]], y)
+    retrain(d, old_model, info={"train_end": "2026-10-01", "lr": 0.3, "gone": 1},
+            ic="factor,ic,kendall_tau\n" + "".join(f"{f},0.0{i + 1},0.1\n" for i, f in enumerate(FACTORS)))
+    record(vs, d)
+    new_factors = [FACTORS[1], FACTORS[0], "book_skew", FACTORS[3], FACTORS[4]]
+    retrain(d, new_model, factors=new_factors, info={"train_end": "2026-11-01", "lr": 0.1, "new": True},
+            ic="factor,ic,kendall_tau\n" + "".join(f"{f},0.0{i + 2},\n" for i, f in enumerate(new_factors)))
+    record(vs, d)
+    diff = vs.diff("m", KEY)
+    assert (diff["from"]["version"], diff["to"]["version"]) == (1, 2)
+    assert diff["factors"] == {"added": ["book_skew"], "removed": ["depth_imb_5"],
+                               "moved": [{"factor": "spread_bps", "from_dim": 1, "to_dim": 0},
+                                         {"factor": "ofi_1m", "from_dim": 0, "to_dim": 1}]}
+    assert diff["dim"] == {"from": 5, "to": 5}
+    ic = {(e["factor"], e["metric"]): e for e in diff["ic"]}
+    assert ic[("spread_bps", "ic")]["from"] == 0.02 and ic[("spread_bps", "ic")]["to"] == 0.02
+    assert ic[("ofi_1m", "ic")]["delta"] == pytest.approx(0.02)
+    assert ic[("ofi_1m", "kendall_tau")]["to"] is None and ic[("ofi_1m", "kendall_tau")]["delta"] is None
+    assert ic[("book_skew", "ic")]["from"] is None and ic[("depth_imb_5", "ic")]["to"] is None
+    assert diff["info"]["changed"] == {"train_end": {"from": "2026-10-01", "to": "2026-11-01"}, "lr": {"from": 0.3, "to": 0.1}}
+    assert (diff["info"]["added"], diff["info"]["removed"]) == (["new"], ["gone"])
+    assert diff["model"]["num_trees"] == {"from": 4, "to": 6}
+    assert diff["model"]["params"]["changed"]["max_tree_depth"] == {"from": 2, "to": 3}
+    assert "objective" not in diff["model"]["params"]["changed"]
+    # predictions: both models on the same inputs, compared here with xgboost directly
+    jsons = [json.loads(gzip.decompress(vs.payload("m", KEY, n).gzip))["payload"]["model_json"].encode() for n in (1, 2)]
+    inputs = prediction_inputs(jsons, 5)
+    a = old_model.get_booster().predict(xgb.DMatrix(inputs)).astype(np.float64)
+    b = new_model.get_booster().predict(xgb.DMatrix(inputs)).astype(np.float64)
+    pred = diff["predictions"]
+    assert pred["rows"] == len(inputs) == 1000
+    assert pred["mean_abs_diff"] == pytest.approx(np.abs(a - b).mean(), rel=1e-6)
+    assert pred["max_abs_diff"] == pytest.approx(np.abs(a - b).max(), rel=1e-6)
+    assert pred["correlation"] == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-6)
+    assert vs.diff("m", KEY, 1, 1)["predictions"]["max_abs_diff"] == 0.0
+    with pytest.raises(NotFoundError):
+        vs.diff("m", KEY, 1, 9)
+    with pytest.raises(NotFoundError, match="no version before"):
+        vs.diff("m", KEY, None, 1)
+    json.dumps(diff, allow_nan=False)  # printable as it is
+
+
+def test_diff_of_different_dims_has_no_predictions(vs, tmp_path, training_data):
+    x, y = training_data
+    d = tmp_path / "models"
+    retrain(d, xgb.XGBRegressor(n_estimators=2, max_depth=2, n_jobs=1).fit(x, y))
+    record(vs, d)
+    retrain(d, xgb.XGBRegressor(n_estimators=2, max_depth=2, n_jobs=1).fit(x[:, :4], y), factors=FACTORS[:4])
+    record(vs, d)
+    diff = vs.diff("m", KEY)
+    assert diff["dim"] == {"from": 5, "to": 4} and diff["predictions"] is None
+    assert diff["factors"]["removed"] == ["vol_5m"]
+
+
+def test_keep_versions_setting():
+    assert Settings().keep_versions == 20
+    assert Settings.from_env({"MODEL_MANAGER_KEEP_VERSIONS": "3"}).keep_versions == 3
+
+
+_WRITER = textwrap.dedent("""
+    import dataclasses, sys
+    from pathlib import Path
+    from model_manager.artifacts import load_group, scan_directory
+    from model_manager.store import Store
+    from model_manager.versions import VersionStore, candidate
+    data, models = Path(sys.argv[1]), Path(sys.argv[2])
+    store = Store(data / "model-manager.sqlite3")
+    vs = VersionStore(store, data, keep=4)
+    scanned, _ = scan_directory(models)
+    group = load_group(models, "SOLUSDT_mid_chg_1m", scanned["SOLUSDT_mid_chg_1m"])
+    i = vs.history_head("m", group.group_key).version if vs.history_head("m", group.group_key) else 0
+    while True:
+        i += 1
+        g = dataclasses.replace(group, info={"run": i})
+        vs.record(candidate("m", g, group.model_json))
+        if i % 3 == 0:
+            vs.pin("m", g.group_key, max(1, i - 2), reason="crash test")
+        elif i % 3 == 1:
+            vs.unpin("m", g.group_key, reason="crash test")
+        print(i, flush=True)
+""")
+
+
+def test_kill_9_while_recording_and_pinning_leaves_a_consistent_store(tmp_path, retrains):
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    data = tmp_path / "data"
+    data.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for round_ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(data), str(d)], stdout=subprocess.PIPE, env=env)
+        try:
+            for _ in range(5 + 3 * round_):  # let it get a few versions in, then kill it mid-flight
+                assert proc.stdout.readline(), "the writer died on its own"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+    store = Store(data / "model-manager.sqlite3")
+    try:
+        vs = VersionStore(store, data, keep=4)
+        numbers = sorted(v.version for v in vs.history("m", KEY))
+        assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 20
+        for info in vs.history("m", KEY):
+            if not info.pruned:
+                assert json.loads(gzip.decompress(vs.payload("m", KEY, info.version).gzip))["payload"]["metadata"]["version"] == info.version
+        live = vs.live("m", KEY)
+        assert live is not None and vs.payload("m", KEY).version == live.version
+        periods = store.query("SELECT COUNT(*) FROM live_periods WHERE model = 'm' AND live_until IS NULL")
+        assert periods == [(1,)]
+        vs.sweep()  # orphans of killed writers are young, so only what retention released goes
+        assert vs.record(candidate("m", parse(d), parse(d).model_json)).version.version == len(numbers) + 1
+    finally:
+        store.close()
