@@ -1,9 +1,9 @@
 """The cache directory under the data dir: every on-disk layout the server keeps, and its sweep.
 
     models/<sha of a model file>.meta.json   ModelInfo of a model file (pkl or json) already checked
-    json/<sha of json>.json                  the JSON text converted from a pickle
-    payloads/<key>.gz + <key>.meta.json      a prebuilt gzip payload and its ETag
-    payloads/raw-<etag>.json                 its plain body, written at the first request without gzip
+    json/<sha of json>.json                  a model's JSON text (converted from a pickle, or read)
+    payloads/raw-<etag>.json                 a served payload's plain body, written at its first request
+                                             without gzip (the gzip bytes are versions' blobs)
     snapshots/<sha of root+group>.json       a served group's parse, so a restart can skip re-parsing
 
 Every entry is written atomically and checked against a recorded hash when read, so a crash or a
@@ -30,8 +30,7 @@ SUBDIRS = ("models", "json", "payloads", "snapshots")
 class LiveEntries:
     """What the loaded models still use; everything else in the cache may go."""
 
-    json: set[str] = field(default_factory=set)      # sha256 of converted model JSON
-    payloads: set[str] = field(default_factory=set)  # payload cache keys
+    json: set[str] = field(default_factory=set)      # sha256 of model JSON
     etags: set[str] = field(default_factory=set)     # ETags (unquoted) of served payloads
 
 
@@ -80,26 +79,15 @@ class CacheDir:
         _touch(path)
         return data
 
-    # -- prebuilt payloads --------------------------------------------------------------------
-    def payload(self, key: str) -> tuple[str, bytes] | None:
-        """(etag, gzip bytes) of a prebuilt payload, or None."""
-        meta = self._read_json(self.root / "payloads" / f"{key}.meta.json")
-        if not meta:
-            return None
-        try:
-            gz = (self.root / "payloads" / f"{key}.gz").read_bytes()
-        except OSError:
-            return None
-        if sha256(gz) != meta.get("gzip_sha256"):
-            return None
-        _touch(self.root / "payloads" / f"{key}.gz")
-        return meta["etag"], gz
+    def put_json(self, json_bytes: bytes) -> str:
+        """Keep a model's JSON text (its sha256 names it, and is returned)."""
+        digest = sha256(json_bytes)
+        path = self.root / "json" / f"{digest}.json"
+        if not path.exists():
+            atomic_write(path, json_bytes, durable=False)
+        return digest
 
-    def put_payload(self, key: str, etag: str, gz: bytes) -> None:
-        atomic_write(self.root / "payloads" / f"{key}.gz", gz, durable=False)
-        atomic_write(self.root / "payloads" / f"{key}.meta.json",
-                     json.dumps({"etag": etag, "gzip_sha256": sha256(gz)}).encode(), durable=False)
-
+    # -- plain bodies of served payloads (the gzip bytes are versions' blobs, see versions.py) ------
     def plain_body_path(self, etag: str) -> Path:
         """Where the plain (uncompressed) body of the payload with this quoted ETag is kept."""
         return self.root / "payloads" / f"raw-{etag.strip(chr(34))}.json"
@@ -130,7 +118,7 @@ class CacheDir:
     def sweep(self, live: LiveEntries, *, grace_seconds: float = 600, max_age_days: float = 30) -> int:
         """Delete what `live` does not name; returns how many files went.
 
-        Model JSON and payloads (the large entries) go as soon as nothing loaded uses them and they
+        Model JSON and plain bodies (the large entries) go as soon as nothing loaded uses them and they
         are older than `grace_seconds` (an entry just written by a load still in progress, or by a
         CLI `register`, is young). Model infos and parse records are small and go after
         `max_age_days` unused. Unknown files are left alone.
@@ -150,16 +138,12 @@ class CacheDir:
             if path.suffix == ".json" and path.stem not in live.json:
                 drop(path, now - grace_seconds)
         for path in self._entries("payloads"):
+            # plain bodies, and the gzip payloads (`.gz`, `.meta.json`) earlier releases kept here
             name = path.name
             if name.startswith("raw-") and name.endswith(".json"):
-                used = name[4:-5] in live.etags
-            elif name.endswith(".meta.json"):
-                used = name[: -len(".meta.json")] in live.payloads
-            elif name.endswith(".gz"):
-                used = name[:-3] in live.payloads
-            else:
-                continue
-            if not used:
+                if name[4:-5] not in live.etags:
+                    drop(path, now - grace_seconds)
+            elif name.endswith((".gz", ".meta.json")):
                 drop(path, now - grace_seconds)
         for sub in ("models", "snapshots"):
             for path in self._entries(sub):

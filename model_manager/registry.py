@@ -6,6 +6,10 @@ threads and swap them in with one assignment, so readers always see a consistent
 whose new files are broken keeps serving its last good payload (marked `stale`) until a later change
 fixes it.
 
+Every servable payload is recorded as a version of its group (`versions.VersionStore`), and what a
+group serves is its *live* version: pinned, else held, else the latest. `follow_live` swaps in live
+versions changed elsewhere (a pin set through the API or by the CLI).
+
 The registry does not decide what is registered: the service (`service.ModelManager`) validates and
 persists registrations and hands the loaded result to `install`; `sync_registrations` follows
 registrations made by other processes (the CLI). The watcher drives it through the `Watched`
@@ -15,6 +19,7 @@ interface (see watcher.py): `directories`, `sync_registrations`, `reread`, `refr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import logging
 import os
@@ -27,35 +32,35 @@ from pathlib import Path
 from model_manager.artifacts import (
     DirectorySnapshot,
     GroupSnapshot,
-    build_payload_bytes,
     check_directory,
     file_signature,
     load_directory,
-    payload_key,
     scan_directory,
 )
 from model_manager.cache import CacheDir, LiveEntries
 from model_manager.clock import now_iso
 from model_manager.conversion import sha256
-from model_manager.errors import DuplicateSymbolError, NotFoundError, PathError, UnprocessableError
+from model_manager.errors import DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UnprocessableError
 from model_manager.files import atomic_write
 from model_manager.isolation import start_checker
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
+from model_manager.versions import Recorded, StoredPayload, VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
-GZIP_LEVEL = 6
 Built = tuple[PayloadBytes | None, str | None]  # a group's payload, or why there is none
 
 
 class Registry:
     """All registered models in memory, kept in step with the store and the files."""
 
-    def __init__(self, settings, store: Store, cache: CacheDir):
+    def __init__(self, settings, store: Store, cache: CacheDir, versions: VersionStore):
         self.settings = settings
         self.store = store
         self.cache = cache
+        self.versions = versions
+        self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
@@ -100,23 +105,36 @@ class Registry:
                     changed = True
             return changed
 
-    def payload_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
-        """A `load_directory(prepare=...)` hook that builds each group's payload in the worker that just
-        parsed it, and the dict it fills. The converted JSON is compressed and dropped at once,
-        instead of every group's JSON waiting in memory for a second pass (360 MB for 200 groups of
-        300-tree models). A served group's parse is recorded for the next start (see `_restore`)."""
+    def payload_hook(self, model_name: str, root: str, *, record: bool = True
+                     ) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
+        """A `load_directory(prepare=...)` hook run in the worker that just parsed a group, and the dict
+        it fills. With `record`, the group's payload is built (and recorded as a version) there and
+        then: the converted JSON is compressed and dropped at once, instead of every group's JSON
+        waiting in memory for a second pass (360 MB for 200 groups of 300-tree models). Without it
+        (a registration, whose versions are recorded only once the registration is written), the
+        JSON goes to the cache instead, and `install` builds the payloads from there."""
         built: dict[str, Built] = {}
 
         def hook(group: GroupSnapshot) -> None:
-            built[group.group_key] = result = self._build_payload(model_name, group)
-            if result[0] is not None:
-                self._write_record(root, group)
+            if record:
+                built[group.group_key] = self._build_payload(model_name, group, root)
+            elif group.model_json is not None:
+                self._stash_json(group)
         return hook, built
 
-    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot, built: dict[str, Built]) -> LoadedModel:
-        """Serve a model the service has just registered (its payloads built by `payload_hook`)."""
+    def _stash_json(self, group: GroupSnapshot) -> None:
+        try:
+            if not self.cache.has_json(group.model_sha256):
+                self.cache.put_json(group.model_json)
+            group.model_json = None
+        except OSError as exc:  # a full disk: keep it in memory for this once
+            log.warning("converted model not cached: %s", exc)
+
+    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot) -> LoadedModel:
+        """Serve a model the service has just registered: record each group's first version and serve it."""
         model = LoadedModel(name, path, registered_at)
-        model.install(self._states(model, snap, {}, built))
+        model.install(self._states(model, snap, {}, {}))
+        model.held = self.versions.hold_info(name) is not None
         with self.lock:
             self.models[name] = model
         return model
@@ -187,9 +205,7 @@ class Registry:
                 snap = load_directory(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
                                       executor=self.executor, only=set(scanned) - set(restored) if restored else only,
                                       scanned=scanned, prepare=hook)
-                for key, (group, payload) in restored.items():
-                    snap.groups[key] = group
-                    built[key] = (payload, None)
+                snap.groups.update(restored)
             except PathError as exc:
                 model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
@@ -205,7 +221,10 @@ class Registry:
                     raise exc
                 return
             new_states = self._states(model, snap, model.groups, built)
+            for key in set(model.groups) - set(scanned):
+                self._group_removed(model.name, key)
             model.install(dict(sorted({**kept, **new_states}.items())))
+            model.held = self.versions.hold_info(model.name) is not None
             model.error = None
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
@@ -213,7 +232,8 @@ class Registry:
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
                 built: dict[str, Built]) -> dict[str, GroupState]:
-        futures = {k: self.executor.submit(self._build_payload, model.name, g) for k, g in snap.groups.items() if k not in built}
+        futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path))
+                   for k, g in snap.groups.items() if k not in built}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
             payload, failure = built[key] if key in built else futures[key].result()
@@ -231,28 +251,90 @@ class Registry:
                                       failure or "; ".join(i.message for i in group.errors), generation)
         return out
 
-    def _build_payload(self, model_name: str, group: GroupSnapshot) -> Built:
-        """The payload of a valid group (from the payload cache when possible)."""
+    def _build_payload(self, model_name: str, group: GroupSnapshot, root: str) -> Built:
+        """Record a valid group's payload as a version (a new one only when its content changed) and
+        return what the group serves: its live version. A served group's parse is recorded for the
+        next start (see `_restore`)."""
         if group.errors:
             group.model_json = None
             return None, None
-        key = payload_key(model_name, group)
-        hit = self.cache.payload(key)
-        if hit is not None:
-            group.model_json = None
-            etag, gz = hit
-            return PayloadBytes(etag, gz, _gzip_size(gz), key), None
-        model_json = group.model_json or self.cache.model_json(group.model_sha256)
-        if model_json is None:
-            return None, "converted model missing from the cache; it will be rebuilt on the next change"
-        raw = build_payload_bytes(model_name, group, model_json)
-        group.model_json = None  # raw JSON need not stay in memory
-        payload = PayloadBytes(f'"{sha256(raw)[:32]}"', gzip.compress(raw, GZIP_LEVEL, mtime=0), len(raw), key)
+        in_memory, sha = group.model_json, group.model_sha256
+
+        def model_json() -> bytes:  # only called when a new version is built
+            data = in_memory or self.cache.model_json(sha)
+            if data is None:
+                raise LookupError("converted model missing from the cache; it will be rebuilt on the next change")
+            return data
+
+        group.model_json = None  # the JSON need not stay in memory
         try:
-            self.cache.put_payload(key, payload.etag, payload.gzip)
-        except OSError as exc:
-            log.warning("payload cache not written: %s", exc)
+            payload = self._live_payload(self.versions.record(candidate(model_name, group, model_json)))
+        except LookupError as exc:
+            return None, str(exc)
+        except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
+            log.warning("%s/%s: %s", model_name, group.group_key, exc)
+            return None, str(exc)
+        self._write_record(root, group)
         return payload, None
+
+    def _live_payload(self, recorded: Recorded) -> PayloadBytes | None:
+        live = recorded.live
+        if live is None:
+            return None
+        if recorded.payload is not None and recorded.payload.version == live.version:
+            return _payload_bytes(recorded.payload)  # just written: no need to read it back
+        return _payload_bytes(self.versions.payload(live.model, live.group_key))
+
+    def _group_removed(self, model_name: str, group_key: str) -> None:
+        try:
+            self.versions.group_removed(model_name, group_key)
+        except ModelManagerError as exc:
+            log.warning("%s/%s: %s", model_name, group_key, exc)
+
+    # -- live versions changed elsewhere (pins, holds, releases) ------------------------------------
+    def follow_live(self, name: str | None = None) -> bool:
+        """Serve each group's live version where it differs from what is served (one model, or every
+        model when the versions changed in any process since the last look). True if anything moved."""
+        if name is None:
+            seq = self.versions.state_seq()
+            if seq == self._live_seq:
+                return False
+            self._live_seq = seq
+        names = [name] if name is not None else list(self.models)
+        moved = False
+        for model_name in names:
+            model = self.models.get(model_name)
+            if model is not None:
+                moved |= self._follow_model(model)
+        return moved
+
+    def _follow_model(self, model: LoadedModel) -> bool:
+        with model.lock:
+            live = self.versions.live_versions(model.name)
+            changed: dict[str, GroupState] = {}
+            for key, state in model.groups.items():
+                number = live.get(key)
+                if number is None or (state.payload is not None and state.payload.version == number):
+                    continue
+                try:
+                    payload = _payload_bytes(self.versions.payload(model.name, key, number))
+                except ModelManagerError as exc:
+                    log.warning("%s/%s: live version %s not served: %s", model.name, key, number, exc)
+                    continue
+                changed[key] = dataclasses.replace(state, payload=payload, refreshed_at=now_iso(), outcome="live_changed",
+                                                   message=f"now serving version {number}")
+            held = self.versions.hold_info(model.name) is not None
+            if not changed and held == model.held:
+                return False
+            if changed:
+                model.install({**model.groups, **changed})
+            model.held = held
+            return True
+
+    def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
+        """The bytes of any kept version of a symbol's group (blocking: sqlite and a file read)."""
+        state = self.group(name, symbol)
+        return _payload_bytes(self.versions.payload(name, state.snapshot.group_key, version))
 
     # -- parse records: a restart skips re-parsing unchanged groups ---------------------------------
     def _write_record(self, root: str, group: GroupSnapshot) -> None:
@@ -261,24 +343,21 @@ class Registry:
         except (OSError, TypeError, ValueError) as exc:  # a full disk or an odd value: the next start re-parses
             log.debug("parse record of %s not written: %s", group.group_key, exc)
 
-    def _restore(self, model: LoadedModel, root: Path, scanned: dict[str, dict[str, str]]) -> dict:
-        """{group_key: (snapshot, payload)} for the groups whose files are exactly those of their
-        parse record (names, sizes, mtimes and inodes: the signature the watcher trusts) and whose
-        payload is in the cache. Used for a model's first load in this process, so a restart reads
-        a small record and the prebuilt payload instead of unpickling, hashing and parsing again."""
-        def one(key: str):
+    def _restore(self, model: LoadedModel, root: Path, scanned: dict[str, dict[str, str]]) -> dict[str, GroupSnapshot]:
+        """{group_key: snapshot} for the groups whose files are exactly those of their parse record
+        (names, sizes, mtimes and inodes: the signature the watcher trusts). Used for a model's first
+        load in this process, so a restart reads a small record instead of unpickling, hashing and
+        parsing again; its version (unchanged content makes none) then gives the bytes to serve."""
+        def one(key: str) -> GroupSnapshot | None:
             fields = self.cache.read_record(str(root), key)
             group = snapshot_from_record(fields) if fields is not None else None
             if group is None or group.files != scanned[key] or group.signature != file_signature(root, scanned[key]):
                 return None
-            hit = self.cache.payload(payload_key(model.name, group))
-            if hit is None:
-                return None
-            return group, PayloadBytes(hit[0], hit[1], _gzip_size(hit[1]), payload_key(model.name, group))
+            return group
 
         keys = list(scanned)
         found = self.executor.map(one, keys)
-        return {key: result for key, result in zip(keys, found) if result is not None}
+        return {key: group for key, group in zip(keys, found) if group is not None}
 
     def sweep_cache(self) -> int:
         """Delete cache entries no loaded group uses any more (superseded by retraining, removed
@@ -291,9 +370,8 @@ class Registry:
                     if snap is not None and snap.model_sha256:
                         live.json.add(snap.model_sha256)
                 if state.payload is not None:
-                    live.payloads.add(state.payload.cache_key)
                     live.etags.add(state.payload.etag.strip('"'))
-        removed = self.cache.sweep(live)
+        removed = self.cache.sweep(live) + self.versions.sweep()
         if removed:
             log.info("cache: removed %d unused entries", removed)
         return removed
@@ -360,6 +438,5 @@ class Registry:
         return body
 
 
-def _gzip_size(gz: bytes) -> int:
-    """Uncompressed size from the gzip trailer (ISIZE, mod 2**32: payloads are far below 4 GiB)."""
-    return int.from_bytes(gz[-4:], "little") if len(gz) >= 4 else 0
+def _payload_bytes(stored: StoredPayload) -> PayloadBytes:
+    return PayloadBytes(stored.etag, stored.gzip, stored.size, stored.version)

@@ -30,12 +30,16 @@ from model_manager.registry import Registry
 from model_manager.settings import Settings
 from model_manager.state import LoadedModel, PayloadBytes
 from model_manager.store import ModelRow, Store
+from model_manager.versions import VersionStore
 
 log = logging.getLogger(__name__)
 
+FOLLOW_INTERVAL = 1.0  # seconds between looks at versions changed by other processes
+
 # Every event the audit trail records (the CLI checks `audit -e` against it).
 AUDIT_EVENTS = ("bootstrap", "bootstrap_refused", "login", "login_failed", "logout", "password_changed",
-                "password_change_failed", "register", "unregister", "refresh_failed")
+                "password_change_failed", "register", "unregister", "refresh_failed",
+                "pin", "unpin", "rollback", "hold", "release")
 
 
 @dataclass
@@ -63,10 +67,12 @@ class ModelManager:
         self._owns_store = store is None
         self._cache: CacheDir | None = None
         self._auth: Authenticator | None = None
+        self._versions: VersionStore | None = None
         self.registry: Registry | None = None
         self.watcher = None
         self._register_lock = threading.Lock()
         self._loading: asyncio.Task | None = None
+        self._following: asyncio.Task | None = None
 
     def __enter__(self) -> ModelManager:
         return self
@@ -86,6 +92,12 @@ class ModelManager:
         if self._cache is None:
             self._cache = CacheDir(self.settings.cache_dir)
         return self._cache
+
+    @property
+    def versions(self) -> VersionStore:
+        if self._versions is None:
+            self._versions = VersionStore(self.store, self.settings.data_dir, keep=self.settings.keep_versions)
+        return self._versions
 
     @property
     def auth(self) -> Authenticator:
@@ -121,7 +133,7 @@ class ModelManager:
                                         "choose another name or remove it first")
                 model = self._served(name)
                 return Registration(name, abspath, False, None, model)
-            hook, built = self.registry.payload_hook(name, abspath) if self.registry else (None, {})
+            hook = self.registry.payload_hook(name, abspath, record=False)[0] if self.registry else None
             snap = load_directory(abspath, cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
                                   executor=self.registry.executor if self.registry else None, prepare=hook)
             if not snap.groups:
@@ -132,7 +144,8 @@ class ModelManager:
                 raise DuplicateSymbolError(dupes)
             row = self.store.add_model(name, abspath, client=client,
                                        detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
-            model = self.registry.install(name, abspath, row.registered_at, snap, built) if self.registry else None
+            # versions are recorded once the registration is written: a refused one leaves none
+            model = self.registry.install(name, abspath, row.registered_at, snap) if self.registry else None
         self._watch_set_changed()
         return Registration(name, abspath, True, snap, model)
 
@@ -177,6 +190,82 @@ class ModelManager:
             raise UsageError(f"unknown audit event {event!r}: use one of {', '.join(AUDIT_EVENTS)}")
         return self.store.audit_events(limit=limit, event=event)
 
+    # -- versions: history, pin, rollback, hold, diff (SPEC §6) -----------------------------------------
+    def group_key(self, name: str, symbol: str) -> str:
+        """The group a symbol of a registered model is in (from memory when serving, else its versions)."""
+        if self.registry is not None:
+            return self.registry.group(name, symbol).snapshot.group_key
+        if self.store.get_model(name) is None:
+            raise NotFoundError(f"no model named {name!r} is registered (see model-manager register --list)")
+        keys = [k for (k,) in self.store.query("SELECT DISTINCT group_key FROM versions WHERE model = ? AND symbol = ?",
+                                               (name, symbol))]
+        if not keys:
+            raise NotFoundError(f"model {name!r} has no versions of a symbol {symbol!r}: check the symbol "
+                                f"(model-manager inspect shows them), or start the server once so it records them")
+        if len(keys) > 1:
+            raise NotFoundError(f"symbol {symbol!r} has versions in several groups of {name!r} ({', '.join(sorted(keys))})")
+        return keys[0]
+
+    def version_history(self, name: str, symbol: str) -> dict[str, Any]:
+        """The versions object: every version of a symbol's group, newest first."""
+        return self.versions.versions(name, self.group_key(name, symbol))
+
+    def pin(self, name: str, symbol: str, version: int, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
+        """Serve `version` of a symbol until unpinned."""
+        done = self.versions.pin(name, self.group_key(name, symbol), version, reason=reason, client=client)
+        return self._followed(name, done)
+
+    def unpin(self, name: str, symbol: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
+        done = self.versions.unpin(name, self.group_key(name, symbol), reason=reason, client=client)
+        return self._followed(name, done)
+
+    def rollback(self, name: str, symbol: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
+        """Pin the version that was live before the current one."""
+        done = self.versions.rollback(name, self.group_key(name, symbol), reason=reason, client=client)
+        return self._followed(name, done)
+
+    def hold(self, name: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
+        """Keep every group of a model on its live version; new versions are recorded, not served."""
+        self._require_model(name)
+        self.versions.hold(name, reason=reason, client=client)
+        return self._followed(name, self._model_object(name))
+
+    def release(self, name: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
+        """End a hold: each group serves its latest version again (pins still win)."""
+        self._require_model(name)
+        self.versions.release(name, reason=reason, client=client)
+        return self._followed(name, self._model_object(name))
+
+    def diff(self, name: str, symbol: str, from_version: int | None = None, to_version: int | None = None) -> dict[str, Any]:
+        """What changed between two versions of a symbol's group (defaults: the latest and the one before)."""
+        return self.versions.diff(name, self.group_key(name, symbol), from_version, to_version)
+
+    def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
+        """The payload bytes of any kept version (serving only; blocking)."""
+        return self.serving.version_payload(name, symbol, version)
+
+    def _require_model(self, name: str) -> None:
+        if (self.registry is not None and name not in self.registry.models) or self.store.get_model(name) is None:
+            raise NotFoundError(f"no model named {name!r} is registered")
+
+    def _model_object(self, name: str) -> dict[str, Any]:
+        if self.registry is not None:
+            model = self.registry.get(name)
+            model.held = self.versions.hold_info(name) is not None
+            return model.to_dict()
+        row = self.store.get_model(name)
+        return {"name": row.name, "path": row.path, "registered_at": row.registered_at,
+                "held": self.versions.hold_info(name) is not None}
+
+    def _followed(self, name: str, answer: dict[str, Any]) -> dict[str, Any]:
+        """After a change of what is live: a serving service serves it now (other servers follow
+        `versions.state_seq` within a second)."""
+        if self.registry is not None:
+            self.registry.follow_live(name)
+            if "held" in answer and "versions" not in answer:
+                answer = self.registry.get(name).to_dict()
+        return answer
+
     # -- offline work --------------------------------------------------------------------------------
     def inspect(self, path: str | Path) -> DirectorySnapshot:
         """Read a model directory (never written) with every group parsed and checked."""
@@ -213,7 +302,7 @@ class ModelManager:
     def serve(self) -> Registry:
         """Create the in-memory registry (empty until `start_serving` loads it)."""
         if self.registry is None:
-            self.registry = Registry(self.settings, self.store, self.cache)
+            self.registry = Registry(self.settings, self.store, self.cache, self.versions)
         return self.registry
 
     async def start_serving(self) -> None:
@@ -233,11 +322,23 @@ class ModelManager:
             self.registry.ready.set()
         self.watcher = Watcher(self.registry, self.settings)
         await self.watcher.start()
+        self._following = asyncio.create_task(self._follow_loop(), name="mm-follow-live")
+
+    async def _follow_loop(self) -> None:
+        """Serve live versions changed by other processes (a pin set with the CLI) within a second."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            try:
+                await loop.run_in_executor(None, self.registry.follow_live)
+            except Exception:  # keep following whatever one look hit
+                log.exception("following live versions failed")
 
     async def stop_serving(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-            await asyncio.gather(self._loading, return_exceptions=True)
+        for task in (self._loading, self._following):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.watcher is not None:
             await self.watcher.stop()
         if self.registry is not None:

@@ -38,7 +38,7 @@ class PayloadBytes:
     etag: str      # quoted strong ETag: sha256 of the uncompressed body
     gzip: bytes
     size: int      # uncompressed length
-    cache_key: str = ""  # its entry in the payload cache (see `payload_key`)
+    version: int   # the group's version these bytes are (see versions.py)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class GroupState:
     def refresh_info(self) -> dict:
         return {"group_key": self.snapshot.group_key, "symbol": self.snapshot.symbol, "status": self.snapshot.status,
                 "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message,
-                "generation": self.generation}
+                "generation": self.generation, "version": self.payload.version if self.payload else None}
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class LoadedModel:
     registered_at: str
     view: ModelView = field(default_factory=lambda: ModelView({}, {}, [], None))
     error: str | None = None
+    held: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def install(self, groups: dict[str, GroupState]) -> None:
@@ -122,7 +123,7 @@ class LoadedModel:
         view = self.view
         out = {"name": self.name, "path": self.path, "registered_at": self.registered_at,
                "refreshed_at": view.refreshed_at, "group_count": len(view.groups), "symbol_count": len(view.symbols),
-               "status": self.status, "error": self.error}
+               "status": self.status, "error": self.error, "held": self.held}
         if with_groups:
             out["groups"] = [s.refresh_info() for s in view.groups.values()]
         return out

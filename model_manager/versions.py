@@ -24,9 +24,10 @@ from pathlib import Path
 
 from model_manager import versionrules as rules
 from model_manager.blobs import ORPHAN_GRACE_SECONDS, BlobStore
+from model_manager.clock import isoformat, utc_now
 from model_manager.conversion import sha256
 from model_manager.errors import ConflictError, NotFoundError, UnprocessableError
-from model_manager.store import Store, isoformat, utc_now
+from model_manager.store import Store
 from model_manager.versiondiff import diff_versions
 from model_manager.versionrecords import Candidate, Recorded, StoredPayload, VersionInfo, candidate, content_sha256
 

@@ -35,6 +35,7 @@ from model_manager.errors import ModelManagerError, ThrottledError
 from model_manager.server.auth import auth_routes
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
+from model_manager.server.versions import VersionsController
 from model_manager.service import ModelManager
 from model_manager.settings import Settings
 from model_manager.store import Store
@@ -158,7 +159,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
             finally:
                 manager.close()
 
-    handlers: list = [healthz, *auth_routes, ModelsController]
+    handlers: list = [healthz, *auth_routes, ModelsController, VersionsController]
     if UI_DIR.is_dir():
         handlers.append(create_static_files_router(path="/", directories=[UI_DIR], html_mode=True, name="ui",
                                                    include_in_schema=False))

@@ -26,6 +26,7 @@ from model_manager.service import ModelManager
 Name = Annotated[str, PathParameter(description="Registered model name", max_length=64)]
 Symbol = Annotated[str, PathParameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)]
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
+VersionParam = Annotated[int | None, QueryParameter(ge=1, description="A kept version (default: the live one)")]
 
 
 class RegisterBody(Struct, forbid_unknown_fields=False):
@@ -65,11 +66,11 @@ class ModelPayload:
 Manager = NamedDependency[ModelManager]
 
 
-def _manager(state: State) -> ModelManager:
+def provide_manager(state: State) -> ModelManager:
     return state.manager
 
 
-async def _wait_for_models(request: Request) -> None:
+async def wait_for_models(request: Request) -> None:
     """Hold model requests during the initial load instead of answering 404 for models not yet read."""
     await request.app.state.manager.serving.ready.wait()
 
@@ -79,8 +80,8 @@ class ModelsController(Controller):
     tags = ["models"]
     guards = [require_token]
     security = BEARER_SECURITY
-    before_request = _wait_for_models
-    dependencies = {"manager": Provide(_manager, sync_to_thread=False)}
+    before_request = wait_for_models
+    dependencies = {"manager": Provide(provide_manager, sync_to_thread=False)}
 
     @get("", summary="List registered models", sync_to_thread=False, responses=error_responses(401))
     def list_models(self, manager: Manager) -> dict[str, Any]:
@@ -120,10 +121,14 @@ class ModelsController(Controller):
          responses={200: ResponseSpec(data_container=ModelPayload, generate_examples=False,
                                       description="The payload (gzip-encoded when accepted)"),
                     **error_responses(401, 404, 422)},
-         description="XGBoost JSON model, metadata and the dimension→factor mapping. Strong ETag; "
-                     "`If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
-    async def model_payload(self, request: Request, manager: Manager, name: Name, symbol: Symbol) -> Response[bytes]:
-        payload = manager.payload(name, symbol)
+         description="XGBoost JSON model, metadata and the dimension→factor mapping of the live version (or of "
+                     "`?version=N`). Strong ETag; `If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
+    async def model_payload(self, request: Request, manager: Manager, name: Name, symbol: Symbol,
+                            version: VersionParam = None) -> Response[bytes]:
+        if version is None:
+            payload = manager.payload(name, symbol)
+        else:
+            payload = await anyio.to_thread.run_sync(manager.version_payload, name, symbol, version)
         inm, encodings = request.headers.get("if-none-match"), request.headers.get("accept-encoding")
         answer = payload_response(payload, inm, encodings, manager.serving.plain_body_cached)
         if answer is None:
