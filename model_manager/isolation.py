@@ -291,9 +291,11 @@ def _serve_checks(fd: int) -> None:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(control, 16, 4)
         except OSError:
-            return
+            os._exit(0)
         if not msg:
-            return  # the parent closed the control socket
+            # the parent closed the control socket. Exit at once: tearing down the interpreter with
+            # xgboost and pandas loaded takes seconds on a busy machine, and the parent waits for us
+            os._exit(0)
         for extra in fds[1:]:
             os.close(extra)
         if not fds:
