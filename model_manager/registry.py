@@ -41,8 +41,10 @@ from model_manager.cache import CacheDir, LiveEntries
 from model_manager.clock import now_iso
 from model_manager.conversion import sha256
 from model_manager.errors import DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UnprocessableError
+from model_manager.events import ChangeWaiters, EventBus
 from model_manager.files import atomic_write
 from model_manager.isolation import start_checker
+from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
 from model_manager.versions import Recorded, StoredPayload, VersionStore, candidate
@@ -55,12 +57,17 @@ Built = tuple[PayloadBytes | None, str | None]  # a group's payload, or why ther
 class Registry:
     """All registered models in memory, kept in step with the store and the files."""
 
-    def __init__(self, settings, store: Store, cache: CacheDir, versions: VersionStore):
+    def __init__(self, settings, store: Store, cache: CacheDir, versions: VersionStore, metrics: Metrics | None = None):
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.cache = cache
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
+        self.events = EventBus()        # what happened, for the event stream
+        self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
+        self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
+        self._unserved_lock = threading.Lock()
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
@@ -135,13 +142,18 @@ class Registry:
         model = LoadedModel(name, path, registered_at)
         model.install(self._states(model, snap, {}, {}))
         model.held = self.versions.hold_info(name) is not None
+        self._announce(model, {})
         with self.lock:
             self.models[name] = model
         return model
 
     def drop(self, name: str) -> None:
         with self.lock:
-            self.models.pop(name, None)
+            model = self.models.pop(name, None)
+        if model is not None:
+            for key in model.groups:
+                self.waiters.changed(name, key)
+            self.events.publish(name, "model", {"event": "unregistered"})
 
     def get(self, name: str) -> LoadedModel:
         model = self.models.get(name)
@@ -196,6 +208,18 @@ class Registry:
               client: str | None = None) -> None:
         """Parse the directory (or the groups in `only`) and install the result, unless it would put a
         symbol in several groups or the directory is unusable (then the previous state stays)."""
+        started, outcome = time.monotonic(), "failed"
+        try:
+            outcome = self._reload(model, only, raise_duplicates, client)
+        except DuplicateSymbolError:
+            outcome = "refused"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.refreshes.labels(outcome).inc()
+                self.metrics.refresh_seconds.observe(time.monotonic() - started)
+
+    def _reload(self, model: LoadedModel, only: set[str] | None, raise_duplicates: bool, client: str | None) -> str:
         with model.lock:
             try:
                 root = check_directory(model.path)
@@ -209,7 +233,7 @@ class Registry:
             except PathError as exc:
                 model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
-                return
+                return "failed"
             kept = {k: model.groups[k] for k in scanned if k in model.groups and (only is None or k not in only)}
             merged = {**{k: g.snapshot for k, g in kept.items()}, **snap.groups}
             dupes = DirectorySnapshot(snap.path, merged).duplicate_symbols()
@@ -219,16 +243,21 @@ class Registry:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
                 if raise_duplicates:
                     raise exc
-                return
+                return "refused"
             new_states = self._states(model, snap, model.groups, built)
-            for key in set(model.groups) - set(scanned):
+            previous = model.groups
+            for key in set(previous) - set(scanned):
                 self._group_removed(model.name, key)
+                self.waiters.changed(model.name, key)
             model.install(dict(sorted({**kept, **new_states}.items())))
             model.held = self.versions.hold_info(model.name) is not None
             model.error = None
+            self._announce(model, previous)
+            self.events.publish(model.name, "model", {"event": "refreshed"})
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")
+            return "partial" if failed else "ok"
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
                 built: dict[str, Built]) -> dict[str, GroupState]:
@@ -268,7 +297,13 @@ class Registry:
 
         group.model_json = None  # the JSON need not stay in memory
         try:
-            payload = self._live_payload(self.versions.record(candidate(model_name, group, model_json)))
+            recorded = self.versions.record(candidate(model_name, group, model_json))
+            payload = self._live_payload(recorded)
+            if recorded.created and self.metrics is not None:
+                self.metrics.versions.labels(model_name).inc()
+            if recorded.created and (recorded.live is None or recorded.live.version != recorded.version.version):
+                with self._unserved_lock:  # announced once the load is installed (see _announce)
+                    self._unserved.append((model_name, group.group_key, recorded.version.version, recorded.version.etag))
         except LookupError as exc:
             return None, str(exc)
         except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
@@ -282,8 +317,8 @@ class Registry:
         if live is None:
             return None
         if recorded.payload is not None and recorded.payload.version == live.version:
-            return _payload_bytes(recorded.payload)  # just written: no need to read it back
-        return _payload_bytes(self.versions.payload(live.model, live.group_key))
+            return _payload_bytes(recorded.payload, live.group_key)  # just written: no need to read it back
+        return _payload_bytes(self.versions.payload(live.model, live.group_key), live.group_key)
 
     def _group_removed(self, model_name: str, group_key: str) -> None:
         try:
@@ -317,7 +352,7 @@ class Registry:
                 if number is None or (state.payload is not None and state.payload.version == number):
                     continue
                 try:
-                    payload = _payload_bytes(self.versions.payload(model.name, key, number))
+                    payload = _payload_bytes(self.versions.payload(model.name, key, number), key)
                 except ModelManagerError as exc:
                     log.warning("%s/%s: live version %s not served: %s", model.name, key, number, exc)
                     continue
@@ -326,15 +361,44 @@ class Registry:
             held = self.versions.hold_info(model.name) is not None
             if not changed and held == model.held:
                 return False
+            previous = model.groups
             if changed:
                 model.install({**model.groups, **changed})
-            model.held = held
+            if held != model.held:
+                model.held = held
+                self.events.publish(model.name, "model", {"event": "held" if held else "released"})
+            self._announce(model, previous)
             return True
+
+    def _announce(self, model: LoadedModel, previous: dict[str, GroupState]) -> None:
+        """Tell the event stream and the waiting long polls what an install changed: a new live
+        version (or a new one recorded but not served, during a hold or a pin), a new status."""
+        with self._unserved_lock:
+            unserved = [u for u in self._unserved if u[0] == model.name]
+            self._unserved = [u for u in self._unserved if u[0] != model.name]
+        for _, key, number, etag in unserved:
+            state = model.groups.get(key)
+            if state is not None:
+                self.events.publish(model.name, "version", {"symbol": state.snapshot.symbol, "group_key": key,
+                                                            "version": number, "etag": etag, "live": False})
+        for key, state in model.groups.items():
+            old = previous.get(key)
+            new_payload, old_payload = state.payload, old.payload if old else None
+            if new_payload is not None and (old_payload is None or old_payload.etag != new_payload.etag):
+                self.waiters.changed(model.name, key)
+                self.events.publish(model.name, "version", {"symbol": state.snapshot.symbol, "group_key": key,
+                                                            "version": new_payload.version, "etag": new_payload.etag,
+                                                            "live": True})
+            snapshot = state.snapshot
+            if old is None or old.snapshot.status != snapshot.status or old.snapshot.issues != snapshot.issues:
+                self.events.publish(model.name, "status", {"symbol": snapshot.symbol, "group_key": key,
+                                                           "status": snapshot.status,
+                                                           "issues": [i.to_dict() for i in snapshot.issues]})
 
     def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
         """The bytes of any kept version of a symbol's group (blocking: sqlite and a file read)."""
-        state = self.group(name, symbol)
-        return _payload_bytes(self.versions.payload(name, state.snapshot.group_key, version))
+        key = self.group(name, symbol).snapshot.group_key
+        return _payload_bytes(self.versions.payload(name, key, version), key)
 
     # -- parse records: a restart skips re-parsing unchanged groups ---------------------------------
     def _write_record(self, root: str, group: GroupSnapshot) -> None:
@@ -438,5 +502,5 @@ class Registry:
         return body
 
 
-def _payload_bytes(stored: StoredPayload) -> PayloadBytes:
-    return PayloadBytes(stored.etag, stored.gzip, stored.size, stored.version)
+def _payload_bytes(stored: StoredPayload, group_key: str) -> PayloadBytes:
+    return PayloadBytes(stored.etag, stored.gzip, stored.size, stored.version, group_key)

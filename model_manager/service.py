@@ -24,7 +24,9 @@ from model_manager.artifacts import DirectorySnapshot, GroupSnapshot, load_direc
 from model_manager.auth import Authenticator
 from model_manager.cache import CacheDir
 from model_manager.converter import ConvertResult, convert_file, pickles_in
-from model_manager.errors import ConflictError, DuplicateSymbolError, NotFoundError, PathError, UsageError
+from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError
+from model_manager.fleet import Fleet
+from model_manager.metrics import Metrics
 from model_manager.registration import check_name, normalize_path
 from model_manager.registry import Registry
 from model_manager.settings import Settings
@@ -68,6 +70,8 @@ class ModelManager:
         self._cache: CacheDir | None = None
         self._auth: Authenticator | None = None
         self._versions: VersionStore | None = None
+        self._fleet: Fleet | None = None
+        self.metrics: Metrics | None = None
         self.registry: Registry | None = None
         self.watcher = None
         self._register_lock = threading.Lock()
@@ -98,6 +102,12 @@ class ModelManager:
         if self._versions is None:
             self._versions = VersionStore(self.store, self.settings.data_dir, keep=self.settings.keep_versions)
         return self._versions
+
+    @property
+    def fleet(self) -> Fleet:
+        if self._fleet is None:
+            self._fleet = Fleet(self.store)
+        return self._fleet
 
     @property
     def auth(self) -> Authenticator:
@@ -164,6 +174,7 @@ class ModelManager:
             raise NotFoundError(f"no model named {name!r} is registered (see {where})")
         if self.registry is not None:
             self.registry.drop(name)
+        self.fleet.forget_model(name)
         self._watch_set_changed()
 
     def registered(self) -> list[ModelRow]:
@@ -302,7 +313,9 @@ class ModelManager:
     def serve(self) -> Registry:
         """Create the in-memory registry (empty until `start_serving` loads it)."""
         if self.registry is None:
-            self.registry = Registry(self.settings, self.store, self.cache, self.versions)
+            self.metrics = Metrics()
+            self.metrics.watch_state(self._gauges)
+            self.registry = Registry(self.settings, self.store, self.cache, self.versions, self.metrics)
         return self.registry
 
     async def start_serving(self) -> None:
@@ -317,6 +330,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, Registry.warm_up)
         try:
+            await loop.run_in_executor(None, self.fleet.load)
             await loop.run_in_executor(None, self.registry.load_registered)
         finally:
             self.registry.ready.set()
@@ -325,16 +339,21 @@ class ModelManager:
         self._following = asyncio.create_task(self._follow_loop(), name="mm-follow-live")
 
     async def _follow_loop(self) -> None:
-        """Serve live versions changed by other processes (a pin set with the CLI) within a second."""
+        """Serve live versions changed by other processes (a pin set with the CLI) within a second,
+        and write the fleet's new sightings to the store."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
             try:
                 await loop.run_in_executor(None, self.registry.follow_live)
+                await loop.run_in_executor(None, self.fleet.flush)
             except Exception:  # keep following whatever one look hit
                 log.exception("following live versions failed")
 
     async def stop_serving(self) -> None:
+        if self.registry is not None:  # open event streams and long polls end now, not at their timeout
+            self.registry.events.close()
+            self.registry.waiters.wake_all()
         for task in (self._loading, self._following):
             if task is not None and not task.done():
                 task.cancel()
@@ -343,6 +362,10 @@ class ModelManager:
             await self.watcher.stop()
         if self.registry is not None:
             self.registry.close()
+            try:
+                self.fleet.flush()
+            except ModelManagerError as exc:
+                log.warning("fleet not written: %s", exc)
 
     @property
     def serving(self) -> Registry:
@@ -376,6 +399,26 @@ class ModelManager:
 
     def payload(self, name: str, symbol: str) -> PayloadBytes:
         return self.serving.payload(name, symbol)
+
+    def fleet_view(self, name: str) -> dict[str, Any]:
+        """Which client received which version of each group, and who is behind the live one."""
+        view = self.serving.get(name).view
+        groups = {k: (s.snapshot.symbol, s.payload.version if s.payload else None) for k, s in view.groups.items()}
+        return self.fleet.view(name, groups)
+
+    def _gauges(self) -> dict[str, Any]:
+        """The state metrics read at scrape time (see metrics.StateCollector)."""
+        registry = self.serving
+        groups: dict[tuple[str, str], int] = {}
+        live: dict[tuple[str, str], int] = {}
+        for model in list(registry.models.values()):
+            for key, state in model.groups.items():
+                groups[(model.name, state.snapshot.status)] = groups.get((model.name, state.snapshot.status), 0) + 1
+                if state.payload is not None:
+                    live[(model.name, key)] = state.payload.version
+        return {"groups": groups, "watcher_queue": self.watcher.queue_length() if self.watcher else 0,
+                "fleet_clients_behind": self.fleet.behind(live), "long_polls_waiting": registry.waiters.count(),
+                "event_streams_open": registry.events.subscribers()}
 
 
 def group_summary(groups: Iterable[GroupSnapshot]) -> dict[str, int]:

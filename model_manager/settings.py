@@ -50,6 +50,7 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Processes used to parse and convert models (0: one per core)."),
     "trusted_proxies": ("MODEL_MANAGER_TRUSTED_PROXIES", str,
                         "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)."),
+    "metrics_public": ("MODEL_MANAGER_METRICS_PUBLIC", _bool, "Serve /metrics without a token or key."),
     "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
 }
 
@@ -70,6 +71,7 @@ class Settings:
     load_workers: int = 0
     trusted_proxies: str = ""
     keep_versions: int = 20
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -39,6 +39,7 @@ class PayloadBytes:
     gzip: bytes
     size: int      # uncompressed length
     version: int   # the group's version these bytes are (see versions.py)
+    group_key: str
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,16 @@ CREATE TABLE IF NOT EXISTS version_state (  -- bumped by every change of what is
     seq INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO version_state (id, seq) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS fleet (          -- per client and group: the version it last received (see fleet.py)
+    model        TEXT NOT NULL,
+    client       TEXT NOT NULL,
+    group_key    TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    address      TEXT,
+    fetched_at   REAL,                      -- unix seconds of the last 200
+    confirmed_at REAL,                      -- unix seconds of the last 304
+    PRIMARY KEY (model, client, group_key)
+);
 """
 
 _crypt = CryptContext(schemes=["argon2"], deprecated="auto")

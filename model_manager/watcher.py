@@ -144,6 +144,10 @@ class Watcher:
                 self._identities.pop(name)
         return changed
 
+    def queue_length(self) -> int:
+        """Changed groups waiting for their debounce."""
+        return len(self._pending)
+
     def models_changed(self) -> None:
         """Called (from any thread) after a registration or removal: rebuild the watch set now."""
         loop = getattr(self, "_loop", None)

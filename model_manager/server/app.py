@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,7 +33,10 @@ from litestar.types import Message, Scope
 
 from model_manager import __version__
 from model_manager.errors import ModelManagerError, ThrottledError
-from model_manager.server.auth import auth_routes
+from model_manager.metrics import CONTENT_TYPE
+from model_manager.server import error_responses
+from model_manager.server.auth import auth_routes, require_token_unless_public
+from model_manager.server.events import model_events
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
 from model_manager.server.versions import VersionsController
@@ -66,8 +70,10 @@ class ResponseHooks:
     """A `before_send` hook for every HTTP response, including 404/405/413 answered before any route
     handler runs and the fast path's: security headers, the `Allow` fix, and the access log."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics=None) -> None:
+        self.metrics = metrics
         self._allow_by_path: dict[str, bytes] | None = None
+        self._labels: dict[str, str] = {}
 
     async def __call__(self, message: Message, scope: Scope) -> None:
         if scope["type"] != "http":
@@ -81,8 +87,16 @@ class ResponseHooks:
                 headers = self._fix_allow(scope, headers)
             message["headers"] = [*headers, *extra]  # type: ignore[typeddict-item]
             scope["mm_status"] = message["status"]  # type: ignore[typeddict-unknown-key]
-        elif message["type"] == "http.response.body" and not message.get("more_body") \
-                and access_log.isEnabledFor(logging.INFO):
+            return
+        if message["type"] != "http.response.body":
+            return
+        scope["mm_bytes"] = scope.get("mm_bytes", 0) + len(message.get("body", b""))  # type: ignore[typeddict-unknown-key]
+        if message.get("more_body"):
+            return
+        if self.metrics is not None:
+            route = scope.get("mm_route") or self._route(scope.get("path_template"))  # type: ignore[typeddict-item]
+            self.metrics.request(route, scope.get("mm_status", 0), scope["mm_bytes"])  # type: ignore[typeddict-item]
+        if access_log.isEnabledFor(logging.INFO):
             started = scope.get("mm_started")  # type: ignore[typeddict-item]
             client = scope.get("client")
             access_log.info(json.dumps({
@@ -90,6 +104,15 @@ class ResponseHooks:
                 "ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
                 "client": client[0] if client else None,
             }))
+
+    def _route(self, template: str | None) -> str:
+        """A route's label in metrics: its path template without parameter types ("unmatched": no route)."""
+        if not template:
+            return "unmatched"
+        label = self._labels.get(template)
+        if label is None:
+            label = self._labels[template] = re.sub(r":[a-z]+}", "}", template)
+        return label
 
     def _fix_allow(self, scope: Scope, headers) -> list:
         """Litestar 2 answers OPTIONS on a path served by several handlers (GET and POST /api/models)
@@ -143,6 +166,13 @@ def healthz(request: Request) -> dict[str, str | bool]:
     return {"status": "ok", "models_loaded": request.app.state.manager.serving.ready.is_set()}
 
 
+@get("/metrics", tags=["health"], include_in_schema=True, media_type=CONTENT_TYPE, sync_to_thread=False,
+     guards=[require_token_unless_public], responses=error_responses(401))
+def metrics(request: Request) -> Response[bytes]:
+    """Prometheus metrics (text format). Needs a token or key unless MODEL_MANAGER_METRICS_PUBLIC=1."""
+    return Response(request.app.state.manager.metrics.render(), media_type=CONTENT_TYPE)
+
+
 def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     """The application for these settings; opens (and on shutdown closes) the store unless given one."""
     manager = ModelManager(settings, store=store)
@@ -159,14 +189,14 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
             finally:
                 manager.close()
 
-    handlers: list = [healthz, *auth_routes, ModelsController, VersionsController]
+    handlers: list = [healthz, metrics, *auth_routes, ModelsController, VersionsController, model_events]
     if UI_DIR.is_dir():
         handlers.append(create_static_files_router(path="/", directories=[UI_DIR], html_mode=True, name="ui",
                                                    include_in_schema=False))
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
-        before_send=[ResponseHooks()],
+        before_send=[ResponseHooks(manager.metrics)],
         exception_handlers={ModelManagerError: _error_response, ValidationException: _validation_error,
                             HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
         compression_config=CompressionConfig(backend="gzip", minimum_size=1024, gzip_compress_level=6,
@@ -183,7 +213,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     app.state.registry = registry
     app.state.auth = manager.auth
     # the fast path sits inside Litestar's __call__, so the before_send hooks cover its responses too
-    app.state.fast_path = PayloadFastPath(app.asgi_handler, registry, manager.auth.tokens)
+    app.state.fast_path = PayloadFastPath(app.asgi_handler, registry, manager.auth.tokens, manager.fleet, manager.metrics)
     app.asgi_handler = _Timed(app.state.fast_path)
     return app
 

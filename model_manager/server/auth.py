@@ -67,6 +67,12 @@ async def require_token(connection: ASGIConnection, _: BaseRouteHandler) -> None
                                      headers={"WWW-Authenticate": "Bearer"})
 
 
+async def require_token_unless_public(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Guard of /metrics: a live token or key, unless MODEL_MANAGER_METRICS_PUBLIC=1."""
+    if not connection.app.state.settings.metrics_public:
+        await require_token(connection, handler)
+
+
 # -- request and response bodies (they document the API in /schema) -------------------------------
 
 @dataclass

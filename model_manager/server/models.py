@@ -11,20 +11,17 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from model_manager.registration import NAME_RE
 from model_manager.server import error_responses
 from model_manager.server.auth import BEARER_SECURITY, client_address, require_token
-from model_manager.server.payload import payload_response
-from model_manager.service import ModelManager
+from model_manager.server.deps import Manager, Name, Symbol, provide_manager, wait_for_models
+from model_manager.server.payload import long_poll, payload_response, record_payload
 
-Name = Annotated[str, PathParameter(description="Registered model name", max_length=64)]
-Symbol = Annotated[str, PathParameter(description="Trading symbol, e.g. SOLUSDT", max_length=256)]
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
 VersionParam = Annotated[int | None, QueryParameter(ge=1, description="A kept version (default: the live one)")]
 
@@ -63,18 +60,6 @@ class ModelPayload:
     payload: PayloadContent
 
 
-Manager = NamedDependency[ModelManager]
-
-
-def provide_manager(state: State) -> ModelManager:
-    return state.manager
-
-
-async def wait_for_models(request: Request) -> None:
-    """Hold model requests during the initial load instead of answering 404 for models not yet read."""
-    await request.app.state.manager.serving.ready.wait()
-
-
 class ModelsController(Controller):
     path = "/api/models"
     tags = ["models"]
@@ -111,6 +96,11 @@ class ModelsController(Controller):
     def list_factors(self, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.factors(name)
 
+    @get("/{name:str}/fleet", summary="Which client runs which version of each symbol", sync_to_thread=False,
+         responses=error_responses(401, 404))
+    def fleet(self, manager: Manager, name: Name) -> dict[str, Any]:
+        return manager.fleet_view(name)
+
     @get("/{name:str}/symbols/{symbol:str}", summary="One symbol: factors, IC, metadata, issues", sync_to_thread=False,
          responses=error_responses(401, 404))
     def symbol_detail(self, manager: Manager, name: Name, symbol: Symbol, group_key: GroupKey = None) -> dict[str, Any]:
@@ -125,15 +115,21 @@ class ModelsController(Controller):
                      "`?version=N`). Strong ETag; `If-None-Match` answers 304. Gzip-encoded when the client accepts it.")
     async def model_payload(self, request: Request, manager: Manager, name: Name, symbol: Symbol,
                             version: VersionParam = None) -> Response[bytes]:
+        inm, encodings = request.headers.get("if-none-match"), request.headers.get("accept-encoding")
+        waited = None
         if version is None:
-            payload = manager.payload(name, symbol)
+            payload, waited = await long_poll(manager, name, symbol, manager.payload(name, symbol), inm,
+                                              request.headers.get("prefer"))
         else:
             payload = await anyio.to_thread.run_sync(manager.version_payload, name, symbol, version)
-        inm, encodings = request.headers.get("if-none-match"), request.headers.get("accept-encoding")
         answer = payload_response(payload, inm, encodings, manager.serving.plain_body_cached)
         if answer is None:
             body = await anyio.to_thread.run_sync(manager.serving.plain_body, payload)
             answer = payload_response(payload, inm, encodings, lambda _: body)
+        client = request.client.host if request.client else None
+        record_payload(manager.fleet, manager.metrics, name, "session", client, payload, answer)
         status, headers, content = answer
         shown = {k.decode(): v.decode("latin-1") for k, v in headers if k not in (b"content-type", b"content-length")}
+        if waited is not None:
+            shown["Preference-Applied"] = f"wait={waited}"
         return Response(content, status_code=status, media_type="application/json", headers=shown)

@@ -1,13 +1,18 @@
 """The payload response (`GET /api/models/{name}/model/{symbol}`), built by one function for both ways
-a request reaches it: the Litestar route and `PayloadFastPath`.
+a request reaches it: the Litestar route and `PayloadFastPath`; and its long poll.
 
 `payload_response` decides status, headers and body from the prebuilt `PayloadBytes` and the request's
 `If-None-Match` and `Accept-Encoding`: 304 when the ETag matches, the gzip bytes when the client takes
 gzip, else the plain body — which it gets from `plain_body`, a callable that returns it only when it
 is cheap (a cached file), else None; then the caller produces it in a worker thread and calls again.
+
+Long poll (SPEC §8): a request with `If-None-Match` (the ETag it has) and `Prefer: wait=N` parks until
+the group's live payload changes or N seconds pass — an awaited future, no thread, no polling. The
+fast path leaves such requests to the route.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from model_manager.auth import parse_bearer
@@ -54,6 +59,36 @@ def payload_response(payload: PayloadBytes, if_none_match: str | None, accept_en
     return 200, headers, body
 
 
+MAX_WAIT = 60  # seconds a long poll may ask for (RFC 7240 `Prefer: wait=N`)
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
+
+
+def requested_wait(prefer: str | None) -> int | None:
+    """The `wait` preference in seconds (capped at MAX_WAIT), or None."""
+    match = _WAIT.search(prefer) if prefer else None
+    return min(int(match.group(1)), MAX_WAIT) if match else None
+
+
+async def long_poll(manager, name: str, symbol: str, payload: PayloadBytes,
+                    if_none_match: str | None, prefer: str | None) -> tuple[PayloadBytes, int | None]:
+    """Hold a request whose ETag is current until the live payload changes or its wait is over;
+    returns the payload to answer with (the new one, or the same for a 304) and the wait applied."""
+    wait = requested_wait(prefer)
+    if not wait or not if_none_match or not etag_matches(if_none_match, payload.etag):
+        return payload, None
+    registry = manager.serving
+    group_key = registry.group(name, symbol).snapshot.group_key
+
+    def still_current() -> bool:
+        try:
+            return registry.payload(name, symbol).etag == payload.etag
+        except Exception:  # the group went away or broke: answer now
+            return False
+
+    await registry.waiters.wait(name, group_key, wait, still_current)
+    return manager.payload(name, symbol), wait
+
+
 class PayloadFastPath:
     """An ASGI wrapper that answers the common case of the payload route without entering Litestar.
 
@@ -66,12 +101,16 @@ class PayloadFastPath:
     """
 
     WANTED = {b"authorization": "authorization", b"if-none-match": "if-none-match",
-              b"accept-encoding": "accept-encoding"}
+              b"accept-encoding": "accept-encoding", b"prefer": "prefer"}
 
-    def __init__(self, app, registry, tokens) -> None:
+    ROUTE = "/api/models/{name}/model/{symbol}"
+
+    def __init__(self, app, registry, tokens, fleet, metrics) -> None:
         self.app = app
         self.registry = registry
         self.tokens = tokens
+        self.fleet = fleet
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
         answer = self.answer(scope) if scope["type"] == "http" else None
@@ -79,6 +118,7 @@ class PayloadFastPath:
             await self.app(scope, receive, send)
             return
         status, headers, body = answer
+        scope["mm_route"] = self.ROUTE
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -99,6 +139,8 @@ class PayloadFastPath:
                 if name in found:
                     return None
                 found[name] = value.decode("latin-1")
+        if "prefer" in found:
+            return None  # a long poll: the route parks it
         token = parse_bearer(found.get("authorization"))
         if token is None or not isinstance(self.tokens.fresh(hash_token(token), claim=False), float):
             return None
@@ -106,5 +148,19 @@ class PayloadFastPath:
             payload = self.registry.payload(parts[3], parts[5])
         except ModelManagerError:
             return None
-        return payload_response(payload, found.get("if-none-match"), found.get("accept-encoding"),
-                                self.registry.plain_body_cached)
+        answer = payload_response(payload, found.get("if-none-match"), found.get("accept-encoding"),
+                                  self.registry.plain_body_cached)
+        if answer is not None:
+            client = scope.get("client")
+            record_payload(self.fleet, self.metrics, parts[3], "session", client[0] if client else None, payload, answer)
+        return answer
+
+
+def record_payload(fleet, metrics, model: str, client: str, address: str | None, payload: PayloadBytes,
+                   answer: tuple[int, Headers, bytes]) -> None:
+    """Count a payload answer and note who got which version (the fleet): a dict update or two."""
+    status, headers, _ = answer
+    fleet.record(model, client, payload.group_key, payload.version, address, confirmed=status == 304)
+    if metrics is not None:
+        metrics.payload(model, "not_modified" if status == 304 else "gzip" if (b"content-encoding", b"gzip") in headers
+                        else "identity")

@@ -14,7 +14,7 @@ from msgspec import Meta, Struct
 
 from model_manager.server import error_responses
 from model_manager.server.auth import BEARER_SECURITY, client_address, require_token
-from model_manager.server.models import Manager, Name, Symbol, provide_manager, wait_for_models
+from model_manager.server.deps import Manager, Name, Symbol, provide_manager, wait_for_models
 
 Reason = Annotated[str, Meta(max_length=1000, description="Why: kept in the audit trail")]
 

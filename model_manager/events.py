@@ -1,0 +1,173 @@
+"""Change notifications inside one server process (SPEC §8): the event stream's buffer and the long
+poll's wake-ups.
+
+`EventBus` keeps the last `keep` events of every model in one ring buffer and hands new ones to the
+subscribers of their model (each an asyncio queue). `ChangeWaiters` wakes the requests waiting for a
+group's live payload to change. Both are fed from the registry's worker threads and consumed on the
+event loop: publishing is thread-safe and costs nothing when nobody listens, and a waiting request
+is a parked future — no thread, no polling.
+
+Event ids grow across restarts: they start at the process's start time in milliseconds, so a client
+reconnecting with the `Last-Event-ID` of an earlier process gets every event of this one.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+KINDS = ("version", "status", "model")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    model: str
+    kind: str    # "version" | "status" | "model"
+    data: dict
+
+
+class EventBus:
+    """The last `keep` events, and the live subscribers of each model."""
+
+    def __init__(self, keep: int = 1000):
+        self._events: deque[Event] = deque(maxlen=keep)
+        self._ids = itertools.count(int(time.time() * 1000))
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
+        self._closed = False
+
+    def publish(self, model: str, kind: str, data: dict) -> Event:
+        """Record an event and hand it to the model's subscribers (from any thread)."""
+        with self._lock:
+            event = Event(next(self._ids), model, kind, data)
+            self._events.append(event)
+            listeners = list(self._subscribers.get(model, ()))
+        for loop, queue in listeners:
+            _deliver(loop, queue, event)
+        return event
+
+    def since(self, model: str, last_id: int | None) -> list[Event]:
+        """The buffered events of a model newer than `last_id` (all of them for None)."""
+        with self._lock:
+            return [e for e in self._events if e.model == model and (last_id is None or e.id > last_id)]
+
+    async def subscribe(self, model: str, last_id: int | None = None) -> AsyncIterator[Event | None]:
+        """The model's events after `last_id` (replayed from the buffer), then new ones as they come;
+        None when nothing happened for a while (`idle`), so the caller can send a keep-alive. Ends when
+        the bus closes (the server stops)."""
+        queue: asyncio.Queue = asyncio.Queue()
+        entry = (asyncio.get_running_loop(), queue)
+        with self._lock:
+            backlog = [e for e in self._events if e.model == model and last_id is not None and e.id > last_id]
+            self._subscribers.setdefault(model, set()).add(entry)
+            closed = self._closed
+        try:
+            for event in backlog:
+                yield event
+            seen = backlog[-1].id if backlog else (last_id or 0)
+            while not closed:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=self.idle)
+                except TimeoutError:
+                    yield None
+                    continue
+                if event is _CLOSED:
+                    return
+                if event.id > seen:  # an event both replayed and delivered is sent once
+                    seen = event.id
+                    yield event
+        finally:
+            with self._lock:
+                self._subscribers.get(model, set()).discard(entry)
+
+    idle = 15.0  # seconds without an event before `subscribe` yields None
+
+    def subscribers(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._subscribers.values())
+
+    def close(self) -> None:
+        """End every subscription (a server stop must not wait for open streams)."""
+        with self._lock:
+            self._closed = True
+            listeners = [entry for entries in self._subscribers.values() for entry in entries]
+        for loop, queue in listeners:
+            _deliver(loop, queue, _CLOSED)
+
+
+class ChangeWaiters:
+    """Requests waiting for a group's served payload to change (the long poll)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str], set[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
+        self._lock = threading.Lock()
+
+    async def wait(self, model: str, group_key: str, timeout: float, still_current: Callable[[], bool]) -> bool:
+        """Park until `changed(model, group_key)` or `timeout` seconds; True when it changed.
+        `still_current()` is asked once the wait is registered, so a change between the caller's
+        look and the registration is not missed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        entry = (loop, future)
+        key = (model, group_key)
+        with self._lock:
+            self._waiting.setdefault(key, set()).add(entry)
+        try:
+            if not still_current():
+                return True
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                waiting = self._waiting.get(key)
+                if waiting is not None:
+                    waiting.discard(entry)
+                    if not waiting:
+                        self._waiting.pop(key, None)
+
+    def changed(self, model: str, group_key: str) -> int:
+        """Wake every request waiting on this group (from any thread); returns how many."""
+        with self._lock:
+            waiting = self._waiting.pop((model, group_key), set())
+        for loop, future in waiting:
+            _resolve(loop, future)
+        return len(waiting)
+
+    def wake_all(self) -> None:
+        """Wake everyone (the server stops)."""
+        with self._lock:
+            waiting = [entry for entries in self._waiting.values() for entry in entries]
+            self._waiting.clear()
+        for loop, future in waiting:
+            _resolve(loop, future)
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._waiting.values())
+
+
+_CLOSED = Event(-1, "", "closed", {})
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, event: Event) -> None:
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+    except RuntimeError:  # that loop is closed: its subscriber is gone
+        pass
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+    def settle() -> None:
+        if not future.done():
+            future.set_result(True)
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:
+        pass

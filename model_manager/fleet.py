@@ -1,0 +1,95 @@
+"""The fleet (SPEC §7): which client — an API key's name, or `session` — last received (200) or
+confirmed (304) which version of each group, when, and from where.
+
+`record` is on the payload path, so it is a dict assignment and nothing else: no lock, no I/O.
+`flush` writes what changed to the store in one transaction (the service calls it every second or
+two), so the view survives restarts and every server process sharing the data dir contributes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from model_manager.clock import iso_from_timestamp
+from model_manager.store import Store
+
+Key = tuple[str, str, str]  # (model, client, group_key)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    version: int
+    address: str | None
+    fetched_at: float | None
+    confirmed_at: float | None
+
+
+class Fleet:
+    def __init__(self, store: Store):
+        self.store = store
+        self._seen: dict[Key, Sighting] = {}
+        self._dirty: dict[Key, Sighting] = {}
+
+    def record(self, model: str, client: str, group_key: str, version: int, address: str | None, confirmed: bool) -> None:
+        """A payload answer: 200 (`confirmed=False`) or 304 (`confirmed=True`) of `version`."""
+        key = (model, client, group_key)
+        now = time.time()
+        old = self._seen.get(key)
+        if confirmed:
+            fetched = old.fetched_at if old is not None and old.version == version else None
+            sighting = Sighting(version, address, fetched, now)
+        else:
+            sighting = Sighting(version, address, now, old.confirmed_at if old is not None and old.version == version else None)
+        self._seen[key] = self._dirty[key] = sighting
+
+    def flush(self) -> int:
+        """Write what changed since the last flush (blocking); returns how many rows."""
+        dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return 0
+        with self.store.transaction() as db:
+            db.executemany(
+                "INSERT INTO fleet (model, client, group_key, version, address, fetched_at, confirmed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, client, group_key) DO UPDATE SET "
+                "version = excluded.version, address = excluded.address, fetched_at = excluded.fetched_at, "
+                "confirmed_at = excluded.confirmed_at",
+                [(*key, s.version, s.address, s.fetched_at, s.confirmed_at) for key, s in dirty.items()])
+        return len(dirty)
+
+    def load(self) -> None:
+        """Read what the store knows (at start; newer sightings in memory win)."""
+        rows = self.store.query("SELECT model, client, group_key, version, address, fetched_at, confirmed_at FROM fleet")
+        for model, client, group_key, version, address, fetched, confirmed in rows:
+            self._seen.setdefault((model, client, group_key), Sighting(version, address, fetched, confirmed))
+
+    def forget_model(self, model: str) -> None:
+        for key in [k for k in self._seen if k[0] == model]:
+            self._seen.pop(key, None)
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM fleet WHERE model = ?", (model,))
+
+    def view(self, model: str, groups: dict[str, tuple[str, int | None]]) -> dict:
+        """The SPEC fleet object of a model; `groups` is {group_key: (symbol, live version)}."""
+        clients: dict[str, dict] = {}
+        for (name, client, group_key), seen in sorted(self._seen.items()):
+            if name != model or group_key not in groups:
+                continue
+            symbol, live = groups[group_key]
+            last = max(t for t in (seen.fetched_at, seen.confirmed_at) if t is not None)
+            entry = clients.setdefault(client, {"client": client, "address": seen.address, "last_seen": last, "groups": []})
+            if last >= entry["last_seen"]:
+                entry["last_seen"], entry["address"] = last, seen.address
+            entry["groups"].append({"symbol": symbol, "group_key": group_key, "version": seen.version, "live_version": live,
+                                    "behind": live is not None and seen.version != live,
+                                    "fetched_at": iso_from_timestamp(seen.fetched_at),
+                                    "confirmed_at": iso_from_timestamp(seen.confirmed_at)})
+        out = sorted(clients.values(), key=lambda c: c["client"])
+        for entry in out:
+            entry["last_seen"] = iso_from_timestamp(entry["last_seen"])
+            entry["behind"] = sum(g["behind"] for g in entry["groups"])
+        return {"model_name": model, "clients": out}
+
+    def behind(self, live: dict[tuple[str, str], int]) -> int:
+        """How many clients are behind the live version on some group ({(model, group_key): live})."""
+        late = {(m, c) for (m, c, g), s in list(self._seen.items()) if (m, g) in live and s.version != live[(m, g)]}
+        return len({c for _, c in late})
