@@ -4,17 +4,13 @@ Nothing happens on import. The app is a thin surface over one `service.ModelMana
 the lifespan loads the registered models before the first model request and stops the service (and
 its watcher) on shutdown.
 
-Every response passes through the `before_send` hook `ResponseHooks`, which adds the security headers
-and writes one access-log line (JSON: method, path, status, duration, client; never headers, query
-strings or bodies, so no token or password can reach the log). The payload route's common case is
-answered by `PayloadFastPath`, an ASGI wrapper around Litestar's handler (see server/payload.py).
+Every response passes through the `before_send` hook `ResponseHooks` (security headers, metrics, the
+access log: see server/hooks.py). The payload route's common case is answered by `PayloadFastPath`,
+an ASGI wrapper around Litestar's handler (see server/payload.py).
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,10 +22,8 @@ from litestar.exceptions import ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.types import Message, Scope
 
 from model_manager import __version__
 from model_manager.errors import ModelManagerError, ThrottledError
@@ -37,6 +31,7 @@ from model_manager.metrics import CONTENT_TYPE
 from model_manager.server import error_responses
 from model_manager.server.auth import auth_routes, require_token_unless_public
 from model_manager.server.events import model_events
+from model_manager.server.hooks import ResponseHooks, Timed
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
 from model_manager.server.versions import VersionsController
@@ -45,99 +40,8 @@ from model_manager.settings import Settings
 from model_manager.store import Store
 
 log = logging.getLogger("model_manager.server")
-access_log = logging.getLogger("model_manager.access")
 
 UI_DIR = Path(__file__).parent / "ui"
-
-_COMMON_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
-_STRICT_CSP = (b"content-security-policy",
-               b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-               b"form-action 'self'; frame-ancestors 'none'")
-# The API docs pages under /schema load their renderer from a CDN; they get no framing, nothing more.
-_DOCS_CSP = (b"content-security-policy", b"frame-ancestors 'none'")
-_NO_STORE = (b"cache-control", b"no-store")  # token responses must not sit in any cache
-
-HEADERS_UI_AND_API = [*_COMMON_HEADERS, _STRICT_CSP]
-HEADERS_AUTH = [*_COMMON_HEADERS, _STRICT_CSP, _NO_STORE]
-HEADERS_DOCS = [*_COMMON_HEADERS, _DOCS_CSP]
-
-
-class ResponseHooks:
-    """A `before_send` hook for every HTTP response, including 404/405/413 answered before any route
-    handler runs and the fast path's: security headers, the `Allow` fix, and the access log."""
-
-    def __init__(self, metrics=None) -> None:
-        self.metrics = metrics
-        self._allow_by_path: dict[str, bytes] | None = None
-        self._labels: dict[str, str] = {}
-
-    async def __call__(self, message: Message, scope: Scope) -> None:
-        if scope["type"] != "http":
-            return
-        if message["type"] == "http.response.start":
-            path: str = scope["path"]
-            extra = HEADERS_DOCS if path.startswith("/schema") else HEADERS_AUTH if path.startswith("/api/auth/") \
-                else HEADERS_UI_AND_API
-            headers = message.get("headers", ())
-            if scope["method"] == "OPTIONS" and message["status"] == 204:
-                headers = self._fix_allow(scope, headers)
-            message["headers"] = [*headers, *extra]  # type: ignore[typeddict-item]
-            scope["mm_status"] = message["status"]  # type: ignore[typeddict-unknown-key]
-            return
-        if message["type"] != "http.response.body":
-            return
-        scope["mm_bytes"] = scope.get("mm_bytes", 0) + len(message.get("body", b""))  # type: ignore[typeddict-unknown-key]
-        if message.get("more_body"):
-            return
-        if self.metrics is not None:
-            route = scope.get("mm_route") or self._route(scope.get("path_template"))  # type: ignore[typeddict-item]
-            self.metrics.request(route, scope.get("mm_status", 0), scope["mm_bytes"])  # type: ignore[typeddict-item]
-        if access_log.isEnabledFor(logging.INFO):
-            started = scope.get("mm_started")  # type: ignore[typeddict-item]
-            client = scope.get("client")
-            access_log.info(json.dumps({
-                "method": scope["method"], "path": scope["path"], "status": scope.get("mm_status"),  # type: ignore[typeddict-item]
-                "ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
-                "client": client[0] if client else None,
-            }))
-
-    def _route(self, template: str | None) -> str:
-        """A route's label in metrics: its path template without parameter types ("unmatched": no route)."""
-        if not template:
-            return "unmatched"
-        label = self._labels.get(template)
-        if label is None:
-            label = self._labels[template] = re.sub(r":[a-z]+}", "}", template)
-        return label
-
-    def _fix_allow(self, scope: Scope, headers) -> list:
-        """Litestar 2 answers OPTIONS on a path served by several handlers (GET and POST /api/models)
-        with only the first handler's methods in `Allow` (litestar#4169, fixed in 3.0): use the
-        methods of the whole route instead."""
-        if self._allow_by_path is None:
-            app = scope["litestar_app"]  # type: ignore[typeddict-item]
-            self._allow_by_path = {route.path: ", ".join(sorted(route.methods)).encode()
-                                   for route in app.routes if isinstance(route, HTTPRoute)}
-        allow = self._allow_by_path.get(scope.get("path_template", ""))  # type: ignore[call-overload]
-        if allow is None:
-            return list(headers)
-        return [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
-
-
-class _Timed:
-    """The outermost ASGI wrapper: notes when a request started, for the access log."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        scope["mm_started"] = time.perf_counter()
-        await self.app(scope, receive, send)
-
 
 def _error_response(request: Request, exc: ModelManagerError) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
@@ -177,6 +81,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     """The application for these settings; opens (and on shutdown closes) the store unless given one."""
     manager = ModelManager(settings, store=store)
     registry = manager.serve()
+    hooks = ResponseHooks(manager.metrics)
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -187,6 +92,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
             try:
                 await manager.stop_serving()
             finally:
+                hooks.access.flush()
                 manager.close()
 
     handlers: list = [healthz, metrics, *auth_routes, ModelsController, VersionsController, model_events]
@@ -196,7 +102,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
-        before_send=[ResponseHooks(manager.metrics)],
+        before_send=[hooks],
         exception_handlers={ModelManagerError: _error_response, ValidationException: _validation_error,
                             HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
         compression_config=CompressionConfig(backend="gzip", minimum_size=1024, gzip_compress_level=6,
@@ -214,7 +120,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     app.state.auth = manager.auth
     # the fast path sits inside Litestar's __call__, so the before_send hooks cover its responses too
     app.state.fast_path = PayloadFastPath(app.asgi_handler, registry, manager.auth.tokens, manager.fleet, manager.metrics)
-    app.asgi_handler = _Timed(app.state.fast_path)
+    app.asgi_handler = Timed(app.state.fast_path)
     return app
 
 
