@@ -9,6 +9,7 @@ only inside a check process (see `isolation.py`).
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ class ModelInfo:
     feature_names: list[str] | None
     json_sha256: str
     warnings: list[str] = field(default_factory=list)
+    digest: str | None = None  # `model_digest`: the same for one model saved as JSON, UBJSON or a pickle
 
 
 def sha256(data: bytes | bytearray | memoryview) -> str:
@@ -60,19 +62,44 @@ def load_pickled_model(data: bytes, name: str = "model.pkl"):
     return booster, list(dict.fromkeys(messages))
 
 
-def load_json_model(data: bytes | bytearray, name: str = "model.json"):
-    """Load an XGBoost JSON model from bytes; ArtifactError when xgboost cannot read it."""
+def _is_json_text(head: bytes) -> bool:
+    """XGBoost JSON opens an object with a key (`{"learner"`); UBJSON follows `{` with a type marker."""
+    head = head.lstrip()
+    return head.startswith(b"{") and head[1:].lstrip()[:1] in (b'"', b"}", b"")
+
+
+def _load_booster(data: bytes | bytearray, name: str, what: str):
     import xgboost as xgb
 
-    if not bytes(data[:64]).lstrip().startswith(b"{"):
-        raise ArtifactError(f"{name} is not a JSON document (expected XGBoost's JSON model format)", code="corrupt")
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(data))
     except xgb.core.XGBoostError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
-        raise ArtifactError(f"{name} is not a loadable XGBoost JSON model (truncated or corrupt?): {first[:200]}", code="corrupt") from None
+        raise ArtifactError(f"{name} is not a loadable XGBoost {what} model (truncated or corrupt?): {first[:200]}", code="corrupt") from None
     return booster
+
+
+def load_json_model(data: bytes | bytearray, name: str = "model.json"):
+    """Load an XGBoost JSON model from bytes; ArtifactError when xgboost cannot read it."""
+    head = bytes(data[:64]).lstrip()
+    if not head.startswith(b"{"):
+        raise ArtifactError(f"{name} is not a JSON document (expected XGBoost's JSON model format)", code="corrupt")
+    if not _is_json_text(head):
+        stem = name[: -len(".json")] if name.endswith(".json") else name
+        raise ArtifactError(f"{name} holds XGBoost UBJSON (binary), not JSON text: rename it to {stem}.ubj", code="wrong_format")
+    return _load_booster(data, name, "JSON")
+
+
+def load_ubj_model(data: bytes | bytearray, name: str = "model.ubj"):
+    """Load an XGBoost UBJSON model (`save_model("x.ubj")`, the default binary format) from bytes."""
+    head = bytes(data[:64]).lstrip()
+    if _is_json_text(head):
+        stem = name[: -len(".ubj")] if name.endswith(".ubj") else name
+        raise ArtifactError(f"{name} holds XGBoost JSON text, not UBJSON: rename it to {stem}.json", code="wrong_format")
+    if not head.startswith(b"{"):
+        raise ArtifactError(f"{name} is not a UBJSON document (expected XGBoost's UBJSON model format)", code="corrupt")
+    return _load_booster(data, name, "UBJSON")
 
 
 def booster_json(booster) -> bytes:
@@ -80,9 +107,26 @@ def booster_json(booster) -> bytes:
     return bytes(booster.save_raw(raw_format="json"))
 
 
+def model_digest(booster) -> str:
+    """sha256 of what makes the model: its XGBoost JSON as XGBoost writes it (so the format it was
+    read from, the XGBoost version that saved it and key order do not matter), without
+    `learner.attributes` (the sklearn wrapper's `scikit_learn` note, `best_iteration`: bookkeeping that
+    `save_model` adds and a pickle's booster lacks, which a Booster's predictions do not use).
+
+    Prefixed with the XGBoost version that wrote the JSON: digests compare only under one version
+    (another release may write the same model differently)."""
+    import xgboost as xgb
+
+    doc = json.loads(booster_json(booster))
+    if isinstance(doc.get("learner"), dict):
+        doc["learner"].pop("attributes", None)
+    return f"{xgb.__version__}/" + sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+
+
 def model_info(booster, json_bytes: bytes, warnings_: list[str] | None = None) -> ModelInfo:
     names = booster.feature_names
-    return ModelInfo(booster.num_features(), list(names) if names else None, sha256(json_bytes), list(warnings_ or []))
+    return ModelInfo(booster.num_features(), list(names) if names else None, sha256(json_bytes), list(warnings_ or []),
+                     model_digest(booster))
 
 
 def verify_predictions(original, restored, *, rows: int = 1000, seed: int = 0) -> tuple[bool, str]:

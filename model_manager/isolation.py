@@ -29,6 +29,7 @@ from model_manager.conversion import (
     booster_json,
     load_json_model,
     load_pickled_model,
+    load_ubj_model,
     model_info,
     verify_predictions,
 )
@@ -45,10 +46,10 @@ INFO_TIMEOUT = 30    # seconds one info.pkl may take to unpickle
 
 def check_model(data: bytes, source: str, name: str, *, verify: bool = False,
                 timeout: int = CHECK_TIMEOUT) -> tuple[ModelInfo, bytes, str | None]:
-    """Load model bytes (`source` "json" or "pkl") the way a trading engine will, in a child process.
+    """Load model bytes (`source` "json", "ubj" or "pkl") the way a trading engine will, in a child process.
 
     Returns (ModelInfo, the XGBoost JSON text to serve, verification). The child loads the file,
-    converts a pickle to JSON, loads that JSON back and predicts a few rows with it, so a model we
+    converts a pickle or UBJSON to JSON, loads that JSON back and predicts a few rows with it, so a model we
     serve is one XGBoost can read and evaluate; with `verify`, it also proves the JSON predicts
     bit-identically to the pickle (the verification is its explanation; a mismatch is an
     ArtifactError). ArtifactError when the file is unusable, including when it crashes or hangs
@@ -151,7 +152,7 @@ def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
         if source == "json":
             booster, model_json, warns = load_json_model(data, name), data, []
         else:
-            original, warns = load_pickled_model(data, name)
+            original, warns = load_pickled_model(data, name) if source == "pkl" else (load_ubj_model(data, name), [])
             model_json = booster_json(original)
             booster = load_json_model(model_json, name)  # what engines will load
         info = model_info(booster, model_json, warns)
@@ -174,7 +175,7 @@ def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
         return {"status": "error", "code": "corrupt",
                 "message": f"{name} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"}
     return {"status": "ok", "info": asdict(info), "verification": verification,
-            "json": model_json if source == "pkl" else None}
+            "json": model_json if source != "json" else None}
 
 
 def _compare(data: bytes, dim: int, name: str) -> dict:

@@ -43,6 +43,41 @@ def filesystem_type(path: str) -> str | None:
     return fstype
 
 
+class _LibraryChatter(logging.Filter):
+    """watchfiles logs "N changes detected" at INFO for every batch. It goes to DEBUG (shown only when
+    this module logs at DEBUG); its "all changes filtered out" lines are dropped, as they would
+    describe our own log file's writes when that file is in a watched directory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        if str(record.msg).startswith("all changes filtered out"):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_CHATTER = _LibraryChatter()
+
+
+def event_target(path: str, dirs: dict[str, str]) -> tuple[str, str] | None:
+    """(model, group_key or "*" for the whole directory) an event is about, or None to ignore it.
+
+    Events count for a model's directory itself (created, deleted, replaced: seen in its parent) and
+    for artifact files in it. Anything else, including every other file in a parent directory (a log
+    file written there, say), is ignored, so what the service writes next to a model directory
+    cannot make it react to itself."""
+    path = path.rstrip("/")
+    if path in dirs:
+        return dirs[path], "*"
+    directory, name = os.path.split(path)
+    model = dirs.get(directory)
+    parts = split_artifact_name(name)
+    if model is None or parts is None:
+        return None
+    return model, parts[0]
+
+
 def _identity(path: str) -> tuple | None:
     try:
         st = os.stat(path)  # follows a symlinked root: a flipped link is a new identity
@@ -89,6 +124,8 @@ class Watcher:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if _CHATTER not in logging.getLogger("watchfiles.main").filters:
+            logging.getLogger("watchfiles.main").addFilter(_CHATTER)
         self._identities = {name: _identity(path) for name, (path, _) in self.models.directories().items()}
         self._tasks = [asyncio.create_task(self._tick_loop(), name="mm-tick")]
         if self.settings.watch_enabled:
@@ -191,7 +228,10 @@ class Watcher:
             # changes made while the watch was being (re)built have no event: look for them once it runs
             asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(self._catch_up()))
             try:
-                async for changes in awatch(*paths, watch_filter=None, recursive=False, debounce=50, step=25,
+                def relevant(_change, path: str, dirs: dict[str, str] = dirs) -> bool:
+                    return event_target(path, dirs) is not None  # unrelated events never wake us (or watchfiles' log)
+
+                async for changes in awatch(*paths, watch_filter=relevant, recursive=False, debounce=50, step=25,
                                             stop_event=self._rewatch, force_polling=polling,
                                             poll_delay_ms=int(self.interval * 1000),
                                             yield_on_timeout=False, ignore_permission_denied=True):
@@ -205,16 +245,12 @@ class Watcher:
     def _on_changes(self, changes, dirs: dict[str, str]) -> None:
         now = time.monotonic()
         for _change, path in changes:
-            if path.rstrip("/") in dirs:  # a root itself was added/deleted under its parent
-                self._rewatch.set()
-                model = dirs[path.rstrip("/")]
-                self._pending[(model, "*")] = now
+            target = event_target(path, dirs)
+            if target is None:
                 continue
-            directory, name = os.path.split(path)
-            model = dirs.get(directory)
-            parts = split_artifact_name(name)
-            if model is not None and parts is not None:
-                self._pending[(model, parts[0])] = now
+            if target[1] == "*":  # a root itself was added/deleted under its parent
+                self._rewatch.set()
+            self._pending[target] = now
 
     async def _debounce_loop(self) -> None:
         loop = asyncio.get_running_loop()

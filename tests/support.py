@@ -54,14 +54,15 @@ class ServerProcess:
     """A real `model-manager serve` on 127.0.0.1 and a free port, stopped with SIGINT on exit."""
 
     def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
-                 env: dict | None = None, startup_timeout: float = 60):
+                 env: dict | None = None, startup_timeout: float = 60, log_file: Path | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = tuple(extra_args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.startup_timeout = startup_timeout
-        self._log = tempfile.NamedTemporaryFile(prefix="mm-serve-", suffix=".log", delete=False)
+        # the server's stdout and stderr; `log_file` puts them where a test wants them
+        self._log = open(log_file, "wb") if log_file else tempfile.NamedTemporaryFile(prefix="mm-serve-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ServerProcess:

@@ -16,6 +16,7 @@ import xgboost as xgb
 from model_manager.artifacts import (
     build_payload_bytes,
     dim_factors,
+    ignored_hint,
     load_directory,
     load_group,
     parse_factors,
@@ -44,7 +45,8 @@ def test_scan_groups_files_and_ignores_the_rest(model_dir):
     assert groups["SOLUSDT_mid_chg_1m"] == {
         "factors.txt": "SOLUSDT_mid_chg_1m_factors.txt", "ic.csv": "SOLUSDT_mid_chg_1m_ic.csv",
         "info.pkl": "SOLUSDT_mid_chg_1m_info.pkl", "model.pkl": "SOLUSDT_mid_chg_1m_model.pkl"}
-    assert ignored == []
+    # every file that is not part of a group is listed (hidden ones too), sorted
+    assert ignored == [".SOLUSDT_mid_chg_1m_model.json.tmp", "._SOLUSDT_mid_chg_1m_factors.txt", "README.md"]
     assert split_artifact_name("_factors.txt") is None
 
 
@@ -123,7 +125,8 @@ def test_missing_model_is_listed_with_an_error(tmp_path):
     write_group(d, "SOLUSDT_x")
     g = load_directory(d).groups["SOLUSDT_x"]
     assert g.status == "error" and "missing_model" in codes(g)
-    assert g.dim == N_FEATURES and g.model_source is None
+    assert g.dim is None and g.model_source is None  # no model read: no dimension (not the factor count)
+    assert g.summary()["dim"] is None and g.summary()["factor_count"] == N_FEATURES
 
 
 def test_truncated_and_garbage_models_are_errors(tmp_path, models):
@@ -291,3 +294,196 @@ def test_ic_rows_with_extra_or_text_fields_are_warnings(tmp_path, models):
     messages = [i.message for i in g.issues if i.code == "ic_format"]
     assert any("non-numeric values in ic" in m for m in messages) and len(messages) == 2
     assert g.ic["rows"][-1] == [FACTORS[-1], None, 0.1]
+
+
+# -- several model files: precedence and agreement -------------------------------------------------
+def booster_json_of(model) -> bytes:
+    booster = model if isinstance(model, xgb.Booster) else model.get_booster()
+    return bytes(booster.save_raw(raw_format="json"))
+
+
+def age(path, seconds: float) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_stale_json_beside_a_retrained_pickle_is_an_error(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["classifier"], model_json=booster_json_of(models["regressor"]))
+    age(d / "SOLUSDT_x_model.json", 3600)  # converted an hour ago; the pickle was retrained since
+    cache = CacheDir(tmp_path / "cache")
+    for _ in range(2):  # checked, then from the cache by content hash: the same verdict
+        g = load_directory(d, cache=cache).groups["SOLUSDT_x"]
+        issue = next(i for i in g.issues if i.code == "model_files_disagree")
+        assert g.status == "error" and issue.severity == "error"
+        assert issue.file == "SOLUSDT_x_model.json"  # the older one: probably stale
+        assert "SOLUSDT_x_model.json" in issue.message and "SOLUSDT_x_model.pkl" in issue.message
+        assert "delete the stale one" in issue.message and "model-manager convert --force" in issue.message
+        assert g.model_source == "json" and g.dim == N_FEATURES
+
+
+def test_agreeing_model_files_are_ok_however_they_were_saved(tmp_path, models):
+    d = tmp_path / "m"
+    reg = models["regressor"]
+    write_group(d, "AAA_x", model=reg, model_json=booster_json_of(reg))  # what `convert` writes
+    write_group(d, "BBB_x", model=reg)
+    reg.save_model(d / "BBB_x_model.json")  # sklearn's save_model adds its own attributes: still the same model
+    reg.save_model(d / "BBB_x_model.ubj")
+    write_group(d, "CCC_x", model=reg)
+    reg.save_model(d / "CCC_x_model.ubj")
+    snap = load_directory(d)
+    assert {k: g.status for k, g in snap.groups.items()} == {"AAA_x": "ok", "BBB_x": "ok", "CCC_x": "ok"}, \
+        {k: g.issues for k, g in snap.groups.items()}
+    assert [(g.model_source, g.model_file) for g in snap.groups.values()] == [
+        ("json", "AAA_x_model.json"), ("json", "BBB_x_model.json"), ("ubj", "CCC_x_model.ubj")]
+
+
+def test_convert_then_retrain_then_convert_again(tmp_path, models):
+    from .support import run_cli
+
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"])
+    assert run_cli("convert", str(d)).returncode == 0
+    assert load_directory(d).groups["SOLUSDT_x"].status == "ok"
+    (d / "SOLUSDT_x_model.pkl").write_bytes(pickle.dumps(models["classifier"]))  # the retrain
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert "model_files_disagree" in codes(g) and g.status == "error"
+    assert run_cli("convert", "--force", str(d / "SOLUSDT_x_model.pkl")).returncode == 0  # what the message says
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.status == "ok" and g.model_json == booster_json_of(models["classifier"])
+
+
+def test_ubj_model_is_read_like_json(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x")
+    models["named"].save_model(d / "SOLUSDT_x_model.ubj")
+    assert (d / "SOLUSDT_x_model.ubj").read_bytes()[:1] == b"{" and (d / "SOLUSDT_x_model.ubj").read_bytes()[1:2] != b'"'
+    cache = CacheDir(tmp_path / "cache")
+    g = load_directory(d, cache=cache).groups["SOLUSDT_x"]
+    assert g.status == "ok", g.issues
+    assert (g.model_source, g.model_file, g.dim) == ("ubj", "SOLUSDT_x_model.ubj", N_FEATURES)
+    body = json.loads(build_payload_bytes("m", g, g.model_json))
+    assert body["payload"]["metadata"]["model_source"] == "ubj"
+    served, original = xgb.Booster(), xgb.Booster()
+    served.load_model(bytearray(body["payload"]["model_json"].encode()))  # JSON text, not UBJSON
+    original.load_model(d / "SOLUSDT_x_model.ubj")
+    x = xgb.DMatrix(np.random.default_rng(0).normal(size=(50, N_FEATURES)).astype(np.float32), feature_names=FACTORS)
+    assert served.predict(x).tobytes() == original.predict(x).tobytes()
+    again = load_directory(d, cache=cache).groups["SOLUSDT_x"]  # the conversion is cached like a pickle's
+    assert again.model_json is None and cache.model_json(again.model_sha256) == g.model_json
+
+
+def test_ubj_disagreeing_with_json_is_an_error_and_precedence_is_json_ubj_pkl(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model_json=booster_json_of(models["regressor"]))
+    models["classifier"].save_model(d / "SOLUSDT_x_model.ubj")
+    write_group(d, "BTCUSDT_x", model=models["classifier"])
+    models["regressor"].save_model(d / "BTCUSDT_x_model.ubj")
+    snap = load_directory(d)
+    sol, btc = snap.groups["SOLUSDT_x"], snap.groups["BTCUSDT_x"]
+    assert sol.model_source == "json" and btc.model_source == "ubj"
+    for g, names in ((sol, ("SOLUSDT_x_model.json", "SOLUSDT_x_model.ubj")), (btc, ("BTCUSDT_x_model.ubj", "BTCUSDT_x_model.pkl"))):
+        issue = next(i for i in g.issues if i.code == "model_files_disagree")
+        assert all(n in issue.message for n in names) and "save both again" in issue.message
+
+
+def test_json_and_ubj_in_each_others_files_say_to_rename(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "AAA_x", model_json=bytes(models["booster"].save_raw(raw_format="ubj")))
+    write_group(d, "BBB_x")
+    (d / "BBB_x_model.ubj").write_bytes(booster_json_of(models["booster"]))
+    snap = load_directory(d)
+    a = next(i for i in snap.groups["AAA_x"].issues if i.code == "wrong_format")
+    b = next(i for i in snap.groups["BBB_x"].issues if i.code == "wrong_format")
+    assert "rename it to AAA_x_model.ubj" in a.message and "rename it to BBB_x_model.json" in b.message
+    assert snap.groups["AAA_x"].dim is None and snap.groups["BBB_x"].dim is None
+
+
+# -- files that are not read ---------------------------------------------------------------------
+def test_unused_files_are_listed_with_did_you_mean_hints(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"])
+    write_group(d, "BTCUSDT_x", model=models["regressor"])
+    (d / "BTCUSDT_x_factors.txt").rename(d / "BTCUSDT_x_factor.txt")
+    write_group(d, "ETHUSDT_x")
+    (d / "ETHUSDT_x_model.bin").write_bytes(bytes(models["booster"].save_raw(raw_format="ubj")))
+    write_group(d, "XRPUSDT_x")
+    models["regressor"].save_model(d / "XRPUSDT_x_model.ubj")  # a UBJSON-only group has a model
+    for name in ("README.md", ".DS_Store", "train.yaml", "SOLUSDT_x_IC.csv", "SOLUSDT_x_info.pickle"):
+        (d / name).write_text("x")
+    (d / "old").mkdir()
+    snap = load_directory(d)
+    hints = {e["file"]: e["hint"] for e in snap.ignored}
+    assert list(hints) == sorted(hints) and json.loads(json.dumps(snap.ignored)) == snap.ignored
+    assert set(hints) == {".DS_Store", "BTCUSDT_x_factor.txt", "ETHUSDT_x_model.bin", "README.md", "SOLUSDT_x_IC.csv",
+                          "SOLUSDT_x_info.pickle", "old/", "train.yaml"}
+    assert hints["README.md"] is None and hints[".DS_Store"] is None and hints["train.yaml"] is None
+    assert "did you mean BTCUSDT_x_factors.txt?" in hints["BTCUSDT_x_factor.txt"]
+    assert "did you mean SOLUSDT_x_info.pkl?" in hints["SOLUSDT_x_info.pickle"]
+    assert "SOLUSDT_x_ic.csv is the file that is read" in hints["SOLUSDT_x_IC.csv"]
+    assert all(n in hints["ETHUSDT_x_model.bin"] for n in ("ETHUSDT_x_model.json", "ETHUSDT_x_model.ubj", "ETHUSDT_x_model.pkl"))
+    assert "subdirectory" in hints["old/"]
+    btc = next(i for i in snap.groups["BTCUSDT_x"].issues if i.code == "missing_factors")
+    assert "BTCUSDT_x_factor.txt" in btc.message and "did you mean BTCUSDT_x_factors.txt?" in btc.message
+    eth = next(i for i in snap.groups["ETHUSDT_x"].issues if i.code == "missing_model")
+    assert "ETHUSDT_x_model.bin" in eth.message and "not a supported model format" in eth.message
+    xrp = snap.groups["XRPUSDT_x"]
+    assert "missing_model" not in codes(xrp) and xrp.model_source == "ubj"
+
+
+@pytest.mark.parametrize(("name", "hint"), [
+    ("SOLUSDT_x_factor.txt", "did you mean SOLUSDT_x_factors.txt?"),
+    ("SOLUSDT_x-ic.csv", "did you mean SOLUSDT_x_ic.csv?"),
+    ("SOLUSDT_x_model.JSON", "did you mean SOLUSDT_x_model.json?"),
+    ("SOLUSDT_x_model.pickle", "did you mean SOLUSDT_x_model.pkl?"),
+    ("SOLUSDT_x_modle.json", "did you mean SOLUSDT_x_model.json?"),
+    ("SOLUSDT_x_factors.csv", "read only from SOLUSDT_x_factors.txt"),
+    ("SOLUSDT_x_model.json.bak", "backup"),
+    ("factors.txt", "no group key"),
+    ("SOLUSDT_x_topic.csv", None),
+    ("notes.txt", None),
+])
+def test_near_miss_hints(name, hint):
+    got = ignored_hint(name)
+    assert (got is None) if hint is None else (hint in got), got
+
+
+def test_missing_ic_is_a_warning(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_x", model=models["regressor"], ic="")
+    write_group(d, "BTCUSDT_x", model=models["regressor"], ic="factor,ic\n" + "".join(f"{f},0.1\n" for f in FACTORS))
+    snap = load_directory(d)
+    g = snap.groups["SOLUSDT_x"]
+    assert g.status == "warning" and [(i.severity, i.code) for i in g.issues] == [("warning", "missing_ic")]
+    assert "kendall_tau" in g.issues[0].message
+    assert all(f["kendall_tau"] is None for f in json.loads(build_payload_bytes("m", g, g.model_json))["payload"]["dim_factors"])
+    assert codes(snap.groups["BTCUSDT_x"]) == {"ic_no_kendall_tau"} and snap.groups["BTCUSDT_x"].status == "warning"
+
+
+def test_an_unreadable_model_has_no_dimension(tmp_path, models):
+    d = tmp_path / "m"
+    blob = pickle.dumps(models["regressor"])
+    write_group(d, "SOLUSDT_x")
+    (d / "SOLUSDT_x_model.pkl").write_bytes(blob[: len(blob) // 2])
+    g = load_directory(d).groups["SOLUSDT_x"]
+    assert g.status == "error" and g.dim is None and g.summary()["dim"] is None and g.detail("m")["dim"] is None
+    assert g.summary()["factor_count"] == N_FEATURES and g.model_source == "pkl"
+
+
+def test_directory_problems_are_counted(tmp_path, models):
+    d = tmp_path / "m"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    write_group(d, "SOLUSDT_mid_chg_5m", model=models["regressor"])
+    write_group(d, "BTCUSDT_mid_chg_1m", model=models["regressor"], ic="")
+    snap = load_directory(d)
+    assert {g.status for g in snap.groups.values()} == {"ok", "warning"}  # every group parses fine...
+    assert snap.status == "error"  # ...but the server refuses the directory
+    assert snap.counts() == {"ok": 2, "warning": 1, "error": 0, "problems": 1}
+    [problem] = snap.problems
+    assert problem.severity == "error" and problem.code == "duplicate_symbol"
+    assert "SOLUSDT_mid_chg_1m" in problem.message and "SOLUSDT_mid_chg_5m" in problem.message
+    (d / "SOLUSDT_mid_chg_5m_model.pkl").unlink()
+    for f in d.glob("SOLUSDT_mid_chg_5m_*"):
+        f.unlink()
+    fine = load_directory(d)
+    assert fine.problems == [] and fine.status == "warning" and fine.counts()["problems"] == 0

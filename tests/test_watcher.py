@@ -202,3 +202,63 @@ def test_sigterm_too(tmp_path):
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=5) == 0
     assert "Traceback" not in srv.output()
+
+
+def test_a_log_file_in_the_parent_directory_does_not_feed_the_watcher(tmp_path, models):
+    # The parent of a model directory is watched (to see the directory replaced). The server's own
+    # log file there must not make it react to its own writes: no "change detected" loop, no re-reads.
+    parent = tmp_path / "work"
+    d = parent / "models"
+    write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
+    log_file = parent / "server.log"
+    args = ("--watch-debounce", str(DEBOUNCE), "--watch-interval", str(INTERVAL))
+    with ServerProcess(tmp_path / "data", extra_args=args, log_file=log_file) as srv:
+        srv.token = srv.login()
+        register(srv, "w-parent", d)
+        assert payload(srv, "w-parent", "SOLUSDT")[0] == 200
+        # a change in the model directory is picked up: the watch (of it and of its parent) is running
+        first = model_info(srv, "w-parent")["groups"][0]["generation"]
+        atomic_write(d / "SOLUSDT_mid_chg_1m_model.pkl", pickle.dumps(retrained(models, 13)))
+        wait_for(lambda: model_info(srv, "w-parent")["groups"][0]["generation"] > first, what="change in the model directory")
+        before = model_info(srv, "w-parent")["groups"][0]["generation"]
+        (parent / "notes.txt").write_text("one touch in the parent")
+        (parent / "SOLUSDT_mid_chg_1m_model.pkl").write_bytes(b"named like an artifact, but not in the model directory")
+        time.sleep(DEBOUNCE + 1)
+        size = log_file.stat().st_size
+        time.sleep(3)  # no requests meanwhile: anything written now, the server wrote on its own
+        assert log_file.stat().st_size == size, log_file.read_text()[size:][:2000]
+        assert model_info(srv, "w-parent")["groups"][0]["generation"] == before
+    assert "change detected" not in log_file.read_text() and "changes detected" not in log_file.read_text()
+
+
+def test_only_events_about_a_model_directory_count(tmp_path):
+    from model_manager.watcher import event_target
+
+    root = str(tmp_path / "models")
+    dirs = {root: "m"}
+    assert event_target(root, dirs) == ("m", "*") and event_target(root + "/", dirs) == ("m", "*")
+    assert event_target(f"{root}/SOLUSDT_x_model.ubj", dirs) == ("m", "SOLUSDT_x")
+    assert event_target(f"{root}/README.md", dirs) is None
+    assert event_target(str(tmp_path / "server.log"), dirs) is None
+    assert event_target(str(tmp_path / "SOLUSDT_x_model.pkl"), dirs) is None  # in the parent, not the model directory
+
+
+def test_ubj_group_is_served_and_a_stale_pair_is_not(server, tmp_path, models):
+    d = tmp_path / "m-ubj"
+    write_group(d, "SOLUSDT_mid_chg_1m")
+    models["regressor"].save_model(d / "SOLUSDT_mid_chg_1m_model.ubj")
+    register(server, "w-ubj", d)
+    status, headers, body = payload(server, "w-ubj", "SOLUSDT")
+    assert status == 200, body
+    served = json.loads(body)["payload"]
+    assert served["metadata"]["model_source"] == "ubj"
+    booster = xgb.Booster()
+    booster.load_model(bytearray(served["model_json"].encode()))  # XGBoost JSON text
+    rows = xgb.DMatrix(np.random.default_rng(1).normal(size=(20, len(FACTORS))).astype("float32"))
+    assert booster.predict(rows).tobytes() == models["regressor"].get_booster().predict(rows).tobytes()
+    # a pickle of another model appears beside it: the pair disagrees, the last good payload stays
+    atomic_write(d / "SOLUSDT_mid_chg_1m_model.pkl", pickle.dumps(retrained(models, 17)))
+    wait_for(lambda: model_info(server, "w-ubj")["groups"][0]["outcome"] == "kept_previous", what="disagreement noticed")
+    detail = json.loads(server.get("/api/models/w-ubj/symbols/SOLUSDT", token=server.token)[2])
+    assert detail["status"] == "error" and any(i["code"] == "model_files_disagree" for i in detail["issues"])
+    assert payload(server, "w-ubj", "SOLUSDT")[1]["ETag"] == headers["ETag"]

@@ -1,0 +1,188 @@
+"""Loading groups: read each file once, parse it, validate the group as a whole.
+
+Never raises for a bad artifact: every problem becomes an `Issue` on its group.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from model_manager.artifacts.models import read_models
+from model_manager.artifacts.parse import parse_factors, parse_ic, split_symbol
+from model_manager.artifacts.scan import check_directory, file_signature, ignored_entries, near_misses, scan_directory
+from model_manager.artifacts.snapshot import DirectorySnapshot, GroupSnapshot, Issue
+from model_manager.cache import CacheDir
+from model_manager.clock import iso_from_timestamp
+from model_manager.conversion import ModelInfo
+from model_manager.errors import ArtifactError
+from model_manager.files import read_artifact
+from model_manager.isolation import check_info
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
+
+class _Reader:
+    """Reads and parses one group's files, turning every failure into an issue naming the file."""
+
+    def __init__(self, root: Path, files: dict[str, str], issues: list[Issue], max_bytes: int):
+        self.root, self.files, self.issues, self.max_bytes = root, files, issues, max_bytes
+
+    def read(self, kind: str) -> bytes | None:
+        name = self.files.get(kind)
+        if name is None:
+            return None
+        try:
+            return read_artifact(self.root / name, root=self.root, max_bytes=self.max_bytes)
+        except ArtifactError as exc:
+            self.issues.append(Issue("error", exc.code, str(exc), name))
+            return None
+
+    def parse(self, kind: str, fn: Callable[[bytes, str], Any]) -> Any:
+        data = self.read(kind)
+        if data is None:
+            return None
+        name = self.files[kind]
+        try:
+            return fn(data, name)
+        except ArtifactError as exc:
+            self.issues.append(Issue("error", exc.code, str(exc) if name in str(exc) else f"{name}: {exc}", name))
+        except Exception as exc:  # a parser surprised by hostile bytes: report, never crash
+            log.debug("unexpected error parsing %s", name, exc_info=True)
+            self.issues.append(Issue("error", "corrupt", f"{name} could not be parsed ({type(exc).__name__}: {str(exc)[:200]})", name))
+        return None
+
+
+def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
+               cache: CacheDir | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> GroupSnapshot:
+    """Parse and validate one group. Never raises for bad artifacts: problems become issues."""
+    root = Path(directory).resolve()
+    issues: list[Issue] = []
+    signature = file_signature(root, files)
+    mtimes = {sig[0]: sig[2] for sig in signature if sig[2] is not None}  # no second stat: files come and go
+    reader = _Reader(root, files, issues, max_bytes)
+
+    # info first: it may name the symbol. Unpickled in a child process, and already JSON-safe.
+    info = reader.parse("info.pkl", check_info)
+    symbol, return_name, name_issue = split_symbol(group_key, info)
+    if name_issue:
+        issues.append(Issue(name_issue.severity, name_issue.code, name_issue.message, files.get("info.pkl")))
+    if not return_name:
+        issues.append(Issue("warning", "no_return_name", f"group key {group_key} has no `_return_name` part", None))
+    factors = _factors(group_key, files, reader, root)
+    ic = _ic(group_key, files, reader, factors)
+    model = read_models(files, reader.read, issues, cache, root, mtimes)
+    if model is None:
+        issues.append(Issue("error", "missing_model", _missing(
+            root, group_key, files, f"no model file: add {group_key}_model.json, {group_key}_model.ubj or {group_key}_model.pkl"), None))
+    minfo = model.info if model else None
+    if minfo:
+        _validate_model(minfo, factors, info, issues, files, model.file)
+    return GroupSnapshot(
+        group_key=group_key, symbol=symbol, return_name=return_name, files=dict(sorted(files.items())),
+        factors=factors, ic=ic, info=info, dim=minfo.num_features if minfo else None,
+        model_source=model.source if model else None, model_file=model.file if model else None,
+        model_sha256=minfo.json_sha256 if minfo else None, model_json=model.json if model else None,
+        updated_at=iso_from_timestamp(max(mtimes.values()) / 1e9) if mtimes else None, signature=signature, issues=issues,
+    )
+
+
+def _missing(root: Path, group_key: str, files: dict[str, str], message: str) -> str:
+    """`message`, plus the files that look meant for this group but are not read (`X_factor.txt`)."""
+    found = near_misses(root, group_key, set(files.values()))
+    if found:
+        message += " (" + "; ".join(f"{name}: {hint}" for name, hint in found[:3]) + ")"
+    return message
+
+
+def _factors(group_key: str, files: dict[str, str], reader: _Reader, root: Path) -> list[str]:
+    if "factors.txt" not in files:
+        reader.issues.append(Issue("error", "missing_factors", _missing(
+            root, group_key, files, f"{group_key}_factors.txt is missing: every group needs its factor list"), None))
+        return []
+    factors = reader.parse("factors.txt", parse_factors) or []
+    dupes = sorted(f for f, n in Counter(factors).items() if n > 1)
+    if dupes:
+        reader.issues.append(Issue("warning", "duplicate_factors", f"factors listed more than once: {', '.join(dupes[:5])}", files["factors.txt"]))
+    return factors
+
+
+def _ic(group_key: str, files: dict[str, str], reader: _Reader, factors: list[str]) -> dict | None:
+    issues = reader.issues
+    if "ic.csv" not in files:
+        issues.append(Issue("warning", "missing_ic", f"{group_key}_ic.csv is missing: the payload's kendall_tau values are null", None))
+        return None
+    parsed = reader.parse("ic.csv", parse_ic)
+    if not parsed:
+        return None
+    ic, notes = parsed
+    name = files["ic.csv"]
+    issues.extend(Issue("warning", "ic_format", n, name) for n in notes)
+    if "kendall_tau" not in ic["columns"]:
+        issues.append(Issue("warning", "ic_no_kendall_tau", f"{name} has no kendall_tau column: the payload's kendall_tau values are null", name))
+    if factors:
+        ic_factors = {r[0] for r in ic["rows"]}
+        missing = [f for f in factors if f not in ic_factors]
+        extra = sorted(ic_factors - set(factors))
+        if missing:
+            issues.append(Issue("warning", "ic_missing_factors", f"ic.csv has no row for {len(missing)} factor(s): {', '.join(missing[:5])}", name))
+        if extra:
+            issues.append(Issue("warning", "ic_unknown_factors",
+                                f"ic.csv has rows for {len(extra)} factor(s) not in factors.txt: {', '.join(extra[:5])}", name))
+    return ic
+
+
+def _validate_model(minfo: ModelInfo, factors: list[str], info: dict | None, issues: list[Issue], files: dict[str, str],
+                    model_file: str) -> None:
+    """The model against factors.txt (count and names) and against info.pkl's `dim`."""
+    if factors and minfo.num_features != len(factors):
+        issues.append(Issue("error", "dim_mismatch",
+                            f"the model has {minfo.num_features} features but factors.txt lists {len(factors)} factors", model_file))
+    elif factors and minfo.feature_names is not None and list(minfo.feature_names) != factors:
+        i = next(i for i, (a, b) in enumerate(zip(minfo.feature_names, factors)) if a != b)
+        issues.append(Issue("error", "feature_names_mismatch",
+                            f"feature {i} is {minfo.feature_names[i]!r} in the model but {factors[i]!r} in factors.txt: "
+                            "the dimension→factor mapping would be wrong", model_file))
+    if info is None or "dim" not in info:
+        return
+    try:
+        info_dim = int(info["dim"])
+    except (TypeError, ValueError, OverflowError):
+        issues.append(Issue("warning", "info_dim_invalid", f"info.pkl dim is {info['dim']!r}, not a number", files.get("info.pkl")))
+        return
+    if info_dim != minfo.num_features:
+        issues.append(Issue("error", "info_dim_mismatch",
+                            f"info.pkl says dim={info_dim} but the model has {minfo.num_features} features", files.get("info.pkl")))
+
+
+def load_directory(path: str | os.PathLike, *, cache: CacheDir | None = None,
+                   max_bytes: int = DEFAULT_MAX_BYTES, executor: Executor | None = None,
+                   only: set[str] | None = None, scanned: dict[str, dict[str, str]] | None = None,
+                   prepare: Callable[[GroupSnapshot], None] | None = None) -> DirectorySnapshot:
+    """Scan and load every group (or only the keys in `only`), in parallel when given an executor.
+
+    `scanned` reuses a scan the caller already made (then `ignored` stays empty); `prepare(group)`,
+    when given, runs in the same worker right after each group is parsed (the registry prebuilds
+    payloads there).
+    """
+    root = check_directory(path)
+    ignored: list[dict] = []
+    if scanned is None:
+        scanned, names = scan_directory(root)
+        ignored = ignored_entries(names, {name for files in scanned.values() for name in files.values()})
+    keys = [k for k in scanned if only is None or k in only]
+
+    def one(key: str) -> GroupSnapshot:
+        group = load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
+        if prepare is not None:
+            prepare(group)
+        return group
+
+    groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
+    return DirectorySnapshot(root, {g.group_key: g for g in groups}, ignored)

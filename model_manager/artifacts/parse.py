@@ -1,0 +1,125 @@
+"""Parsing the text artifacts (factors.txt, ic.csv) tolerantly, and naming a group's symbol.
+
+Each parser takes the bytes already read and raises `ArtifactError` with a specific code for a file
+it cannot use; the caller turns that into an issue on the group.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from typing import Any
+
+from model_manager.artifacts.snapshot import Issue
+from model_manager.errors import ArtifactError
+
+FACTOR_COLUMN_NAMES = ("factor", "factor_name", "name")
+MISSING_TOKENS = {"", "nan", "NaN", "NAN", "none", "None", "null", "NULL", "NA", "N/A", "n/a", "-", "inf", "-inf", "Inf", "-Inf"}
+
+
+def _decode_text(data: bytes, name: str) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{name} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8", code="encoding") from None
+    if "\x00" in text:
+        raise ArtifactError(f"{name} contains NUL bytes: it is binary or corrupt, not a text file", code="corrupt")
+    return text
+
+
+def parse_factors(data: bytes, name: str = "factors.txt") -> list[str]:
+    """One factor per line; BOM, CRLF, surrounding whitespace and blank lines are tolerated."""
+    text = _decode_text(data, name)
+    factors = [line.strip() for line in text.splitlines()]
+    factors = [f for f in factors if f]
+    if not factors:
+        raise ArtifactError(f"{name} lists no factors (one factor name per line expected)", code="empty_factors")
+    return factors
+
+
+def _cell_number(value: str) -> float | None:
+    v = value.strip()
+    if v in MISSING_TOKENS:
+        return None
+    number = float(v)  # ValueError for text
+    return number if math.isfinite(number) else None
+
+
+def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
+    """IC table → ({"columns": ["factor", metrics...], "rows": [[factor, numbers|None...]]}, notes).
+
+    The factor column may be named factor / factor_name / name (any case) or be an unnamed first
+    (pandas index) column; metric names are lower-cased so `Kendall_Tau` is `kendall_tau`.
+    """
+    import pandas as pd
+
+    text = _decode_text(data, name)
+    if not text.strip():
+        raise ArtifactError(f"{name} is empty", code="empty_ic")
+    try:
+        long_rows: list[int] = []
+
+        def truncate(fields: list[str]) -> list[str]:  # a row with more fields than the header
+            long_rows.append(len(fields))
+            return fields[:header_width]
+
+        header_width = len(next(csv.reader(io.StringIO(text.lstrip("\r\n")))))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                             skip_blank_lines=True, index_col=False, engine="python", on_bad_lines=truncate)
+        if long_rows:
+            caught.append(warnings.WarningMessage(
+                f"{len(long_rows)} row(s) have more fields than the header; the extra fields were ignored",
+                UserWarning, name, 0))
+    except Exception as exc:  # pandas raises several parser error types
+        raise ArtifactError(f"{name} is not a readable CSV table: {str(exc).splitlines()[0][:200]}", code="corrupt") from None
+    columns = [str(c).strip() for c in df.columns]
+    lowered = [c.lower() for c in columns]
+    factor_idx = next((lowered.index(n) for n in FACTOR_COLUMN_NAMES if n in lowered), None)
+    if factor_idx is None and columns and (columns[0] == "" or columns[0].startswith("Unnamed:")):
+        factor_idx = 0
+    if factor_idx is None:
+        raise ArtifactError(
+            f"{name} has no factor column: name it factor, factor_name or name, or make it the unnamed first column",
+            code="ic_no_factor_column")
+    notes: list[str] = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught]
+    metric_idx = [i for i in range(len(columns)) if i != factor_idx and not (columns[i] == "" or columns[i].startswith("Unnamed:"))]
+    out_columns = ["factor"] + [lowered[i] for i in metric_idx]
+    rows: list[list] = []
+    non_numeric: set[str] = set()
+    values = df.to_numpy(dtype=object)
+    for raw in values:
+        factor = str(raw[factor_idx]).strip()
+        if not factor:
+            continue
+        row: list[Any] = [factor]
+        for i in metric_idx:
+            cell = "" if raw[i] is None else str(raw[i])
+            try:
+                row.append(_cell_number(cell))
+            except ValueError:
+                non_numeric.add(lowered[i])
+                row.append(None)
+        rows.append(row)
+    if non_numeric:
+        notes.append(f"{name}: non-numeric values in {', '.join(sorted(non_numeric))} were read as null")
+    return {"columns": out_columns, "rows": rows}, notes
+
+
+def split_symbol(group_key: str, info: dict | None) -> tuple[str, str, Issue | None]:
+    """Symbol and return name: info.pkl wins when its names are consistent with the group key."""
+    symbol, _, return_name = group_key.partition("_")
+    if info:
+        s, r = info.get("symbol"), info.get("return_name")
+        if isinstance(s, str) and s and isinstance(r, str) and r and f"{s}_{r}" == group_key:
+            return s, r, None
+        if isinstance(s, str) and s and not isinstance(r, str) and group_key.startswith(s + "_"):
+            return s, group_key[len(s) + 1:], None
+        if (isinstance(s, str) and s) or (isinstance(r, str) and r):
+            return symbol, return_name, Issue(
+                "warning", "info_name_mismatch",
+                f"info.pkl names symbol={s!r} return_name={r!r}, which does not match the group key {group_key}; "
+                f"using symbol {symbol}", None)
+    return symbol, return_name, None
