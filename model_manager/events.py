@@ -153,6 +153,30 @@ class ChangeWaiters:
             return sum(len(w) for w in self._waiting.values())
 
 
+def announce(bus: EventBus, waiters: ChangeWaiters, model: str, previous: dict, groups: dict,
+             unserved: list[tuple[str, int, str]]) -> None:
+    """What an install of a model's groups changed (group states before and after, by group key):
+    wake the long polls of every group whose served payload changed, and publish a `version` event
+    for each new live version and each version recorded but not served (`unserved`: group key,
+    version, ETag — during a hold or a pin), and a `status` event for each changed status."""
+    for key, number, etag in unserved:
+        state = groups.get(key)
+        if state is not None:
+            bus.publish(model, "version", {"symbol": state.snapshot.symbol, "group_key": key,
+                                           "version": number, "etag": etag, "live": False})
+    for key, state in groups.items():
+        old = previous.get(key)
+        new_payload, old_payload = state.payload, old.payload if old else None
+        if new_payload is not None and (old_payload is None or old_payload.etag != new_payload.etag):
+            waiters.changed(model, key)
+            bus.publish(model, "version", {"symbol": state.snapshot.symbol, "group_key": key,
+                                           "version": new_payload.version, "etag": new_payload.etag, "live": True})
+        snapshot = state.snapshot
+        if old is None or old.snapshot.status != snapshot.status or old.snapshot.issues != snapshot.issues:
+            bus.publish(model, "status", {"symbol": snapshot.symbol, "group_key": key, "status": snapshot.status,
+                                          "issues": [i.to_dict() for i in snapshot.issues]})
+
+
 _CLOSED = Event(-1, "", "closed", {})
 
 

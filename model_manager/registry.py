@@ -15,12 +15,14 @@ persists registrations and hands the loaded result to `install`; `sync_registrat
 registrations made by other processes (the CLI). The watcher drives it through the `Watched`
 interface (see watcher.py): `directories`, `sync_registrations`, `reread`, `refresh_groups`,
 `changed_groups` and `sweep_cache`.
+
+Over 400 lines on purpose: loading, version recording and live-version following share the
+per-model lock and the install step, and are one piece.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gzip
 import logging
 import os
 import threading
@@ -37,12 +39,10 @@ from model_manager.artifacts import (
     load_directory,
     scan_directory,
 )
-from model_manager.cache import CacheDir, LiveEntries
+from model_manager.cache import CacheDir, LiveEntries, PlainBodies
 from model_manager.clock import now_iso
-from model_manager.conversion import sha256
 from model_manager.errors import DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UnprocessableError
-from model_manager.events import ChangeWaiters, EventBus
-from model_manager.files import atomic_write
+from model_manager.events import ChangeWaiters, EventBus, announce
 from model_manager.isolation import start_checker
 from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
@@ -72,7 +72,7 @@ class Registry:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
         self.lock = threading.RLock()  # held while the set of models changes
-        self._plain_checked: set[str] = set()  # ETags whose plain-body file was checked (see plain_body)
+        self.plain_bodies = PlainBodies(cache)
         self.ready = asyncio.Event()  # set once the registered models are loaded
 
     # -- the first load ------------------------------------------------------------------------
@@ -371,29 +371,11 @@ class Registry:
             return True
 
     def _announce(self, model: LoadedModel, previous: dict[str, GroupState]) -> None:
-        """Tell the event stream and the waiting long polls what an install changed: a new live
-        version (or a new one recorded but not served, during a hold or a pin), a new status."""
+        """Tell the event stream and the waiting long polls what an install changed."""
         with self._unserved_lock:
-            unserved = [u for u in self._unserved if u[0] == model.name]
+            unserved = [u[1:] for u in self._unserved if u[0] == model.name]
             self._unserved = [u for u in self._unserved if u[0] != model.name]
-        for _, key, number, etag in unserved:
-            state = model.groups.get(key)
-            if state is not None:
-                self.events.publish(model.name, "version", {"symbol": state.snapshot.symbol, "group_key": key,
-                                                            "version": number, "etag": etag, "live": False})
-        for key, state in model.groups.items():
-            old = previous.get(key)
-            new_payload, old_payload = state.payload, old.payload if old else None
-            if new_payload is not None and (old_payload is None or old_payload.etag != new_payload.etag):
-                self.waiters.changed(model.name, key)
-                self.events.publish(model.name, "version", {"symbol": state.snapshot.symbol, "group_key": key,
-                                                            "version": new_payload.version, "etag": new_payload.etag,
-                                                            "live": True})
-            snapshot = state.snapshot
-            if old is None or old.snapshot.status != snapshot.status or old.snapshot.issues != snapshot.issues:
-                self.events.publish(model.name, "status", {"symbol": snapshot.symbol, "group_key": key,
-                                                           "status": snapshot.status,
-                                                           "issues": [i.to_dict() for i in snapshot.issues]})
+        announce(self.events, self.waiters, model.name, previous, model.groups, unserved)
 
     def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
         """The bytes of any kept version of a symbol's group (blocking: sqlite and a file read)."""
@@ -462,44 +444,14 @@ class Registry:
             raise UnprocessableError(f"{state.snapshot.group_key} has errors, so its model is not served: {problems}")
         return state.payload
 
-    # -- plain bodies ------------------------------------------------------------------------------
+    # -- plain bodies (see cache.PlainBodies) --------------------------------------------------------
     def plain_body_cached(self, payload: PayloadBytes) -> bytes | None:
-        """The plain body when it costs no more than a read from the page cache (its file exists and
-        was checked), else None; never decompresses. Cheap enough for the event loop."""
-        if payload.etag not in self._plain_checked:
-            return None
-        try:
-            body = self.cache.plain_body_path(payload.etag).read_bytes()
-        except OSError:
-            return None
-        if len(body) != payload.size:
-            self._plain_checked.discard(payload.etag)
-            return None
-        return body
+        """The plain body if it costs no more than a page-cache read, else None (event loop safe)."""
+        return self.plain_bodies.cached(payload.etag, payload.size)
 
     def plain_body(self, payload: PayloadBytes) -> bytes:
-        """The plain body for clients without gzip (blocking: call it from a worker thread).
-
-        Decompressing a 2 MB payload costs 5-10 ms per request; reading it back from the page cache
-        a fraction of a millisecond, and the page cache is not the server's memory. So the body is
-        kept as a file named by the ETag (the sha256 of the body), written at its first request and
-        checked against the ETag at its first read by this process: a damaged file is only a miss."""
-        path = self.cache.plain_body_path(payload.etag)
-        try:
-            body = path.read_bytes()
-        except OSError:
-            body = None
-        if body is not None and len(body) == payload.size and (
-                payload.etag in self._plain_checked or f'"{sha256(body)[:32]}"' == payload.etag):
-            self._plain_checked.add(payload.etag)
-            return body
-        body = gzip.decompress(payload.gzip)
-        try:
-            atomic_write(path, body, durable=False)
-            self._plain_checked.add(payload.etag)
-        except OSError as exc:
-            log.warning("plain payload not cached: %s", exc)
-        return body
+        """The plain body for clients without gzip (blocking: call it from a worker thread)."""
+        return self.plain_bodies.get(payload.etag, payload.gzip, payload.size)
 
 
 def _payload_bytes(stored: StoredPayload, group_key: str) -> PayloadBytes:

@@ -32,6 +32,7 @@ from model_manager.registry import Registry
 from model_manager.settings import Settings
 from model_manager.state import LoadedModel, PayloadBytes
 from model_manager.store import ModelRow, Store
+from model_manager.versioncommands import VersionCommands
 from model_manager.versions import VersionStore
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Registration:
         return [g.group_key for g in groups if g.status == "error"]
 
 
-class ModelManager:
+class ModelManager(VersionCommands):
     """One data dir and everything done with it. `close()` (or `with`) when done."""
 
     def __init__(self, settings: Settings, *, store: Store | None = None):
@@ -200,82 +201,6 @@ class ModelManager:
         if event is not None and event not in AUDIT_EVENTS:
             raise UsageError(f"unknown audit event {event!r}: use one of {', '.join(AUDIT_EVENTS)}")
         return self.store.audit_events(limit=limit, event=event)
-
-    # -- versions: history, pin, rollback, hold, diff (SPEC §6) -----------------------------------------
-    def group_key(self, name: str, symbol: str) -> str:
-        """The group a symbol of a registered model is in (from memory when serving, else its versions)."""
-        if self.registry is not None:
-            return self.registry.group(name, symbol).snapshot.group_key
-        if self.store.get_model(name) is None:
-            raise NotFoundError(f"no model named {name!r} is registered (see model-manager register --list)")
-        keys = [k for (k,) in self.store.query("SELECT DISTINCT group_key FROM versions WHERE model = ? AND symbol = ?",
-                                               (name, symbol))]
-        if not keys:
-            raise NotFoundError(f"model {name!r} has no versions of a symbol {symbol!r}: check the symbol "
-                                f"(model-manager inspect shows them), or start the server once so it records them")
-        if len(keys) > 1:
-            raise NotFoundError(f"symbol {symbol!r} has versions in several groups of {name!r} ({', '.join(sorted(keys))})")
-        return keys[0]
-
-    def version_history(self, name: str, symbol: str) -> dict[str, Any]:
-        """The versions object: every version of a symbol's group, newest first."""
-        return self.versions.versions(name, self.group_key(name, symbol))
-
-    def pin(self, name: str, symbol: str, version: int, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
-        """Serve `version` of a symbol until unpinned."""
-        done = self.versions.pin(name, self.group_key(name, symbol), version, reason=reason, client=client)
-        return self._followed(name, done)
-
-    def unpin(self, name: str, symbol: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
-        done = self.versions.unpin(name, self.group_key(name, symbol), reason=reason, client=client)
-        return self._followed(name, done)
-
-    def rollback(self, name: str, symbol: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
-        """Pin the version that was live before the current one."""
-        done = self.versions.rollback(name, self.group_key(name, symbol), reason=reason, client=client)
-        return self._followed(name, done)
-
-    def hold(self, name: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
-        """Keep every group of a model on its live version; new versions are recorded, not served."""
-        self._require_model(name)
-        self.versions.hold(name, reason=reason, client=client)
-        return self._followed(name, self._model_object(name))
-
-    def release(self, name: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
-        """End a hold: each group serves its latest version again (pins still win)."""
-        self._require_model(name)
-        self.versions.release(name, reason=reason, client=client)
-        return self._followed(name, self._model_object(name))
-
-    def diff(self, name: str, symbol: str, from_version: int | None = None, to_version: int | None = None) -> dict[str, Any]:
-        """What changed between two versions of a symbol's group (defaults: the latest and the one before)."""
-        return self.versions.diff(name, self.group_key(name, symbol), from_version, to_version)
-
-    def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
-        """The payload bytes of any kept version (serving only; blocking)."""
-        return self.serving.version_payload(name, symbol, version)
-
-    def _require_model(self, name: str) -> None:
-        if (self.registry is not None and name not in self.registry.models) or self.store.get_model(name) is None:
-            raise NotFoundError(f"no model named {name!r} is registered")
-
-    def _model_object(self, name: str) -> dict[str, Any]:
-        if self.registry is not None:
-            model = self.registry.get(name)
-            model.held = self.versions.hold_info(name) is not None
-            return model.to_dict()
-        row = self.store.get_model(name)
-        return {"name": row.name, "path": row.path, "registered_at": row.registered_at,
-                "held": self.versions.hold_info(name) is not None}
-
-    def _followed(self, name: str, answer: dict[str, Any]) -> dict[str, Any]:
-        """After a change of what is live: a serving service serves it now (other servers follow
-        `versions.state_seq` within a second)."""
-        if self.registry is not None:
-            self.registry.follow_live(name)
-            if "held" in answer and "versions" not in answer:
-                answer = self.registry.get(name).to_dict()
-        return answer
 
     # -- offline work --------------------------------------------------------------------------------
     def inspect(self, path: str | Path) -> DirectorySnapshot:
