@@ -6,10 +6,8 @@ import pickle
 import time
 
 from model_manager.registry import Registry
-from model_manager.settings import Settings
 from model_manager.store import Store
-
-from .conftest import write_group
+from tests.support import write_group
 
 
 def _age(directory, seconds=3600):
@@ -19,11 +17,10 @@ def _age(directory, seconds=3600):
             os.utime(path, (old, old))
 
 
-def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, models):
+def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, settings, models):
     d = tmp_path / "m"
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
     write_group(d, "BTCUSDT_mid_chg_1m", model=models["booster"])
-    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False)
     registry = Registry(settings, Store(settings.db_path))
     model, _ = registry.register("m", str(d))
     cache = settings.cache_dir
@@ -50,10 +47,9 @@ def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, models):
     assert restarted.payload("m", "SOLUSDT").etag == registry.payload("m", "SOLUSDT").etag
 
 
-def test_sweep_spares_young_entries(tmp_path, models):
+def test_sweep_spares_young_entries(tmp_path, settings, models):
     d = tmp_path / "m"
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
-    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False)
     registry = Registry(settings, Store(settings.db_path))
     registry.register("m", str(d))
     registry.unregister("m")
