@@ -1,8 +1,22 @@
-"""Helpers shared by the tests: free ports and a real `model-manager serve` process."""
+"""What the tests share, in one place: the password, tiny model directories, the app behind a
+`TestClient`, a real `model-manager serve` process, the CLI in a subprocess, and getting a token
+from any of them.
+
+    with make_client(tmp_path) as client:        # Settings + create_app + TestClient
+        token = sign_in(client)                  # bootstrap (first time) or log in
+    with ServerProcess(tmp_path / "data") as server:
+        token = server.login()                   # password set with the CLI (first time), then log in
+
+`sign_in` and `login` are the only places that know how a first password gets set; conftest.py's
+fixtures are one-liners over these helpers.
+"""
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,13 +25,133 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from litestar.testing import TestClient
+
+from model_manager.demo import write_demo
+from model_manager.server.app import create_app
+from model_manager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "model_manager"]
+PASSWORD = "correct horse battery"
+N_FEATURES = 5
+FACTORS = ["ofi_1m", "spread_bps", "depth_imb_5", "ret_lag_1m", "vol_5m"]
 
+
+# -- tiny real models and model directories ---------------------------------------------------------
+
+def train_models() -> dict:
+    """One tiny model of each kind that real training jobs leave behind (a second or so)."""
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(80, N_FEATURES)).astype(np.float32)
+    y = x @ np.array([0.5, -0.2, 0.0, 0.3, 0.1]) + rng.normal(scale=0.1, size=80)
+    reg = xgb.XGBRegressor(n_estimators=5, max_depth=2, n_jobs=1).fit(x, y)
+    clf = xgb.XGBClassifier(n_estimators=5, max_depth=2, n_jobs=1).fit(x, (y > 0).astype(int))
+    booster = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(x, label=y), num_boost_round=5)
+    named = xgb.XGBRegressor(n_estimators=5, max_depth=2, n_jobs=1).fit(pd.DataFrame(x, columns=FACTORS), y)
+    return {"regressor": reg, "classifier": clf, "booster": booster, "named": named}
+
+
+def write_group(directory: Path, group_key: str, *, model=None, model_json: bytes | None = None,
+                factors: list[str] | None = None, ic: str | None = None, info: dict | None = None) -> None:
+    """Write one group's files; pass exactly what the test needs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    factors = FACTORS if factors is None else factors
+    (directory / f"{group_key}_factors.txt").write_text("\n".join(factors) + "\n")
+    if ic is None:
+        ic = "factor,ic,rank_ic,kendall_tau\n" + "".join(f"{f},0.0{i + 1},0.02,0.0{i + 1}5\n" for i, f in enumerate(factors))
+    if ic:
+        (directory / f"{group_key}_ic.csv").write_text(ic)
+    if info is not None:
+        (directory / f"{group_key}_info.pkl").write_bytes(pickle.dumps(info))
+    if model is not None:
+        (directory / f"{group_key}_model.pkl").write_bytes(pickle.dumps(model))
+    if model_json is not None:
+        (directory / f"{group_key}_model.json").write_bytes(model_json)
+
+
+def write_model_dir(directory: Path, models: dict) -> Path:
+    """A clean directory: SOLUSDT (regressor pkl), BTCUSDT (raw Booster pkl), ETHUSDT (JSON only)."""
+    info = {"symbol": "SOLUSDT", "return_name": "mid_chg_1m", "dim": np.int64(N_FEATURES),
+            "train_start": pd.Timestamp("2026-10-01", tz="UTC"), "n_samples": np.int64(80)}
+    write_group(directory, "SOLUSDT_mid_chg_1m", model=models["regressor"], info=info)
+    write_group(directory, "BTCUSDT_mid_chg_1m", model=models["booster"])
+    write_group(directory, "ETHUSDT_mid_chg_5m", model_json=bytes(models["booster"].save_raw(raw_format="json")))
+    return directory
+
+
+def demo_models(directory: Path) -> Path:
+    """The demo model directory (`model-manager demo`) written to `directory`."""
+    write_demo(directory)
+    return directory
+
+
+def copy_dir(source: Path, target: Path) -> Path:
+    """A fresh copy of a model directory (the demo one is trained once per session)."""
+    shutil.copytree(source, target)
+    return target
+
+
+# -- the app behind a TestClient ----------------------------------------------------------------------
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    """Settings on `tmp_path / "data"`, the watcher off unless asked for; `overrides` are Settings fields."""
+    return Settings(**{"data_dir": Path(tmp_path) / "data", "watch_enabled": False, **overrides})
+
+
+@contextmanager
+def make_client(where: Path | Settings, **overrides) -> Iterator[TestClient]:
+    """The real app (`create_app`) in a `TestClient`, lifespan started; `where` is a tmp_path (see
+    `make_settings`) or ready Settings. Requests come from the address "testclient", which is not
+    loopback: the server treats them as coming from another machine."""
+    settings = where.replace(**overrides) if isinstance(where, Settings) else make_settings(where, **overrides)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def setup_code(client: TestClient) -> str | None:
+    """The one-time setup code the app would print at startup (None once a password is set)."""
+    return client.app.state.auth.setup_code
+
+
+def bootstrap(client: TestClient, password: str = PASSWORD) -> str:
+    """Set the first password through the API, with the setup code `serve` would print; returns the token."""
+    r = client.post("/api/auth/bootstrap", json={"password": password, "setup_code": setup_code(client)})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def log_in(client: TestClient, password: str = PASSWORD) -> str:
+    r = client.post("/api/auth/login", json={"password": password})
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def sign_in(client: TestClient, password: str = PASSWORD) -> str:
+    """A bearer token: bootstrap when no password is set yet, else log in."""
+    initialized = client.get("/api/auth/status").json()["initialized"]
+    return log_in(client, password) if initialized else bootstrap(client, password)
+
+
+def authorize(client: TestClient, password: str = PASSWORD) -> TestClient:
+    """`client` with a token from `sign_in` sent on every request."""
+    client.headers.update(bearer(sign_in(client, password)))
+    return client
+
+
+# -- the CLI and real server processes ----------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -109,10 +243,28 @@ class ServerProcess:
     def post(self, path: str, body: dict | None = None, **kw) -> tuple[int, dict, bytes]:
         return http("POST", self.url + path, body=body, **kw)
 
-    def login(self, password: str = "correct horse battery") -> str:
-        """Bootstrap (first time) or log in; returns a bearer token."""
-        status, _, raw = self.post("/api/auth/bootstrap", {"password": password})
-        if status == 409:
-            status, _, raw = self.post("/api/auth/login", {"password": password})
-        assert status in (200, 201), raw
-        return json.loads(raw)["token"]
+    def setup_code(self) -> str | None:
+        """The one-time setup code `serve` printed at startup (None when a password was already set)."""
+        found = re.findall(r"setup code: ([A-Z0-9]{4}-[A-Z0-9]{4})", self.output())
+        return found[-1] if found else None
+
+    def login(self, password: str = PASSWORD) -> str:
+        """A bearer token (see `login`)."""
+        return login(self.url, self.data_dir, password)
+
+
+def init_password(data_dir: Path, password: str = PASSWORD) -> None:
+    """Set the first password as an operator does: `model-manager password init --password-stdin`."""
+    done = run_cli("password", "init", "--password-stdin", "--data-dir", str(data_dir), input=password + "\n")
+    assert done.returncode == 0, done.stderr
+
+
+def login(url: str, data_dir: Path, password: str = PASSWORD) -> str:
+    """A bearer token from the server at `url` (data in `data_dir`): logs in, setting the password with
+    the CLI first when none is set yet."""
+    status, _, raw = http("POST", url + "/api/auth/login", body={"password": password})
+    if status == 409:  # no password yet
+        init_password(data_dir, password)
+        status, _, raw = http("POST", url + "/api/auth/login", body={"password": password})
+    assert status == 200, raw
+    return json.loads(raw)["token"]

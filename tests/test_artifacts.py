@@ -28,8 +28,7 @@ from model_manager.artifacts import (
 from model_manager.cache import CacheDir
 from model_manager.errors import ArtifactError, PathError
 from model_manager.jsonsafe import json_safe
-
-from .conftest import FACTORS, N_FEATURES, write_group
+from tests.support import FACTORS, N_FEATURES, write_group
 
 
 def codes(group) -> set[str]:

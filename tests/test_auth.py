@@ -18,13 +18,10 @@ from typer.testing import CliRunner
 
 from model_manager.commands import app as cli_app
 from model_manager.errors import ThrottledError
-from model_manager.server.app import create_app
 from model_manager.server.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
-from model_manager.settings import Settings
 from model_manager.store import Store
-from tests.support import run_cli
+from tests.support import PASSWORD, bearer, bootstrap, log_in, make_client, run_cli, setup_code
 
-PASSWORD = "correct horse battery"
 NEW_PASSWORD = "tr0ub4dor & 3"
 WRONG = "guess-1234-xyz"
 
@@ -45,39 +42,16 @@ def as_client(client: TestClient, host: str) -> TestClient:
     return client
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", watch_enabled=False, token_ttl=3600)
-
-
-@pytest.fixture
-def client(settings):
+def local(client):
     """The app on a fresh data dir; requests come from a loopback address."""
-    with TestClient(create_app(settings)) as c:
-        yield as_client(c, "127.0.0.1")
+    return as_client(client, "127.0.0.1")
 
 
 @pytest.fixture
-def remote(settings):
+def remote(client):
     """The app on a fresh data dir; requests come from another machine."""
-    with TestClient(create_app(settings)) as c:
-        yield as_client(c, "203.0.113.7")
-
-
-def bootstrap(client: TestClient, password: str = PASSWORD) -> str:
-    r = client.post("/api/auth/bootstrap", json={"password": password})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
-
-
-def login(client: TestClient, password: str = PASSWORD) -> str:
-    r = client.post("/api/auth/login", json={"password": password})
-    assert r.status_code == 200, r.text
-    return r.json()["token"]
+    return as_client(client, "203.0.113.7")
 
 
 def assert_error(response, status: int, *words: str) -> dict:
@@ -91,22 +65,22 @@ def assert_error(response, status: int, *words: str) -> dict:
 
 # -- status and bootstrap ---------------------------------------------------------------------------
 
-def test_status_before_and_after_bootstrap(client):
-    assert client.get("/api/auth/status").json() == {
+def test_status_before_and_after_bootstrap(local):
+    assert local.get("/api/auth/status").json() == {
         "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": False}
-    token = bootstrap(client)
-    status = client.get("/api/auth/status", headers=bearer(token)).json()
+    token = bootstrap(local)
+    status = local.get("/api/auth/status", headers=bearer(token)).json()
     assert status["initialized"] is True and status["authenticated"] is True
     assert datetime.fromisoformat(status["expires_at"]) > datetime.now(UTC) + timedelta(minutes=59)
-    anonymous = client.get("/api/auth/status").json()
+    anonymous = local.get("/api/auth/status").json()
     assert anonymous["initialized"] is True and anonymous["authenticated"] is False
-    bogus = client.get("/api/auth/status", headers=bearer("nope")).json()
+    bogus = local.get("/api/auth/status", headers=bearer("nope")).json()
     assert bogus["authenticated"] is False and bogus["expires_at"] is None
 
 
-def test_bootstrap_token_object_then_409(client, settings):
+def test_bootstrap_token_object_then_409(local, settings):
     before = datetime.now(UTC)
-    r = client.post("/api/auth/bootstrap", json={"password": PASSWORD})
+    r = local.post("/api/auth/bootstrap", json={"password": PASSWORD})
     assert r.status_code == 201
     body = r.json()
     assert set(body) >= {"token", "token_type", "expires_in", "expires_at"}
@@ -114,22 +88,21 @@ def test_bootstrap_token_object_then_409(client, settings):
     expires = datetime.fromisoformat(body["expires_at"])
     assert before + timedelta(seconds=settings.token_ttl - 5) <= expires <= before + timedelta(seconds=settings.token_ttl + 5)
     assert r.headers["cache-control"] == "no-store"
-    assert_error(client.post("/api/auth/bootstrap", json={"password": "another password"}), 409, "already set")
-    login(client)  # the first password is still the one
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "another password"}), 409, "already set")
+    log_in(local)  # the first password is still the one
 
 
-def test_bootstrap_rejects_short_password_and_bad_bodies(client):
-    assert_error(client.post("/api/auth/bootstrap", json={"password": "short"}), 400, "at least 8")
-    assert_error(client.post("/api/auth/bootstrap", json={"password": "x" * 5000}), 400, "at most")
-    assert client.get("/api/auth/status").json()["initialized"] is False
-    assert_error(client.post("/api/auth/bootstrap", json={}), 400)
-    assert_error(client.post("/api/auth/bootstrap", json={"password": 12345678}), 400)
-    assert_error(client.post("/api/auth/bootstrap", content=b"{not json", headers={"content-type": "application/json"}), 400)
+def test_bootstrap_rejects_short_password_and_bad_bodies(local):
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "short"}), 400, "at least 8")
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "x" * 5000}), 400, "at most")
+    assert local.get("/api/auth/status").json()["initialized"] is False
+    assert_error(local.post("/api/auth/bootstrap", json={}), 400)
+    assert_error(local.post("/api/auth/bootstrap", json={"password": 12345678}), 400)
+    assert_error(local.post("/api/auth/bootstrap", content=b"{not json", headers={"content-type": "application/json"}), 400)
 
 
 def test_bootstrap_from_another_machine_needs_the_setup_code(remote):
-    auth = remote.app.state.auth
-    code = auth.setup_code
+    code = setup_code(remote)
     assert code and len(code.replace("-", "")) == 8
     assert remote.get("/api/auth/status").json()["setup_code_required"] is True
     assert_error(remote.post("/api/auth/bootstrap", json={"password": PASSWORD}), 403, "setup code", "model-manager serve")
@@ -139,23 +112,23 @@ def test_bootstrap_from_another_machine_needs_the_setup_code(remote):
     typed = f" {code.replace('-', '').lower()} "
     r = remote.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": typed})
     assert r.status_code == 201, r.text
-    assert auth.setup_code is None  # one-time
+    assert setup_code(remote) is None  # one-time
     assert_error(remote.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code}), 409)
     events = [e["event"] for e in remote.app.state.store.audit_events()]
     assert events[:3] == ["bootstrap", "bootstrap_refused", "bootstrap_refused"]
 
 
 def test_testclient_default_address_counts_as_remote(settings):
-    with TestClient(create_app(settings)) as c:
+    with make_client(settings) as c:
         assert c.get("/api/auth/status").json()["setup_code_required"] is True
         assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 403
-        code = c.app.state.auth.setup_code
+        code = setup_code(c)
         assert c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code}).status_code == 201
 
 
 @pytest.mark.parametrize("host", ["::1", "127.0.0.2", "::ffff:127.0.0.1"])
 def test_every_loopback_form_may_omit_the_code(settings, host):
-    with TestClient(create_app(settings)) as c:
+    with make_client(settings) as c:
         as_client(c, host)
         assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 201
 
@@ -164,38 +137,40 @@ def test_no_setup_code_when_already_initialized(settings):
     store = Store(settings.db_path)
     store.init_password(PASSWORD)
     store.close()
-    with TestClient(create_app(settings)) as c:
-        assert c.app.state.auth.setup_code is None
+    with make_client(settings) as c:
+        assert setup_code(c) is None
         assert c.get("/api/auth/status").json()["setup_code_required"] is False
 
 
 # -- login, logout ----------------------------------------------------------------------------------
 
-def test_login_statuses(client):
-    assert_error(client.post("/api/auth/login", json={"password": PASSWORD}), 409, "password init")
-    bootstrap(client)
-    assert_error(client.post("/api/auth/login", json={"password": WRONG}), 401, "wrong password")
-    assert_error(client.post("/api/auth/login", json={}), 400)
-    r = client.post("/api/auth/login", json={"password": PASSWORD})
+def test_login_statuses(local):
+    assert_error(local.post("/api/auth/login", json={"password": PASSWORD}), 409, "password init")
+    bootstrap(local)
+    assert_error(local.post("/api/auth/login", json={"password": WRONG}), 401, "wrong password")
+    assert_error(local.post("/api/auth/login", json={}), 400)
+    r = local.post("/api/auth/login", json={"password": PASSWORD})
     assert r.status_code == 200
     body = r.json()
     assert body["token_type"] == "bearer" and len(body["token"]) >= 43
-    assert client.get("/api/audit", headers=bearer(body["token"])).status_code == 200
+    assert local.get("/api/audit", headers=bearer(body["token"])).status_code == 200
 
 
-def test_login_throttled_after_repeated_failures(client):
-    bootstrap(client)
+def test_login_throttled_after_repeated_failures(local):
+    bootstrap(local)
+    # the default count of free failures, blocked long enough that a loaded machine still sees the block
+    local.app.state.auth.throttle = LoginThrottle(base_delay=30)
     for _ in range(5):
-        assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401
-    r = client.post("/api/auth/login", json={"password": WRONG})
+        assert local.post("/api/auth/login", json={"password": WRONG}).status_code == 401
+    r = local.post("/api/auth/login", json={"password": WRONG})
     body = assert_error(r, 429, "try again")
     retry = int(r.headers["retry-after"])
     assert 1 <= retry <= 300 and str(retry) in body["detail"]
     # even the right password waits: that is what stops guessing
-    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 429
+    assert local.post("/api/auth/login", json={"password": PASSWORD}).status_code == 429
     # another address is not affected
-    as_client(client, "127.0.0.9")
-    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 200
+    as_client(local, "127.0.0.9")
+    assert local.post("/api/auth/login", json={"password": PASSWORD}).status_code == 200
 
 
 def test_throttle_delay_grows_and_success_resets():
@@ -218,74 +193,75 @@ def test_throttle_delay_grows_and_success_resets():
     throttle.check("a")
 
 
-def test_throttle_resets_after_success_through_the_api(client):
-    bootstrap(client)
-    client.app.state.auth.throttle = LoginThrottle(free_failures=3, base_delay=0.3)
+def test_throttle_resets_after_success_through_the_api(local):
+    bootstrap(local)
+    # blocked for several seconds: the next request must arrive within the block on a loaded machine
+    local.app.state.auth.throttle = LoginThrottle(free_failures=3, base_delay=5)
     for _ in range(2):
-        assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401
-    login(client)  # resets the count
+        assert local.post("/api/auth/login", json={"password": WRONG}).status_code == 401
+    log_in(local)  # resets the count
     for _ in range(2):
-        assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401
-    assert client.post("/api/auth/login", json={"password": WRONG}).status_code == 401  # 3rd: now blocked
-    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 429
-    time.sleep(0.35)
-    login(client)
+        assert local.post("/api/auth/login", json={"password": WRONG}).status_code == 401
+    assert local.post("/api/auth/login", json={"password": WRONG}).status_code == 401  # 3rd: now blocked
+    assert local.post("/api/auth/login", json={"password": PASSWORD}).status_code == 429
+    time.sleep(5.1)
+    log_in(local)
 
 
-def test_logout(client):
-    token = bootstrap(client)
-    other = login(client)
-    assert client.post("/api/auth/logout", headers=bearer(token)).status_code == 204
-    assert_error(client.get("/api/audit", headers=bearer(token)), 401, "log in again")
-    assert_error(client.post("/api/auth/logout", headers=bearer(token)), 401)
-    assert_error(client.post("/api/auth/logout"), 401, "Authorization: Bearer")
-    assert client.get("/api/audit", headers=bearer(other)).status_code == 200
+def test_logout(local):
+    token = bootstrap(local)
+    other = log_in(local)
+    assert local.post("/api/auth/logout", headers=bearer(token)).status_code == 204
+    assert_error(local.get("/api/audit", headers=bearer(token)), 401, "log in again")
+    assert_error(local.post("/api/auth/logout", headers=bearer(token)), 401)
+    assert_error(local.post("/api/auth/logout"), 401, "Authorization: Bearer")
+    assert local.get("/api/audit", headers=bearer(other)).status_code == 200
 
 
 # -- password change --------------------------------------------------------------------------------
 
-def test_password_change_revokes_every_other_token(client):
-    mine = bootstrap(client)
-    others = [login(client), login(client)]
+def test_password_change_revokes_every_other_token(local):
+    mine = bootstrap(local)
+    others = [log_in(local), log_in(local)]
     change = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
-    assert_error(client.post("/api/auth/password", json=change), 401)
-    assert_error(client.post("/api/auth/password", headers=bearer(mine),
+    assert_error(local.post("/api/auth/password", json=change), 401)
+    assert_error(local.post("/api/auth/password", headers=bearer(mine),
                              json={"current_password": WRONG, "new_password": NEW_PASSWORD}), 401, "current password")
-    assert_error(client.post("/api/auth/password", headers=bearer(mine),
+    assert_error(local.post("/api/auth/password", headers=bearer(mine),
                              json={"current_password": PASSWORD, "new_password": "short"}), 400, "at least 8")
-    assert_error(client.post("/api/auth/password", headers=bearer(mine), json={"current_password": PASSWORD}), 400)
+    assert_error(local.post("/api/auth/password", headers=bearer(mine), json={"current_password": PASSWORD}), 400)
     for token in others:  # all still fine before the change
-        assert client.get("/api/audit", headers=bearer(token)).status_code == 200
-    assert client.post("/api/auth/password", headers=bearer(mine), json=change).status_code == 204
-    assert client.get("/api/audit", headers=bearer(mine)).status_code == 200
+        assert local.get("/api/audit", headers=bearer(token)).status_code == 200
+    assert local.post("/api/auth/password", headers=bearer(mine), json=change).status_code == 204
+    assert local.get("/api/audit", headers=bearer(mine)).status_code == 200
     for token in others:  # revoked at once in this process, whatever the cache held
-        assert client.get("/api/audit", headers=bearer(token)).status_code == 401
-    assert client.post("/api/auth/login", json={"password": PASSWORD}).status_code == 401
-    login(client, NEW_PASSWORD)
+        assert local.get("/api/audit", headers=bearer(token)).status_code == 401
+    assert local.post("/api/auth/login", json={"password": PASSWORD}).status_code == 401
+    log_in(local, NEW_PASSWORD)
 
 
-def test_password_set_from_another_process_takes_effect_within_the_recheck_period(client, settings):
-    token = bootstrap(client)
-    assert client.get("/api/audit", headers=bearer(token)).status_code == 200  # now cached
+def test_password_set_from_another_process_takes_effect_within_the_recheck_period(local, settings):
+    token = bootstrap(local)
+    assert local.get("/api/audit", headers=bearer(token)).status_code == 200  # now cached
     cli_store = Store(settings.db_path)  # what `model-manager password set` does, on its own connection
     cli_store.set_password(NEW_PASSWORD)
     cli_store.close()
     time.sleep(TOKEN_RECHECK_SECONDS + 0.1)
-    assert client.get("/api/audit", headers=bearer(token)).status_code == 401
-    login(client, NEW_PASSWORD)
+    assert local.get("/api/audit", headers=bearer(token)).status_code == 401
+    log_in(local, NEW_PASSWORD)
 
 
-def test_token_checks_are_cached_not_read_from_sqlite_each_time(client):
-    token = bootstrap(client)
+def test_token_checks_are_cached_not_read_from_sqlite_each_time(local):
+    token = bootstrap(local)
     statements: list[str] = []
-    client.app.state.store._db.set_trace_callback(statements.append)
+    local.app.state.store._db.set_trace_callback(statements.append)
     try:
         started = time.monotonic()
         for _ in range(40):
-            assert client.get("/api/models", headers=bearer(token)).status_code == 200
+            assert local.get("/api/models", headers=bearer(token)).status_code == 200
         elapsed = time.monotonic() - started
     finally:
-        client.app.state.store._db.set_trace_callback(None)
+        local.app.state.store._db.set_trace_callback(None)
     token_reads = [s for s in statements if "FROM tokens" in s]
     assert len(token_reads) <= elapsed / TOKEN_RECHECK_SECONDS + 1, (len(token_reads), elapsed)
 
@@ -293,36 +269,36 @@ def test_token_checks_are_cached_not_read_from_sqlite_each_time(client):
 # -- expiry and restarts ----------------------------------------------------------------------------
 
 def test_token_expires(tmp_path):
-    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False, token_ttl=1)
-    with TestClient(create_app(settings)) as c:
+    # a lifetime of several seconds: the first requests must still fall inside it on a loaded machine
+    with make_client(tmp_path, token_ttl=5) as c:
         as_client(c, "127.0.0.1")
         token = bootstrap(c)
         assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 409
         assert c.get("/api/audit", headers=bearer(token)).status_code == 200
-        time.sleep(1.1)
+        time.sleep(5.1)
         assert_error(c.get("/api/audit", headers=bearer(token)), 401, "expired")
         assert c.get("/api/auth/status", headers=bearer(token)).json()["authenticated"] is False
 
 
 def test_restart_keeps_password_and_tokens(settings):
-    with TestClient(create_app(settings)) as first:
+    with make_client(settings) as first:
         as_client(first, "127.0.0.1")
         token = bootstrap(first)
-    with TestClient(create_app(settings)) as second:
+    with make_client(settings) as second:
         as_client(second, "127.0.0.1")
-        assert second.app.state.auth.setup_code is None
+        assert setup_code(second) is None
         assert second.get("/api/audit", headers=bearer(token)).status_code == 200
         assert second.get("/api/auth/status", headers=bearer(token)).json()["authenticated"] is True
-        login(second)
+        log_in(second)
 
 
-def test_secrets_never_reach_the_logs(client, caplog):
+def test_secrets_never_reach_the_logs(local, caplog):
     caplog.set_level(logging.DEBUG)
-    token = bootstrap(client)
-    client.post("/api/auth/login", json={"password": WRONG})
-    client.get("/api/audit", headers=bearer(token))
-    client.post("/api/auth/password", headers=bearer(token), json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
-    client.post("/api/auth/logout", headers=bearer(token))
+    token = bootstrap(local)
+    local.post("/api/auth/login", json={"password": WRONG})
+    local.get("/api/audit", headers=bearer(token))
+    local.post("/api/auth/password", headers=bearer(token), json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
+    local.post("/api/auth/logout", headers=bearer(token))
     text = caplog.text
     access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "model_manager.access"]
     assert {"/api/auth/bootstrap", "/api/auth/login", "/api/audit", "/api/auth/logout"} <= {a["path"] for a in access}
@@ -332,19 +308,19 @@ def test_secrets_never_reach_the_logs(client, caplog):
 
 # -- audit ------------------------------------------------------------------------------------------
 
-def test_audit_endpoint(client):
-    token = bootstrap(client)
-    client.post("/api/auth/login", json={"password": WRONG})
-    login(client)
-    events = client.get("/api/audit", headers=bearer(token)).json()["events"]
+def test_audit_endpoint(local):
+    token = bootstrap(local)
+    local.post("/api/auth/login", json={"password": WRONG})
+    log_in(local)
+    events = local.get("/api/audit", headers=bearer(token)).json()["events"]
     assert [e["event"] for e in events] == ["login", "login_failed", "bootstrap"]
     assert all(e["client"] == "127.0.0.1" and e["at"] for e in events)
-    only = client.get("/api/audit", params={"event": "login_failed"}, headers=bearer(token)).json()["events"]
+    only = local.get("/api/audit", params={"event": "login_failed"}, headers=bearer(token)).json()["events"]
     assert [e["event"] for e in only] == ["login_failed"]
-    assert len(client.get("/api/audit", params={"limit": 1}, headers=bearer(token)).json()["events"]) == 1
-    assert_error(client.get("/api/audit", params={"limit": 0}, headers=bearer(token)), 400)
-    assert_error(client.get("/api/audit", params={"limit": "many"}, headers=bearer(token)), 400)
-    assert_error(client.get("/api/audit"), 401)
+    assert len(local.get("/api/audit", params={"limit": 1}, headers=bearer(token)).json()["events"]) == 1
+    assert_error(local.get("/api/audit", params={"limit": 0}, headers=bearer(token)), 400)
+    assert_error(local.get("/api/audit", params={"limit": "many"}, headers=bearer(token)), 400)
+    assert_error(local.get("/api/audit"), 401)
 
 
 # -- the password and audit commands ----------------------------------------------------------------
@@ -414,29 +390,26 @@ def test_a_burst_of_parallel_guesses_is_cut_off(settings):
     """Concurrent wrong logins from one address: once the free failures are used up, the rest are
     throttled without being verified, even though they all arrived before the first failure."""
     import anyio
+    from litestar.testing import AsyncTestClient
 
-    from model_manager.errors import AuthError
-    from model_manager.server.auth import AuthService
+    from model_manager.server.app import create_app
 
     store = Store(settings.db_path)
     store.init_password(PASSWORD)
-    service = AuthService(settings, store)
+    store.close()
+    app = create_app(settings)
     outcomes: list[str] = []
 
-    async def guess() -> None:
-        try:
-            await service.login(WRONG, "198.51.100.1")
-        except ThrottledError:
-            outcomes.append("throttled")
-        except AuthError:
-            outcomes.append("verified")
-
     async def burst() -> None:
-        async with anyio.create_task_group() as tg:
-            for _ in range(20):
-                tg.start_soon(guess)
+        async with AsyncTestClient(app) as client:
+            async def guess() -> None:
+                r = await client.post("/api/auth/login", json={"password": WRONG})
+                outcomes.append({429: "throttled", 401: "verified"}.get(r.status_code, str(r.status_code)))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(guess)
 
     anyio.run(burst)
-    store.close()
-    assert len(outcomes) == 20
-    assert outcomes.count("verified") <= service.throttle.free_failures + 1, outcomes
+    assert len(outcomes) == 20 and set(outcomes) <= {"throttled", "verified"}, outcomes
+    assert outcomes.count("verified") <= app.state.auth.throttle.free_failures + 1, outcomes

@@ -5,10 +5,9 @@ import os
 import pickle
 import time
 
-from model_manager.service import ModelManager
-from model_manager.settings import Settings
-
-from .conftest import write_group
+from model_manager.registry import Registry
+from model_manager.store import Store
+from tests.support import write_group
 
 
 def _age(directory, seconds=3600):
@@ -18,14 +17,12 @@ def _age(directory, seconds=3600):
             os.utime(path, (old, old))
 
 
-def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, models):
+def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, settings, models):
     d = tmp_path / "m"
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
     write_group(d, "BTCUSDT_mid_chg_1m", model=models["booster"])
-    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False)
-    manager = ModelManager(settings)
-    registry = manager.serve()
-    model = manager.register("m", str(d)).model
+    registry = Registry(settings, Store(settings.db_path))
+    model, _ = registry.register("m", str(d))
     cache = settings.cache_dir
     before = {p.name for p in (cache / "payloads").iterdir()} | {p.name for p in (cache / "json").iterdir()}
     assert registry.sweep_cache() == 0  # everything is live (and young)
@@ -45,19 +42,17 @@ def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, models):
     assert f"{btc}.gz" in after and f"{btc}.gz" in before
     # the server still serves both, and a restart still finds everything it needs in the cache
     assert registry.payload("m", "SOLUSDT").etag and registry.payload("m", "BTCUSDT").etag
-    restarted = ModelManager(settings).serve()
-    restarted.sync_registrations()
+    restarted = Registry(settings, Store(settings.db_path))
+    restarted.sync_with_store()
     assert restarted.payload("m", "SOLUSDT").etag == registry.payload("m", "SOLUSDT").etag
 
 
-def test_sweep_spares_young_entries(tmp_path, models):
+def test_sweep_spares_young_entries(tmp_path, settings, models):
     d = tmp_path / "m"
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
-    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False)
-    manager = ModelManager(settings)
-    registry = manager.serve()
-    manager.register("m", str(d))
-    manager.unregister("m")
+    registry = Registry(settings, Store(settings.db_path))
+    registry.register("m", str(d))
+    registry.unregister("m")
     assert registry.sweep_cache() == 0  # unused now, but written moments ago: a load may still need it
     _age(settings.cache_dir)
     assert registry.sweep_cache() >= 3

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from .conftest import write_group
-from .support import run_cli
+from tests.support import run_cli, write_group
 
 
 def assert_one_line_error(result, code: int, *needles: str):

@@ -22,9 +22,8 @@ import psutil
 import pytest
 import xgboost as xgb
 
-from tests.support import CLI, REPO, ServerProcess, http, run_cli
+from tests.support import CLI, PASSWORD, REPO, ServerProcess, http, run_cli
 
-PASSWORD = "correct horse battery"
 GROUPS = 60  # enough work that a registration takes a while on a busy machine
 
 
@@ -112,7 +111,7 @@ def primed(tmp_path):
     probe = tmp_path / "probe"
     write_models(probe, generation=0)
     with ServerProcess(data_dir, extra_args=("--no-watch",)) as server:
-        token = server.login(PASSWORD)
+        token = server.login()
         started = time.monotonic()
         status, _, raw = server.post("/api/models", {"name": "probe", "path": str(probe)}, token=token)
         assert status == 201, raw
@@ -201,7 +200,7 @@ def crashing_pickle(models) -> bytes:
 
 
 def test_a_model_that_crashes_xgboost_is_an_issue_not_a_dead_server(tmp_path, models):
-    from .conftest import write_group
+    from tests.support import write_group
 
     bad = crashing_pickle(models)
     probe = tmp_path / "probe.pkl"
@@ -216,7 +215,7 @@ def test_a_model_that_crashes_xgboost_is_an_issue_not_a_dead_server(tmp_path, mo
     write_group(directory, "BTCUSDT_mid_chg_1m")
     (directory / "BTCUSDT_mid_chg_1m_model.pkl").write_bytes(bad)
     with ServerProcess(tmp_path / "data", extra_args=("--watch-debounce", "0.1", "--watch-interval", "0.5")) as server:
-        token = server.login(PASSWORD)
+        token = server.login()
         status, _, raw = server.post("/api/models", {"name": "m", "path": str(directory)}, token=token)
         assert status == 201, raw
         status, _, raw = server.get("/api/models/m/model/BTCUSDT", token=token)

@@ -21,17 +21,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from litestar.testing import TestClient
 
 from model_manager.artifacts import load_directory, scan_directory
-from model_manager.server.app import create_app
 from model_manager.settings import Settings
-from model_manager.store import Store
-from tests.support import REPO, run_cli
+from tests.support import FACTORS, REPO, run_cli, write_group
 
-from .conftest import FACTORS, write_group
-
-PASSWORD = "correct horse battery"
 KEY = "SOLUSDT_mid_chg_1m"
 
 
@@ -46,16 +40,6 @@ def good_dir(tmp_path, models) -> Path:
     write_group(d, KEY, model_json=model_json(models))
     write_group(d, "BTCUSDT_mid_chg_1m", model=models["regressor"])
     return d
-
-
-@pytest.fixture
-def api(tmp_path):
-    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False)
-    Store(settings.db_path).init_password(PASSWORD)
-    with TestClient(create_app(settings)) as client:
-        token = client.post("/api/auth/login", json={"password": PASSWORD}).json()["token"]
-        client.headers["Authorization"] = f"Bearer {token}"
-        yield client
 
 
 def within(seconds: float, fn, *args, **kwargs):

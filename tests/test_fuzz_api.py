@@ -28,7 +28,6 @@ from model_manager.settings import Settings
 from model_manager.store import Store
 from tests.support import ServerProcess
 
-PASSWORD = "correct horse battery"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 DEMO_SYMBOLS = ["SOLUSDT", "BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
@@ -36,13 +35,13 @@ DEMO_SYMBOLS = ["SOLUSDT", "BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, _demo_template):
-    """A real server with a password set over HTTP and the demo directory registered through the API."""
+    """A real server with a password set and the demo directory registered through the API."""
     root = tmp_path_factory.mktemp("fuzz-api")
     models = root / "models"
     shutil.copytree(_demo_template, models)
     srv = ServerProcess(root / "data", extra_args=("--no-watch",))
     with srv:
-        srv.token = srv.login(PASSWORD)
+        srv.token = srv.login()
         status, _, raw = srv.post("/api/models", {"name": "demo", "path": str(models)}, token=srv.token)
         assert status == 201, raw
         srv.db_path = Settings(data_dir=root / "data").db_path

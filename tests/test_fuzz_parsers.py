@@ -28,8 +28,7 @@ from hypothesis import strategies as st
 
 from model_manager.artifacts import GroupSnapshot, build_payload_bytes, load_group
 from model_manager.cache import CacheDir
-
-from .conftest import FACTORS
+from tests.support import FACTORS
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

@@ -5,33 +5,15 @@ import gzip
 import json
 import pickle
 import shutil
+import time
 
 import numpy as np
 import pytest
 import xgboost as xgb
-from litestar.testing import TestClient
 
-from model_manager.server.app import create_app
-from model_manager.settings import Settings
+from model_manager.server.auth import TOKEN_RECHECK_SECONDS
 from model_manager.store import Store
-
-from .conftest import FACTORS, write_group
-
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(data_dir=tmp_path / "data", watch_enabled=False, watch_interval=0.5)
-
-
-@pytest.fixture
-def api(settings):
-    Store(settings.db_path).init_password(PASSWORD)
-    with TestClient(create_app(settings)) as client:
-        token = client.post("/api/auth/login", json={"password": PASSWORD}).json()["token"]
-        client.headers["Authorization"] = f"Bearer {token}"
-        yield client
+from tests.support import FACTORS, bearer, make_client, sign_in, write_group
 
 
 def register(api, name, path, expect=201):
@@ -40,16 +22,15 @@ def register(api, name, path, expect=201):
     return r.json()
 
 
-def test_model_endpoints_need_a_token(settings, model_dir):
-    with TestClient(create_app(settings)) as client:
-        for method, path in [("GET", "/api/models"), ("POST", "/api/models"), ("DELETE", "/api/models/x"),
-                             ("POST", "/api/models/x/refresh"), ("GET", "/api/models/x/symbols"),
-                             ("GET", "/api/models/x/factors"), ("GET", "/api/models/x/symbols/SOLUSDT"),
-                             ("GET", "/api/models/x/model/SOLUSDT")]:
-            r = client.request(method, path, headers={"Authorization": "Bearer nope"})
-            assert r.status_code == 401, (method, path)
-            assert set(r.json()) >= {"status_code", "detail"}
-        assert client.get("/api/models").status_code == 401
+def test_model_endpoints_need_a_token(client, model_dir):
+    for method, path in [("GET", "/api/models"), ("POST", "/api/models"), ("DELETE", "/api/models/x"),
+                         ("POST", "/api/models/x/refresh"), ("GET", "/api/models/x/symbols"),
+                         ("GET", "/api/models/x/factors"), ("GET", "/api/models/x/symbols/SOLUSDT"),
+                         ("GET", "/api/models/x/model/SOLUSDT")]:
+        r = client.request(method, path, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401, (method, path)
+        assert set(r.json()) >= {"status_code", "detail"}
+    assert client.get("/api/models").status_code == 401
 
 
 def test_register_list_and_unregister(api, model_dir, tmp_path):
@@ -195,17 +176,106 @@ def test_large_json_responses_are_gzipped(api, demo_dir):
 
 
 def test_restart_keeps_registry_and_uses_the_cache(settings, model_dir):
-    Store(settings.db_path).init_password(PASSWORD)
-    with TestClient(create_app(settings)) as client:
-        token = client.post("/api/auth/login", json={"password": PASSWORD}).json()["token"]
-        client.headers["Authorization"] = f"Bearer {token}"
+    with make_client(settings) as client:
+        token = sign_in(client)
+        client.headers.update(bearer(token))
         register(client, "prod", model_dir)
         first = client.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "gzip"})
     payloads = list((settings.cache_dir / "payloads").glob("*.gz"))
     assert len(payloads) == 3
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {token}"
+    with make_client(settings) as client:
+        client.headers.update(bearer(token))
         assert [m["name"] for m in client.get("/api/models").json()["models"]] == ["prod"]
         second = client.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "gzip"})
         assert second.headers["etag"] == first.headers["etag"] and second.content == first.content
     assert gzip.decompress(payloads[0].read_bytes())
+
+
+# -- the payload fast path: a shortcut in front of Litestar that must answer exactly as the route -----
+@pytest.fixture
+def served(client, demo_dir):
+    """The app with the demo model registered: (app, client, auth headers, token)."""
+    token = sign_in(client)
+    auth = bearer(token)
+    # a token check stays fresh for TOKEN_RECHECK_SECONDS (0.5 s); a slow machine must not make
+    # the fast path decline in the middle of a test
+    client.app.state.auth.tokens.recheck_seconds = 300
+    assert client.post("/api/models", json={"name": "demo", "path": str(demo_dir)}, headers=auth).status_code == 201
+    return client.app, client, auth, token
+
+
+def _scope(token: str | None, path: str = "/api/models/demo/model/SOLUSDT", *, method: str = "GET",
+           query: bytes = b"", extra: list[tuple[bytes, bytes]] = ()) -> dict:
+    headers = [(b"host", b"testserver"), (b"accept-encoding", b"gzip")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    return {"type": "http", "method": method, "path": path, "query_string": query, "headers": [*headers, *extra]}
+
+
+def _compare(client, auth: dict, extra_headers: dict) -> None:
+    """The same request through the fast path and through the Litestar route (a query string
+    sends it there): same status, headers (but Date) and body."""
+    fast = client.get("/api/models/demo/model/SOLUSDT", headers={**auth, **extra_headers})
+    full = client.get("/api/models/demo/model/SOLUSDT?via=route", headers={**auth, **extra_headers})
+    assert fast.status_code == full.status_code
+    assert fast.content == full.content
+    strip = lambda h: [(k, v) for k, v in h.multi_items() if k.lower() != "date"]  # noqa: E731
+    assert strip(fast.headers) == strip(full.headers)
+
+
+def test_fast_path_answers_like_the_route(served):
+    app, client, auth, token = served
+    # gzip, as a trading engine asks (TestClient decodes the body: compare it raw too)
+    _compare(client, auth, {"Accept-Encoding": "gzip"})
+    etag = client.get("/api/models/demo/model/SOLUSDT", headers=auth).headers["etag"]
+    _compare(client, auth, {"Accept-Encoding": "gzip", "If-None-Match": etag})
+    _compare(client, auth, {"Accept-Encoding": "identity"})  # the first plain body is decompressed by the route
+    _compare(client, auth, {"Accept-Encoding": "identity"})  # then cached, and the fast path serves it
+    _compare(client, auth, {"Accept-Encoding": "gzip", "If-None-Match": '"something-else"'})
+
+    answered = app.state.fast_path.answer(_scope(token))
+    assert answered is not None
+    status, headers, body = answered
+    assert status == 200 and (b"content-encoding", b"gzip") in headers
+    payload = json.loads(gzip.decompress(body))
+    assert payload["symbol"] == "SOLUSDT" and payload["payload"]["model_json"].startswith("{")
+    assert (b"content-length", str(len(body)).encode()) in headers
+    status, headers, body = app.state.fast_path.answer(_scope(token, extra=[(b"if-none-match", etag.encode())]))
+    assert status == 304 and body == b"" and (b"etag", etag.encode()) in headers
+
+
+def test_fast_path_leaves_everything_else_to_the_route(served):
+    app, client, auth, token = served
+    fast = app.state.fast_path.answer
+    assert fast(_scope(token)) is not None  # the token was checked by the route moments ago
+    assert fast(_scope(None)) is None
+    assert fast(_scope("not-a-real-token")) is None
+    assert fast(_scope(token, "/api/models/demo/model/NOSUCH")) is None
+    assert fast(_scope(token, "/api/models/nosuch/model/SOLUSDT")) is None
+    assert fast(_scope(token, "/api/models/demo/symbols/SOLUSDT")) is None
+    assert fast(_scope(token, "/api/models/demo/model/SOLUSDT/")) is None
+    assert fast(_scope(token, method="HEAD")) is None
+    assert fast(_scope(token, query=b"x=1")) is None
+    assert fast(_scope(token, extra=[(b"origin", b"http://elsewhere.example")])) is None
+    assert fast(_scope(token, extra=[(b"authorization", b"Bearer other")])) is None  # repeated header
+    # and the route still gives the errors their proper answers
+    assert client.get("/api/models/demo/model/NOSUCH", headers=auth).status_code == 404
+    r = client.get("/api/models/demo/model/SOLUSDT", headers={"Authorization": "Bearer not-a-real-token"})
+    assert r.status_code == 401 and "log in again" in r.json()["detail"]
+    # a logout is seen by the fast path at once
+    assert client.post("/api/auth/logout", headers=auth).status_code == 204
+    assert fast(_scope(token)) is None
+    assert client.get("/api/models/demo/model/SOLUSDT", headers=auth).status_code == 401
+
+
+def test_fast_path_sees_a_password_change_made_by_another_process(settings, client, demo_dir):
+    auth = bearer(sign_in(client))
+    assert client.post("/api/models", json={"name": "demo", "path": str(demo_dir)}, headers=auth).status_code == 201
+    for _ in range(3):  # checked by the route, then answered by the fast path
+        assert client.get("/api/models/demo/model/SOLUSDT", headers=auth).status_code == 200
+    other = Store(settings.db_path)  # what `model-manager password set` does
+    other.set_password("a-new-password-123")
+    other.close()
+    time.sleep(TOKEN_RECHECK_SECONDS + 0.05)
+    for _ in range(3):
+        assert client.get("/api/models/demo/model/SOLUSDT", headers=auth).status_code == 401

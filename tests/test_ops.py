@@ -15,13 +15,12 @@ import time
 import psutil
 import pytest
 
-from tests.support import REPO, ServerProcess, free_port, http
+from tests.support import REPO, ServerProcess, free_port, http, login
 
 START = str(REPO / "start.sh")
 STOP = str(REPO / "stop.sh")
 SHIM = str(REPO / "start_model_manager.sh")
 SETUP = str(REPO / "setup.sh")
-PASSWORD = "correct horse battery"
 
 
 def local_pm2() -> str | None:
@@ -81,15 +80,6 @@ def processes_with(**variables: str) -> list[psutil.Process]:
         if "model-manager" in cmdline and all(environ.get(k) == v for k, v in variables.items()):
             found.append(proc)
     return found
-
-
-def token_for(port: int, password: str = PASSWORD) -> str:
-    base = f"http://127.0.0.1:{port}"
-    status, _, raw = http("POST", base + "/api/auth/bootstrap", body={"password": password})
-    if status == 409:
-        status, _, raw = http("POST", base + "/api/auth/login", body={"password": password})
-    assert status in (200, 201), raw
-    return json.loads(raw)["token"]
 
 
 @pytest.fixture
@@ -154,7 +144,7 @@ def test_background_start_demo_refuse_twice_stop(ops, tmp_path):
     assert healthz(env_port) is None
     # the data dir came through the environment; --demo registered the demo model
     assert (tmp_path / "data").is_dir()
-    token = token_for(port)
+    token = login(f"http://127.0.0.1:{port}", tmp_path / "data")
     status, _, raw = http("GET", f"http://127.0.0.1:{port}/api/models", token=token)
     assert status == 200
     assert "demo" in [m["name"] for m in json.loads(raw)["models"]]

@@ -8,9 +8,7 @@ import pickle
 import numpy as np
 import xgboost as xgb
 
-from .support import ServerProcess, http, run_cli
-
-PASSWORD = "correct horse battery"
+from tests.support import PASSWORD, ServerProcess, http, run_cli
 
 
 def test_password_register_serve_login_and_fetch(tmp_path, demo_dir):
@@ -40,7 +38,7 @@ def test_password_register_serve_login_and_fetch(tmp_path, demo_dir):
 
 def test_serve_demo_on_a_fresh_data_dir(tmp_path):
     with ServerProcess(tmp_path / "data", extra_args=("--demo", "--no-watch")) as srv:
-        token = srv.login(PASSWORD)
+        token = srv.login()
         status, _, body = srv.get("/api/models", token=token)
         models = json.loads(body)["models"]
         assert [m["name"] for m in models] == ["demo"] and models[0]["group_count"] == 6

@@ -33,7 +33,6 @@ import xgboost as xgb
 
 from tests.support import ServerProcess
 
-PASSWORD = "correct horse battery"
 CLIENTS = 32
 GROUPS = {  # group key -> how its model is stored
     "SOLUSDT_mid_chg_1m": "json", "BTCUSDT_mid_chg_1m": "json", "ETHUSDT_mid_chg_5m": "json",
@@ -204,7 +203,7 @@ def soak(tmp_path: Path, seconds: float) -> None:
 
     with ServerProcess(tmp_path / "data", extra_args=("--watch", "--watch-debounce", "0.1", "--watch-interval", "0.5",
                                                       "--log-level", "warning")) as server:
-        token = server.login(PASSWORD)
+        token = server.login()
         status, _, raw = server.post("/api/models", {"name": "soak", "path": str(directory)}, token=token)
         assert status == 201, raw
         process = psutil.Process(server.proc.pid)

@@ -16,8 +16,7 @@ import pytest
 
 from model_manager.errors import ConflictError, PathError, ValidationError
 from model_manager.store import ModelRow, Store, hash_token
-
-PASSWORD = "correct horse battery"
+from tests.support import PASSWORD
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import pytest
 import xgboost as xgb
 
 from model_manager.files import atomic_write
-
-from .conftest import FACTORS, write_group
-from .support import ServerProcess, run_cli
+from tests.support import FACTORS, ServerProcess, run_cli, write_group
 
 DEBOUNCE = 0.5
 INTERVAL = 1.0
-DEADLINE = INTERVAL + DEBOUNCE + 2  # the longest any test waits for one change
+# the longest any test waits for one change: generous, since a loaded two-core machine is slow and
+# timing belongs to bench/ (a change is usually seen within INTERVAL + DEBOUNCE)
+DEADLINE = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_atomic_replace_serves_the_new_model(server, tmp_path, models):
     old_etag = headers["ETag"]
     start = time.monotonic()
     atomic_write(d / "SOLUSDT_mid_chg_1m_model.pkl", pickle.dumps(retrained(models, 7)))
-    wait_for(lambda: payload(server, "w-atomic", "SOLUSDT")[1]["ETag"] != old_etag, DEBOUNCE + 1, "new ETag")
-    assert time.monotonic() - start <= DEBOUNCE + 1
+    wait_for(lambda: payload(server, "w-atomic", "SOLUSDT")[1]["ETag"] != old_etag, DEADLINE, "new ETag")
+    assert time.monotonic() - start <= DEADLINE
 
 
 def test_half_written_json_keeps_the_last_good_payload(server, tmp_path, models):
@@ -189,7 +189,7 @@ def test_server_stops_cleanly_on_sigint(tmp_path):
     srv.start()
     start = time.monotonic()
     code = srv.stop()
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 10  # not held up until the kill
     assert code == 0, srv.output()
     assert "Traceback" not in srv.output()
 
@@ -200,7 +200,7 @@ def test_sigterm_too(tmp_path):
     srv = ServerProcess(tmp_path / "data")
     srv.start()
     srv.proc.send_signal(signal.SIGTERM)
-    assert srv.proc.wait(timeout=5) == 0
+    assert srv.proc.wait(timeout=10) == 0
     assert "Traceback" not in srv.output()
 
 
