@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from model_manager.errors import ArtifactError
-from model_manager.files import atomic_write
+from model_manager.files import atomic_write, private_dir
 from model_manager.safepickle import safe_loads
 
 
@@ -128,9 +128,9 @@ class ConversionCache:
     """
 
     def __init__(self, directory: str | os.PathLike):
-        self.root = Path(directory)
-        for sub in ("models", "json", "payloads"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(directory)  # 0700, and so each part (files in them are 0600)
+        for sub in ("models", "json", "payloads", "snapshots"):
+            private_dir(self.root / sub)
 
     # -- model conversions -------------------------------------------------------------------
     def model_info(self, source_sha: str) -> ModelInfo | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_manager.files import atomic_write
+from model_manager.files import atomic_write, private_dir
 
 FACTOR_POOL = [
     "ofi_1m", "ofi_5m", "spread_bps", "depth_imb_5", "depth_imb_20", "trade_imb_1m", "trade_imb_5m",
@@ -120,6 +120,7 @@ def ensure_demo(settings, store) -> Path:
     from model_manager.registration import validate_registration
 
     path = Path(settings.data_dir) / "demo-models"
+    private_dir(path)  # under the data dir, like everything there: the files written into it are 0600
     if not any(path.glob("*_factors.txt")):
         write_demo(path)
     existing = store.get_model(DEMO_NAME)
