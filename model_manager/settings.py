@@ -47,6 +47,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "max_body_kb": ("MODEL_MANAGER_MAX_BODY_KB", int, "Largest accepted request body in KiB."),
     "cors_origins": ("MODEL_MANAGER_CORS_ORIGINS", str, "Comma-separated origins allowed by CORS (empty: no CORS)."),
     "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Processes used to parse and convert models (0: one per core)."),
+    "check_memory_mb": ("MODEL_MANAGER_CHECK_MEMORY_MB", int,
+                        "Memory in MiB one check of an untrusted file (pickle, model) may allocate."),
 }
 
 
@@ -64,6 +66,7 @@ class Settings:
     max_body_kb: int = 64
     cors_origins: str = ""
     load_workers: int = 0
+    check_memory_mb: int = 4096
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -94,7 +97,7 @@ class Settings:
             raise UsageError("MODEL_MANAGER_TOKEN_TTL must be a positive number of seconds")
         if self.watch_interval <= 0 or self.watch_debounce < 0:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
-        if self.max_artifact_mb <= 0 or self.max_body_kb <= 0:
+        if self.max_artifact_mb <= 0 or self.max_body_kb <= 0 or self.check_memory_mb <= 0:
             raise UsageError("size limits must be positive")
         return self
 
