@@ -13,7 +13,7 @@ from pathlib import Path
 
 from model_manager.conversion import sha256
 from model_manager.errors import DamagedDataError
-from model_manager.files import atomic_write
+from model_manager.files import atomic_write, private_dir
 
 ORPHAN_GRACE_SECONDS = 600  # a blob written moments ago may belong to a record about to be committed
 
@@ -22,8 +22,7 @@ class BlobStore:
     """The blob directory of one data dir."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = private_dir(root)
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from model_manager import __version__
 from model_manager.conversion import ModelInfo, sha256
-from model_manager.files import atomic_write
+from model_manager.files import atomic_write, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ class CacheDir:
     """One data dir's cache. Safe to share between threads and processes (atomic writes only)."""
 
     def __init__(self, directory: str | os.PathLike):
-        self.root = Path(directory)
+        self.root = private_dir(directory)  # 0700, and so each part (files in them are 0600)
         for sub in SUBDIRS:
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(self.root / sub)
 
     # -- model conversions --------------------------------------------------------------------
     def model_info(self, source_sha: str) -> ModelInfo | None:

@@ -4,7 +4,8 @@ XGBoost's C++ loaders can crash the whole process on a corrupt file (a segfault,
 JSON models and fuzzed Booster bytes inside pickles), and a tiny pickle can describe a value that
 takes hours to build or hash. So model files and info.pkl from a model directory are decoded only in
 a short-lived child forked from a small helper process (`check_model`, `check_info`), with a time
-limit: a crash or a hang costs that child and becomes an issue on the group, never the server.
+limit and a memory limit (MODEL_MANAGER_CHECK_MEMORY_MB, on top of what the child starts with): a
+crash, a hang or a memory bomb costs that child and becomes an issue on the group, never the server.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ from model_manager.conversion import (
     model_info,
     verify_predictions,
 )
-from model_manager.errors import ArtifactError
+from model_manager.errors import ArtifactError, UsageError
 from model_manager.safepickle import safe_loads
+from model_manager.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,31 @@ def check_model(data: bytes, source: str, name: str, *, verify: bool = False,
     return ModelInfo(**result["info"]), (payload or bytes(data)), result.get("verification")
 
 
-def start_checker() -> None:
-    """Start the model check process ahead of need (it imports xgboost: about a second)."""
+_memory_mb: int | None = None  # set by start_checker; else read from the environment when first needed
+
+
+def start_checker(memory_mb: int | None = None) -> None:
+    """Start the model check process ahead of need (it imports xgboost: about a second).
+    `memory_mb` is what one check may allocate (default: MODEL_MANAGER_CHECK_MEMORY_MB); a helper
+    already running with another limit is replaced."""
+    global _memory_mb
+    if memory_mb is not None and memory_mb != _memory_mb:
+        _memory_mb = memory_mb
+        with _CheckServer._lock:
+            old, _CheckServer._instance = _CheckServer._instance, None
+        if old is not None:
+            old.close()
     _CheckServer.get()
+
+
+def _check_memory_mb() -> int:
+    if _memory_mb is not None:
+        return _memory_mb
+    try:
+        return Settings.from_env().check_memory_mb
+    except UsageError as exc:  # the commands report a bad setting themselves; checks stay limited
+        log.warning("%s; checking with the default memory limit", exc)
+        return Settings.check_memory_mb
 
 
 def check_info(data: bytes, name: str, *, timeout: int = INFO_TIMEOUT) -> dict:
@@ -102,7 +126,7 @@ def _run_isolated(header: dict, data: bytes, timeout: int, what: str) -> tuple[d
             _send_frame(ours, {**header, "timeout": timeout}, data)
             running = _recv_exact(ours, 1) == _STARTED
             result, payload = _recv_frame(ours)
-            return _unpack(result), payload
+            return _unpack(result), bytes(payload)
         except (EOFError, OSError) as exc:
             if not running:  # no child ever took the request: not the file's fault
                 server.discard()
@@ -171,7 +195,11 @@ def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
                 raise ArtifactError(f"verification failed: {verification}", code="verify_failed")
     except ArtifactError as exc:
         return {"status": "error", "code": exc.code, "message": str(exc)}
+    except MemoryError:
+        raise
     except Exception as exc:  # xgboost or a reconstructor surprised by hostile bytes
+        if "bad_alloc" in str(exc):  # XGBoost's C++ ran into the memory limit
+            raise MemoryError from None
         return {"status": "error", "code": "corrupt",
                 "message": f"{name} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"}
     return {"status": "ok", "info": asdict(info), "verification": verification,
@@ -198,21 +226,28 @@ def _send_frame(sock: socket.socket, header: dict, payload: bytes = b"") -> None
 _STARTED = b"+"  # a child's first byte: it took the request (so a crash after it is the file's doing)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(min(size - len(buf), 1 << 20))
-        if not chunk:
+def _recv_exact(sock: socket.socket, size: int) -> bytearray:
+    """Exactly `size` bytes, received into one buffer of that size (a model file of hundreds of MB
+    is held once, not once per growth step)."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = sock.recv_into(view[got:], min(size - got, 1 << 20))
+        if not n:
             raise EOFError("peer closed the connection")
-        buf += chunk
-    return bytes(buf)
+        got += n
+    return buf
 
 
-def _recv_frame(sock: socket.socket) -> tuple[dict, bytes]:
+def _recv_header(sock: socket.socket) -> dict:
     (size,) = struct.unpack("<Q", _recv_exact(sock, 8))
     if size > 1 << 20:
         raise EOFError("frame header too large")
-    header = json.loads(_recv_exact(sock, size))
+    return json.loads(_recv_exact(sock, size))
+
+
+def _recv_frame(sock: socket.socket) -> tuple[dict, bytearray]:
+    header = _recv_header(sock)
     return header, _recv_exact(sock, int(header["size"]))
 
 
@@ -232,7 +267,8 @@ class _CheckServer:
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-        code = f"from model_manager.isolation import _serve_checks; _serve_checks({theirs.fileno()})"
+        self.memory_mb = _check_memory_mb()
+        code = f"from model_manager.isolation import _serve_checks; _serve_checks({theirs.fileno()}, {self.memory_mb})"
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], env=env,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -278,7 +314,7 @@ class _CheckServer:
             socket.send_fds(self.control, [b"c"], [sock.fileno()])
 
 
-def _serve_checks(fd: int) -> None:
+def _serve_checks(fd: int, memory_mb: int = 4096) -> None:
     """The helper's main loop (see `_CheckServer`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl+C is for the parent; we go when it goes
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
@@ -311,17 +347,51 @@ def _serve_checks(fd: int) -> None:
             try:
                 control.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _answer(socket.socket(fileno=fds[0]))
+                _limit_memory(memory_mb)
+                _answer(socket.socket(fileno=fds[0]), memory_mb)
                 status = 0
             finally:
                 os._exit(status)
         os.close(fds[0])
 
 
-def _answer(sock: socket.socket) -> None:
-    header, data = _recv_frame(sock)
+def _limit_memory(memory_mb: int) -> None:
+    """Cap this child's address space at what it has now plus `memory_mb` MiB: an allocation past
+    it fails (MemoryError in Python, std::bad_alloc in XGBoost) instead of growing without end."""
+    import resource
+
+    with open("/proc/self/statm") as fh:
+        now = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = now + memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def _answer(sock: socket.socket, memory_mb: int) -> None:
+    header = _recv_header(sock)
+    try:
+        data = _recv_exact(sock, int(header["size"]))
+    except MemoryError:  # the file alone is more than a check may hold: read it off the socket, refuse it
+        data, left = None, int(header["size"])
+        while left > 0:
+            chunk = sock.recv(min(left, 1 << 20))
+            if not chunk:
+                raise EOFError("peer closed the connection") from None
+            left -= len(chunk)
     sock.sendall(_STARTED)
     signal.alarm(max(1, int(header.get("timeout") or CHECK_TIMEOUT)))  # a hang, even in C code, ends here
-    result, payload = _work(header, data)
+    try:
+        if data is None:
+            raise MemoryError
+        result, payload = _work(header, data)
+    except MemoryError:
+        result, payload = _out_of_memory(header["name"], memory_mb), b""
+    del data
     _send_frame(sock, result, payload)
     sock.close()
+
+
+def _out_of_memory(name: str, memory_mb: int) -> dict:
+    return {"status": "error", "code": "too_large",
+            "message": f"{name} needs more than {memory_mb} MiB of memory to decode (MODEL_MANAGER_CHECK_MEMORY_MB); "
+                       "the file is hostile or far too large"}

@@ -25,6 +25,7 @@ from model_manager.auth import Authenticator
 from model_manager.cache import CacheDir
 from model_manager.converter import ConvertResult, convert_file, pickles_in
 from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError
+from model_manager.files import private_dir
 from model_manager.fleet import Fleet
 from model_manager.metrics import Metrics
 from model_manager.registration import check_name, normalize_path
@@ -227,7 +228,7 @@ class ModelManager(VersionCommands):
         """Write the demo model directory under the data dir (once) and register it as `demo`."""
         from model_manager.demo import DEMO_NAME, write_demo
 
-        path = Path(self.settings.data_dir) / "demo-models"
+        path = private_dir(Path(self.settings.data_dir) / "demo-models")  # under the data dir: private like the rest
         if not any(path.glob("*_factors.txt")):
             write_demo(path)
         if self.store.get_model(DEMO_NAME) is None:

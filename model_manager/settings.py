@@ -52,6 +52,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
                         "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)."),
     "metrics_public": ("MODEL_MANAGER_METRICS_PUBLIC", _bool, "Serve /metrics without a token or key."),
     "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
+    "check_memory_mb": ("MODEL_MANAGER_CHECK_MEMORY_MB", int,
+                        "Memory in MiB one check of an untrusted file (pickle, model) may allocate."),
 }
 
 
@@ -72,6 +74,7 @@ class Settings:
     trusted_proxies: str = ""
     keep_versions: int = 20
     metrics_public: bool = False
+    check_memory_mb: int = 4096
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -104,7 +107,7 @@ class Settings:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
         if self.keep_versions < 1:
             raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
-        if self.max_artifact_mb <= 0 or self.max_body_kb <= 0:
+        if self.max_artifact_mb <= 0 or self.max_body_kb <= 0 or self.check_memory_mb <= 0:
             raise UsageError("size limits must be positive")
         for entry in self.proxy_list:
             try:

@@ -157,6 +157,18 @@ def check_password_strength(password: str) -> None:
         raise ValidationError(f"the password is too long: use at most {MAX_PASSWORD_LENGTH} characters")
 
 
+def _private_files(db_path: Path) -> None:
+    """The database file exists and is 0600 before sqlite opens it (sqlite gives its -wal and -shm
+    files the database's mode); files an older version left readable by others are closed too."""
+    os.close(os.open(db_path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+    for path in (db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm")):
+        try:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+        except (FileNotFoundError, PermissionError):  # gone, or not ours to change: sqlite decides
+            pass
+
+
 class Store:
     """Persistent state of one data dir. Open it with the db path; `close()` when done."""
 
@@ -167,13 +179,11 @@ class Store:
         try:
             if not self.db_path.parent.exists():
                 self.db_path.parent.mkdir(parents=True, mode=0o700)
-            created = not self.db_path.exists()
+            _private_files(self.db_path)
             self._db = sqlite3.connect(self.db_path, timeout=10, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise PathError(f"cannot open the database {self.db_path}: {exc}; check --data-dir and its permissions") from None
         try:
-            if created:
-                os.chmod(self.db_path, 0o600)  # WAL/SHM files inherit these permissions
             self._db.execute("PRAGMA busy_timeout = 10000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")

@@ -312,7 +312,36 @@ def build_corpus(workdir: Path) -> list[Hostile]:
                                       dct(start=i(0), stop=i(10**12), step=i(1)))),
         "pandas.RangeIndex of 1000000000000 items", live=False)
     add("bytearray_bomb", dumps(call(g("builtins", "bytearray"), i(10**11))), "builtins.bytearray(100000000000)", live=False)
+    add("numpy_scalar_array_bomb", numpy_scalar_bomb(), "numpy.float64(<list>) (builds an array)", live=False)
+    # Allowed constructors that would read a time zone from any file, and tell by their error
+    # whether it exists.
+    for where, zone in [("passwd", "dateutil//etc/passwd"), ("relative", "dateutil/../../../../etc/hostname"),
+                        ("local", "tzlocal()")]:
+        add(f"datetimetzdtype_{where}", dumps(call(g("pandas", "DatetimeTZDtype"), s("ns"), s(zone))),
+            "(a time zone read from a file)", live=False)
+    add("datetimetzdtype_dtype_string", dumps(call(g("pandas.core.dtypes.dtypes", "DatetimeTZDtype"),
+                                                   s("datetime64[ns, dateutil//etc/passwd]"))),
+        "(a time zone read from a file)", live=False)
+    add("datetimetzdtype_build_state", dumps(build(newobj(g("pandas", "DatetimeTZDtype")),
+                                                   dct(unit=s("ns"), tz=s("dateutil//etc/passwd")))),
+        "(a time zone read from a file)", live=False)
+    add("timestamp_tz_path", dumps(call(g("pandas._libs.tslibs.timestamps", "_unpickle_timestamp"), i(0), pickle.NONE,
+                                        s("dateutil//etc/passwd"), i(10))), "(a time zone read from a file)", live=False)
+    add("zoneinfo_key_file", dumps(call(g("zoneinfo", "ZoneInfo"), s("leapseconds"))),
+        "zoneinfo.ZoneInfo('leapseconds') (not a known time zone name)", live=False)
+    add("zoneinfo_unpickle_key_file", dumps(call(call(g("builtins", "getattr"), g("zoneinfo", "ZoneInfo"), s("_unpickle")),
+                                                 s("../../../etc/passwd"), i(1))),
+        "zoneinfo.ZoneInfo._unpickle('../../../etc/passwd') (not a known time zone name)", live=False)
     return out
+
+
+def numpy_scalar_bomb(levels: int = 5) -> bytes:
+    """About 165 bytes that ask numpy.float64 for an array of 3**levels million floats (2 GB at 5):
+    memo references to one list, nested a few levels deep."""
+    exprs = [let(0, call(g("builtins", "range"), i(10**6)))]
+    for level in range(1, levels + 1):
+        exprs.append(let(level, lst(get(level - 1), get(level - 1), get(level - 1))))
+    return dumps(*exprs, call(g("numpy", "float64"), get(levels)))
 
 
 # -- proof that the corpus is real: plain pickle, in a child process ----------------------

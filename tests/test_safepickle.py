@@ -9,6 +9,7 @@ import datetime
 import importlib
 import os
 import pickle
+import sys
 import tempfile
 import zoneinfo
 from pathlib import Path
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_manager.errors import ArtifactError, UnsafePickleError
+from model_manager.pickle_checks import known_zones
 from model_manager.safepickle import _STAND_INS, ALLOWED_GLOBALS, _resolve, safe_loads
 from tests import hostile_pickles as hp
 
@@ -451,3 +453,61 @@ def test_accepts_any_bytes_like_input(models):
     data = pickle.dumps(models["booster"], protocol=5)
     for view in (data, bytearray(data), memoryview(data)):
         assert isinstance(safe_loads(view), xgb.Booster)
+
+
+# -- time zones that name files ------------------------------------------------------------------
+_opened: list[str] | None = None  # paths opened while a test below records (an audit hook cannot be removed)
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if _opened is not None and event == "open" and isinstance(args[0], str):
+        _opened.append(args[0])
+
+
+sys.addaudithook(_record_opens)
+
+
+def _refusal_and_opens(data: bytes) -> tuple[str, list[str]]:
+    global _opened
+    _opened = []
+    try:
+        with pytest.raises(ArtifactError) as refused:
+            safe_loads(data)
+        return str(refused.value), _opened
+    finally:
+        _opened = None
+
+
+@pytest.mark.parametrize("spell", [
+    lambda path: hp.dumps(hp.call(hp.g("pandas", "DatetimeTZDtype"), hp.s("ns"), hp.s(f"dateutil/{path}"))),
+    lambda path: hp.dumps(hp.call(hp.g("pandas", "DatetimeTZDtype"), hp.s(f"datetime64[ns, dateutil/{path}]"))),
+    lambda path: hp.dumps(hp.call(hp.g("zoneinfo", "ZoneInfo"), hp.s(path))),
+    lambda path: hp.dumps(hp.call(hp.g("pandas._libs.tslibs.timestamps", "_unpickle_timestamp"), hp.i(0),
+                                  hp.pickle.NONE, hp.s(f"dateutil/{path}"), hp.i(10))),
+], ids=["tz_argument", "dtype_string", "zoneinfo_key", "timestamp"])
+def test_no_file_named_by_a_time_zone_is_opened_and_the_error_does_not_tell_if_it_exists(tmp_path, spell):
+    secret, missing = tmp_path / "secret.txt", tmp_path / "missing.txt"
+    secret.write_text("TZif-looking secret")
+    known_zones()  # the installed zone names are read once, before anything is recorded
+    there, opened_there = _refusal_and_opens(spell(str(secret)))
+    absent, opened_absent = _refusal_and_opens(spell(str(missing)))
+    assert "refused to unpickle" in there and "time zone" in there
+    assert there.replace(str(secret), "PATH") == absent.replace(str(missing), "PATH")
+    assert not [p for p in opened_there + opened_absent if str(tmp_path) in p], opened_there + opened_absent
+    assert not [p for p in opened_there + opened_absent if "zoneinfo" in p or p.startswith("/etc")]
+
+
+def test_real_time_zones_still_load():
+    for value in (pd.Timestamp("2026-01-02 03:04", tz="Europe/Paris"), pd.DatetimeTZDtype("ns", "America/New_York"),
+                  zoneinfo.ZoneInfo("Asia/Tokyo"), pd.date_range("2026-01-01", periods=3, tz="UTC")):
+        for protocol in (2, 5):
+            loaded = safe_loads(pickle.dumps(value, protocol=protocol))
+            assert str(loaded) == str(value)
+
+
+def test_numpy_scalar_types_are_not_called_with_containers():
+    bomb = hp.numpy_scalar_bomb()
+    assert len(bomb) < 200
+    with pytest.raises(UnsafePickleError, match=r"numpy.float64\(<list>\) \(builds an array\)"):
+        safe_loads(bomb)
+    assert safe_loads(hp.dumps(hp.call(hp.g("numpy", "float64"), hp.lit(1.5)))) == np.float64(1.5)
