@@ -181,7 +181,7 @@ def test_restart_keeps_registry_and_uses_the_cache(settings, model_dir):
         client.headers.update(bearer(token))
         register(client, "prod", model_dir)
         first = client.get("/api/models/prod/model/SOLUSDT", headers={"Accept-Encoding": "gzip"})
-    payloads = list((settings.cache_dir / "payloads").glob("*.gz"))
+    payloads = list((settings.data_dir / "versions").rglob("*.gz"))  # each group's version 1, kept in the data dir
     assert len(payloads) == 3
     with make_client(settings) as client:
         client.headers.update(bearer(token))
