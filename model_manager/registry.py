@@ -141,7 +141,7 @@ class Registry:
         """Serve a model the service has just registered: record each group's first version and serve it."""
         model = LoadedModel(name, path, registered_at)
         model.install(self._states(model, snap, {}, {}))
-        model.held = self.versions.hold_info(name) is not None
+        model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:
             self.models[name] = model
@@ -250,7 +250,7 @@ class Registry:
                 self._group_removed(model.name, key)
                 self.waiters.changed(model.name, key)
             model.install(dict(sorted({**kept, **new_states}.items())))
-            model.held = self.versions.hold_info(model.name) is not None
+            model.hold = self.versions.hold_info(model.name)
             model.error = None
             self._announce(model, previous)
             self.events.publish(model.name, "model", {"event": "refreshed"})
@@ -358,15 +358,15 @@ class Registry:
                     continue
                 changed[key] = dataclasses.replace(state, payload=payload, refreshed_at=now_iso(), outcome="live_changed",
                                                    message=f"now serving version {number}")
-            held = self.versions.hold_info(model.name) is not None
-            if not changed and held == model.held:
+            hold = self.versions.hold_info(model.name)
+            if not changed and hold == model.hold:
                 return False
             previous = model.groups
             if changed:
                 model.install({**model.groups, **changed})
-            if held != model.held:
-                model.held = held
-                self.events.publish(model.name, "model", {"event": "held" if held else "released"})
+            if (hold is None) != (model.hold is None):
+                self.events.publish(model.name, "model", {"event": "held" if hold else "released"})
+            model.hold = hold
             self._announce(model, previous)
             return True
 

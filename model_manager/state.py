@@ -90,7 +90,7 @@ class LoadedModel:
     registered_at: str
     view: ModelView = field(default_factory=lambda: ModelView({}, {}, [], None))
     error: str | None = None
-    held: bool = False
+    hold: dict | None = None  # {"held_at", "reason"} while held (see versions.py)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def install(self, groups: dict[str, GroupState]) -> None:
@@ -114,6 +114,10 @@ class LoadedModel:
         return self.view.refreshed_at
 
     @property
+    def held(self) -> bool:
+        return self.hold is not None
+
+    @property
     def status(self) -> str:
         if self.error:
             return "error"
@@ -124,7 +128,8 @@ class LoadedModel:
         view = self.view
         out = {"name": self.name, "path": self.path, "registered_at": self.registered_at,
                "refreshed_at": view.refreshed_at, "group_count": len(view.groups), "symbol_count": len(view.symbols),
-               "status": self.status, "error": self.error, "held": self.held}
+               "status": self.status, "error": self.error, "held": self.hold is not None,
+               "hold": self.hold}
         if with_groups:
             out["groups"] = [s.refresh_info() for s in view.groups.values()]
         return out

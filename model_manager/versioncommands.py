@@ -50,13 +50,13 @@ class VersionCommands:
         """Keep every group of a model on its live version; new versions are recorded, not served."""
         self._require_model(name)
         self.versions.hold(name, reason=reason, client=client)
-        return self._followed(name, self._model_object(name))
+        return self._model_after_change(name)
 
     def release(self, name: str, *, reason: str = "", client: str | None = None) -> dict[str, Any]:
         """End a hold: each group serves its latest version again (pins still win)."""
         self._require_model(name)
         self.versions.release(name, reason=reason, client=client)
-        return self._followed(name, self._model_object(name))
+        return self._model_after_change(name)
 
     def diff(self, name: str, symbol: str, from_version: int | None = None, to_version: int | None = None) -> dict[str, Any]:
         """What changed between two versions of a symbol's group (defaults: the latest and the one before)."""
@@ -70,21 +70,17 @@ class VersionCommands:
         if (self.registry is not None and name not in self.registry.models) or self.store.get_model(name) is None:
             raise NotFoundError(f"no model named {name!r} is registered")
 
-    def _model_object(self, name: str) -> dict[str, Any]:
+    def _model_after_change(self, name: str) -> dict[str, Any]:
+        """The model object once a hold or release is served (offline: from the store)."""
         if self.registry is not None:
-            model = self.registry.get(name)
-            model.held = self.versions.hold_info(name) is not None
-            return model.to_dict()
-        row = self.store.get_model(name)
-        return {"name": row.name, "path": row.path, "registered_at": row.registered_at,
-                "held": self.versions.hold_info(name) is not None}
+            self.registry.follow_live(name)
+            return self.registry.get(name).to_dict()
+        row, hold = self.store.get_model(name), self.versions.hold_info(name)
+        return {"name": row.name, "path": row.path, "registered_at": row.registered_at, "held": hold is not None, "hold": hold}
 
     def _followed(self, name: str, answer: dict[str, Any]) -> dict[str, Any]:
         """After a change of what is live: a serving service serves it now (other servers follow
         `versions.state_seq` within a second)."""
         if self.registry is not None:
             self.registry.follow_live(name)
-            if "held" in answer and "versions" not in answer:
-                answer = self.registry.get(name).to_dict()
         return answer
-

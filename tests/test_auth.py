@@ -16,9 +16,9 @@ from litestar.testing import TestClient
 from litestar.testing.transport import TestClientTransport as _LitestarTransport
 from typer.testing import CliRunner
 
+from model_manager.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
 from model_manager.commands import app as cli_app
 from model_manager.errors import ThrottledError
-from model_manager.server.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
 from model_manager.store import Store
 from tests.support import PASSWORD, bearer, bootstrap, log_in, make_client, run_cli, setup_code
 

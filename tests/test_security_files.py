@@ -19,8 +19,8 @@ import pytest
 from model_manager.errors import ArtifactError
 from model_manager.files import read_artifact
 from tests import hostile_pickles as hp
+from tests.support import FACTORS, write_group
 
-from .conftest import FACTORS, write_group
 from .support import ServerProcess, run_cli
 
 PASSWORD = "correct horse battery"

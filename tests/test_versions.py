@@ -23,8 +23,7 @@ from model_manager.settings import Settings
 from model_manager.store import Store
 from model_manager.versiondiff import prediction_inputs
 from model_manager.versions import VersionStore, candidate
-
-from .conftest import FACTORS, write_group
+from tests.support import FACTORS, write_group
 
 KEY = "SOLUSDT_mid_chg_1m"
 
