@@ -7,6 +7,12 @@ from tests import support
 
 
 @pytest.fixture(scope="session")
+def training_data():
+    """The features and target the tiny models are trained on."""
+    return support.training_data()
+
+
+@pytest.fixture(scope="session")
 def models():
     """One tiny model of each kind that real training jobs leave behind."""
     return support.train_models()

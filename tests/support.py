@@ -48,11 +48,17 @@ FACTORS = ["ofi_1m", "spread_bps", "depth_imb_5", "ret_lag_1m", "vol_5m"]
 
 # -- tiny real models and model directories ---------------------------------------------------------
 
-def train_models() -> dict:
-    """One tiny model of each kind that real training jobs leave behind (a second or so)."""
+def training_data() -> tuple[np.ndarray, np.ndarray]:
+    """80 rows of N_FEATURES float32 features and a target that depends on some of them."""
     rng = np.random.default_rng(42)
     x = rng.normal(size=(80, N_FEATURES)).astype(np.float32)
     y = x @ np.array([0.5, -0.2, 0.0, 0.3, 0.1]) + rng.normal(scale=0.1, size=80)
+    return x, y
+
+
+def train_models() -> dict:
+    """One tiny model of each kind that real training jobs leave behind (a second or so)."""
+    x, y = training_data()
     reg = xgb.XGBRegressor(n_estimators=5, max_depth=2, n_jobs=1).fit(x, y)
     clf = xgb.XGBClassifier(n_estimators=5, max_depth=2, n_jobs=1).fit(x, (y > 0).astype(int))
     booster = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(x, label=y), num_boost_round=5)

@@ -66,8 +66,10 @@ def assert_error(response, status: int, *words: str) -> dict:
 # -- status and bootstrap ---------------------------------------------------------------------------
 
 def test_status_before_and_after_bootstrap(local):
+    # the setup code is asked of every client, loopback included: a proxy on the same host makes
+    # every client look local (SPEC §10)
     assert local.get("/api/auth/status").json() == {
-        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": False}
+        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": True}
     token = bootstrap(local)
     status = local.get("/api/auth/status", headers=bearer(token)).json()
     assert status["initialized"] is True and status["authenticated"] is True
@@ -80,7 +82,7 @@ def test_status_before_and_after_bootstrap(local):
 
 def test_bootstrap_token_object_then_409(local, settings):
     before = datetime.now(UTC)
-    r = local.post("/api/auth/bootstrap", json={"password": PASSWORD})
+    r = local.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": setup_code(local)})
     assert r.status_code == 201
     body = r.json()
     assert set(body) >= {"token", "token_type", "expires_in", "expires_at"}
@@ -88,13 +90,15 @@ def test_bootstrap_token_object_then_409(local, settings):
     expires = datetime.fromisoformat(body["expires_at"])
     assert before + timedelta(seconds=settings.token_ttl - 5) <= expires <= before + timedelta(seconds=settings.token_ttl + 5)
     assert r.headers["cache-control"] == "no-store"
-    assert_error(local.post("/api/auth/bootstrap", json={"password": "another password"}), 409, "already set")
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "another password", "setup_code": "AAAA-AAAA"}),
+                 409, "already set")
     log_in(local)  # the first password is still the one
 
 
 def test_bootstrap_rejects_short_password_and_bad_bodies(local):
-    assert_error(local.post("/api/auth/bootstrap", json={"password": "short"}), 400, "at least 8")
-    assert_error(local.post("/api/auth/bootstrap", json={"password": "x" * 5000}), 400, "at most")
+    code = setup_code(local)
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "short", "setup_code": code}), 400, "at least 8")
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "x" * 5000, "setup_code": code}), 400, "at most")
     assert local.get("/api/auth/status").json()["initialized"] is False
     assert_error(local.post("/api/auth/bootstrap", json={}), 400)
     assert_error(local.post("/api/auth/bootstrap", json={"password": 12345678}), 400)
@@ -126,11 +130,25 @@ def test_testclient_default_address_counts_as_remote(settings):
         assert c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code}).status_code == 201
 
 
-@pytest.mark.parametrize("host", ["::1", "127.0.0.2", "::ffff:127.0.0.1"])
-def test_every_loopback_form_may_omit_the_code(settings, host):
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "127.0.0.2", "::ffff:127.0.0.1"])
+def test_every_loopback_form_needs_the_code_too(settings, host):
     with make_client(settings) as c:
         as_client(c, host)
-        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 201
+        assert_error(c.post("/api/auth/bootstrap", json={"password": PASSWORD}), 403, "setup code")
+        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": setup_code(c)}).status_code == 201
+
+
+def test_five_wrong_setup_codes_from_anywhere_throttle_every_bootstrap(settings):
+    with make_client(settings) as c:
+        code = setup_code(c)
+        for i in range(5):
+            as_client(c, f"198.51.100.{i + 1}")  # a new address each time: the limit is global
+            assert_error(c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": "AAAA-AAAA"}), 403, "wrong")
+        as_client(c, "198.51.100.99")
+        r = c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code})
+        assert_error(r, 429, "try again")
+        assert int(r.headers["retry-after"]) >= 1
+        assert c.get("/api/auth/status").json()["initialized"] is False
 
 
 def test_no_setup_code_when_already_initialized(settings):

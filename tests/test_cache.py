@@ -1,12 +1,11 @@
-"""The conversion and payload cache: superseded entries are swept, live ones stay."""
+"""The cache dir and the versions' payload bytes: superseded entries are swept, live ones stay."""
 from __future__ import annotations
 
 import os
 import pickle
 import time
 
-from model_manager.registry import Registry
-from model_manager.store import Store
+from model_manager.service import ModelManager
 from tests.support import write_group
 
 
@@ -17,43 +16,61 @@ def _age(directory, seconds=3600):
             os.utime(path, (old, old))
 
 
+def _files(directory) -> set[str]:
+    return {p.name for p in directory.rglob("*") if p.is_file()}
+
+
 def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, settings, models):
     d = tmp_path / "m"
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
     write_group(d, "BTCUSDT_mid_chg_1m", model=models["booster"])
-    registry = Registry(settings, Store(settings.db_path))
-    model, _ = registry.register("m", str(d))
+    manager = ModelManager(settings)
+    registry = manager.serve()
+    model = manager.register("m", str(d)).model
     cache = settings.cache_dir
-    before = {p.name for p in (cache / "payloads").iterdir()} | {p.name for p in (cache / "json").iterdir()}
+    registry.plain_body(registry.payload("m", "BTCUSDT"))  # a plain body is kept for clients without gzip
+    before = _files(cache)
     assert registry.sweep_cache() == 0  # everything is live (and young)
 
-    # retrain SOLUSDT twice: each version leaves a JSON and a payload behind
+    # retrain SOLUSDT twice: each retrain leaves a converted JSON behind; its versions are kept
+    superseded = []
     for seed in (1, 2):
         (d / "SOLUSDT_mid_chg_1m_model.pkl").write_bytes(pickle.dumps(models["named"] if seed == 1 else models["classifier"]))
         registry.refresh("m")
-    _age(cache)
+        superseded.append(model.groups["SOLUSDT_mid_chg_1m"].snapshot.model_sha256 + ".json")
+    _age(settings.data_dir)
     removed = registry.sweep_cache()
-    assert removed >= 4  # two superseded versions: json + .gz + .meta.json each (at least)
-    after = {p.name for p in (cache / "payloads").iterdir()} | {p.name for p in (cache / "json").iterdir()}
-    live_payload = model.groups["SOLUSDT_mid_chg_1m"].payload.cache_key
-    assert f"{live_payload}.gz" in after and f"{live_payload}.meta.json" in after
-    assert model.groups["SOLUSDT_mid_chg_1m"].snapshot.model_sha256 + ".json" in after
-    btc = model.groups["BTCUSDT_mid_chg_1m"].payload.cache_key
-    assert f"{btc}.gz" in after and f"{btc}.gz" in before
-    # the server still serves both, and a restart still finds everything it needs in the cache
+    after = _files(cache)
+    assert removed >= 1 and superseded[0] in before | {superseded[0]} and superseded[0] not in after
+    # (the first SOLUSDT model converts to the same JSON as BTCUSDT's booster: that one stays, in use)
+    sol = model.groups["SOLUSDT_mid_chg_1m"]
+    assert sol.snapshot.model_sha256 + ".json" in after
+    assert sol.payload.version == 3
+    btc = model.groups["BTCUSDT_mid_chg_1m"].payload
+    plain = f"raw-{btc.etag.strip(chr(34))}.json"
+    assert plain in before and plain in after
+    # every version is still kept (MODEL_MANAGER_KEEP_VERSIONS), so a rollback has its bytes
+    for version in (1, 2, 3):
+        assert registry.version_payload("m", "SOLUSDT", version).version == version
+    # the server still serves both, and a restart still finds everything it needs
     assert registry.payload("m", "SOLUSDT").etag and registry.payload("m", "BTCUSDT").etag
-    restarted = Registry(settings, Store(settings.db_path))
-    restarted.sync_with_store()
+    restarted = ModelManager(settings).serve()
+    restarted.sync_registrations()
     assert restarted.payload("m", "SOLUSDT").etag == registry.payload("m", "SOLUSDT").etag
 
 
 def test_sweep_spares_young_entries(tmp_path, settings, models):
     d = tmp_path / "m"
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"])
-    registry = Registry(settings, Store(settings.db_path))
-    registry.register("m", str(d))
-    registry.unregister("m")
-    assert registry.sweep_cache() == 0  # unused now, but written moments ago: a load may still need it
-    _age(settings.cache_dir)
-    assert registry.sweep_cache() >= 3
+    manager = ModelManager(settings)
+    registry = manager.serve()
+    manager.register("m", str(d))
+    registry.plain_body(registry.payload("m", "SOLUSDT"))
+    manager.unregister("m")
+    kept = _files(settings.cache_dir)
+    registry.sweep_cache()  # an unregistered model's version bytes go at once (their records stay) ...
+    assert _files(settings.cache_dir) == kept  # ... the cache is unused now, but young: a load may still need it
+    _age(settings.data_dir)
+    assert registry.sweep_cache() >= 2  # the converted JSON and the plain body
     assert not any((settings.cache_dir / "payloads").iterdir())
+    assert not any(p.suffix == ".gz" for p in (settings.data_dir / "versions").rglob("*"))
