@@ -33,6 +33,7 @@ from litestar.types import Message, Scope
 from model_manager import __version__
 from model_manager.errors import ModelManagerError, ThrottledError
 from model_manager.server.auth import auth_routes
+from model_manager.server.keys import KeysController
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
 from model_manager.server.versions import VersionsController
@@ -159,7 +160,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
             finally:
                 manager.close()
 
-    handlers: list = [healthz, *auth_routes, ModelsController, VersionsController]
+    handlers: list = [healthz, *auth_routes, ModelsController, VersionsController, KeysController]
     if UI_DIR.is_dir():
         handlers.append(create_static_files_router(path="/", directories=[UI_DIR], html_mode=True, name="ui",
                                                    include_in_schema=False))
@@ -204,7 +205,8 @@ def _openapi() -> OpenAPIConfig:
         description="Serve per-symbol XGBoost models with their factor mapping to people and trading engines.",
         path="/schema",
         components=Components(security_schemes={
-            "BearerToken": SecurityScheme(type="http", scheme="bearer", description="A token from POST /api/auth/login"),
+            "BearerToken": SecurityScheme(type="http", scheme="bearer",
+                                          description="A token from POST /api/auth/login, or an API key from POST /api/keys"),
         }),
         render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin()],
     )

@@ -88,17 +88,17 @@ class ModelsController(Controller):
         return {"models": manager.models()}
 
     @post("", summary="Register a model directory", sync_to_thread=True, status_code=201,
-          responses=error_responses(400, 401, 409))
+          responses=error_responses(400, 401, 403, 409))
     def register_model(self, request: Request, manager: Manager, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
         done = manager.register(data.name, data.path, client=client_address(request))
         return Response(done.model.to_dict(), status_code=201 if done.created else 200)
 
-    @delete("/{name:str}", summary="Unregister a model", sync_to_thread=True, responses=error_responses(401, 404))
+    @delete("/{name:str}", summary="Unregister a model", sync_to_thread=True, responses=error_responses(401, 403, 404))
     def unregister_model(self, request: Request, manager: Manager, name: Name) -> None:
         manager.unregister(name, client=client_address(request))
 
     @post("/{name:str}/refresh", summary="Re-read a model directory now", sync_to_thread=True, status_code=200,
-          responses=error_responses(400, 401, 404))
+          responses=error_responses(400, 401, 403, 404))
     def refresh_model(self, request: Request, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.refresh(name, client=client_address(request))
 
