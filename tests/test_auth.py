@@ -93,7 +93,8 @@ def assert_error(response, status: int, *words: str) -> dict:
 
 def test_status_before_and_after_bootstrap(client):
     assert client.get("/api/auth/status").json() == {
-        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": False}
+        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": False,
+        "client": None, "scope": None}
     token = bootstrap(client)
     status = client.get("/api/auth/status", headers=bearer(token)).json()
     assert status["initialized"] is True and status["authenticated"] is True

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from litestar import Controller, Request, delete, get, post
 from litestar.di import Provide
-from litestar.params import PathParameter
+from litestar.params import JSONBody, PathParameter
 from msgspec import Meta, Struct
 
 from model_manager.keys import MAX_EXPIRES_IN_DAYS
@@ -66,7 +66,7 @@ class KeysController(Controller):
 
     @post("", summary="Create an API key (shown this once)", status_code=201, sync_to_thread=True,
           responses=error_responses(400, 401, 403, 409))
-    def create_key(self, request: Request, manager: Manager, data: KeyBody) -> NewKey:
+    def create_key(self, request: Request, manager: Manager, data: JSONBody[KeyBody]) -> NewKey:
         created = manager.create_key(data.name, data.scope, data.expires_in_days,
                                      client=client_address(request), by=identity_of(request).client)
         return NewKey(**created)

@@ -1,7 +1,7 @@
 // Keys view: the API keys trading engines use (scope, created, expires, last used, revoked), a form
 // that creates one and shows it once with a copy button, and revoke buttons that ask first.
 import { endpoints } from "../api.js";
-import { field, h, loadingEl, messageEl, replaceContent, showMessage, timeEl } from "../dom.js";
+import { field, formatTimestamp, h, loadingEl, messageEl, replaceContent, showMessage, timeEl } from "../dom.js";
 
 export async function renderKeys(main, ctx) {
   const listBox = h("div", { class: "table-wrap", id: "keys-list" }, loadingEl("Loading keys…"));
@@ -205,7 +205,7 @@ function showNewKey(box, created) {
     }
   });
   const done = h("button", { type: "button", class: "button button-ghost", onclick: () => replaceContent(box) }, "I have copied it");
-  const until = created.expires_at ? `expires ${new Date(created.expires_at).toLocaleString()}` : "does not expire";
+  const until = created.expires_at ? `expires ${formatTimestamp(created.expires_at)}` : "does not expire";
   replaceContent(
     box,
     h(
