@@ -1,12 +1,15 @@
-"""Authentication, without any web framework: the password flows, bearer tokens and login throttling.
+"""Authentication, without any web framework: the password flows, bearer credentials (session tokens
+and API keys), the scope rule, and login throttling.
 
 `Authenticator` is what the server calls (its methods do blocking I/O — sqlite, argon2 — so the
 server runs them in worker threads). Each flow and its audit row is one store transaction.
 
-Token checks are the hot path: `TokenCache` maps a token digest to its expiry and re-reads sqlite
-for a digest at most every `TOKEN_RECHECK_SECONDS`. Logout and password changes made through this
-process drop cache entries at once; a `model-manager password set` in another process takes effect
+Credential checks are the hot path: `TokenCache` maps a digest to its expiry and `Identity` (who:
+"session" or a key's name; scope: "admin" or "read") and re-reads sqlite for a digest at most every
+`TOKEN_RECHECK_SECONDS`. Logout, password changes and key revocations made through this process drop
+cache entries at once; a `model-manager password set` or `keys revoke` in another process takes effect
 within the recheck period (plus `RECHECK_GRACE_SECONDS` for requests made while the re-read is under way).
+`Identity.may(method, path)` is the scope rule the server's guard applies.
 
 First run: while no password is set, the authenticator holds a one-time setup code (printed by
 `serve` with a link that fills it in). Every bootstrap must present it, so whoever reaches the port
@@ -17,20 +20,29 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import math
 import secrets
+import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from model_manager.clock import isoformat
-from model_manager.errors import AuthError, ConflictError, ForbiddenError, ThrottledError
+from model_manager.errors import AuthError, ConflictError, ForbiddenError, ThrottledError, ValidationError
+from model_manager.keys import LAST_USED_WRITE_SECONDS, SESSION_CLIENT, KeyRecord, KeyStore
 from model_manager.settings import Settings
 from model_manager.store import Store, check_password_strength, hash_token
+
+log = logging.getLogger(__name__)
 
 TOKEN_RECHECK_SECONDS = 0.5  # how stale a cached token check may be (revocation from another process)
 RECHECK_GRACE_SECONDS = 0.1  # while one request re-reads a due token, the others use the cached answer
 SETUP_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a terminal
+# what a read key may GET (and everything below it): the models, and the metrics a monitoring
+# system scrapes (SPEC §9 asks "a key or session" for /metrics; an admin key is no scraper's business)
+READ_SCOPE_PATHS = ("/api/models", "/metrics")
 
 
 def parse_bearer(header: str | None) -> str | None:
@@ -43,37 +55,109 @@ def parse_bearer(header: str | None) -> str | None:
     return token.strip()
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a bearer credential speaks for: `client` is an API key's name, or "session" for a password
+    session; `scope` is "admin" (sessions, admin keys) or "read"."""
+
+    client: str
+    scope: str
+
+    @property
+    def is_session(self) -> bool:
+        return self.client == SESSION_CLIENT
+
+    def may(self, method: str, path: str) -> bool:
+        """Whether this credential may make this request: everything for the admin scope; for the read
+        scope, GET (and HEAD) of `/api/models` and below, nothing else."""
+        if self.scope == "admin":
+            return True
+        return method in ("GET", "HEAD") and any(path == p or path.startswith(p + "/") for p in READ_SCOPE_PATHS)
+
+    def refusal(self, method: str, path: str) -> str:
+        """The 403 detail for a request `may` refuses."""
+        return (f"the API key {self.client!r} has the read scope: it can only GET /api/models/… "
+                f"(lists, symbols, factors, details, payloads, versions); {method} {path} needs an admin key "
+                "or a password session (log in)")
+
+
+SESSION = Identity(SESSION_CLIENT, "admin")
+
+
 class TokenCache:
-    """digest → (expiry as unix seconds, when it was last read from sqlite as monotonic seconds)."""
+    """digest → (expiry as unix seconds, when it was last read from sqlite as monotonic seconds, Identity).
+
+    A bearer credential is a password session token (`tokens` table) or an API key (`keys.KeyStore`);
+    both are known by their sha256 digest and rechecked the same way, so a revoked key, like a revoked
+    token, is refused at once in the process that revoked it and within `recheck_seconds` in every
+    other. A key that never expires has the expiry `math.inf`. Each sqlite re-read of a key — at most
+    one per `recheck_seconds` while it is used — notes the use in memory (`last_used`), and writes it
+    to the store when the stored time is older than `keys.LAST_USED_WRITE_SECONDS`: no write per request."""
 
     def __init__(self, store: Store, recheck_seconds: float = TOKEN_RECHECK_SECONDS, max_entries: int = 10_000):
         self.store = store
+        self.keys = KeyStore(store)
         self.recheck_seconds = recheck_seconds
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, float]] = {}
+        self._entries: dict[str, tuple[float, float, Identity]] = {}
         self._rechecking: dict[str, float] = {}  # digest → until when one request's sqlite re-read covers it
+        self._key_used: dict[str, float] = {}  # key digest → latest use noted (unix seconds)
+
+    def lookup(self, digest: str) -> tuple[float, Identity] | None:
+        """Read sqlite: (expiry, identity) of a live session token or API key, else None."""
+        moment = self.store.token_expiry_for_digest(digest)
+        if moment is not None:
+            return moment.timestamp(), SESSION
+        record = self.keys.lookup(digest)
+        if record is None or not record.live():
+            return None
+        self._note_use(record)
+        return (math.inf if record.expires_at is None else record.expires_at), Identity(record.name, record.scope)
+
+    def _note_use(self, record: KeyRecord) -> None:
+        now = time.time()
+        self._key_used[record.digest] = now
+        if record.last_used_at is None or now - record.last_used_at >= LAST_USED_WRITE_SECONDS:
+            try:
+                self.keys.touch(record.digest, now)
+            except sqlite3.Error as exc:  # a busy database must not refuse the request; the next use retries
+                log.warning("could not record the use of API key %r: %s", record.name, exc)
+
+    def last_used(self, digest: str) -> float | None:
+        """The latest use of a key this process noted (it may be newer than the stored one)."""
+        return self._key_used.get(digest)
+
+    def check(self, digest: str) -> Identity | None:
+        """The identity of a live credential (reading sqlite when due), None when unknown, revoked or expired."""
+        entry = self._live_entry(digest)
+        return entry[2] if entry else None
 
     def expiry(self, digest: str) -> float | None:
-        """Expiry of a live token (unix seconds), None when unknown, revoked or expired."""
+        """Expiry of a live credential (unix seconds, `math.inf` for a key that never expires), None
+        when unknown, revoked or expired."""
+        entry = self._live_entry(digest)
+        return entry[0] if entry else None
+
+    def _live_entry(self, digest: str) -> tuple[float, float, Identity] | None:
         entry = self._entries.get(digest)
         if entry is None or time.monotonic() - entry[1] >= self.recheck_seconds:
-            moment = self.store.token_expiry_for_digest(digest)
+            found = self.lookup(digest)
             self._rechecking.pop(digest, None)
-            if moment is None:
+            if found is None:
                 self._entries.pop(digest, None)
                 return None
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()  # bounded memory; live tokens are simply re-read
-            entry = (moment.timestamp(), time.monotonic())
+            entry = (found[0], time.monotonic(), found[1])
             self._entries[digest] = entry
         if entry[0] <= time.time():
             self._entries.pop(digest, None)
             return None
-        return entry[0]
+        return entry
 
     def fresh(self, digest: str, *, claim: bool = True) -> float | None | bool:
         """`expiry` without any I/O: False when the answer needs sqlite (unknown digest, or an entry
-        due for its recheck); then the caller asks `expiry` off the event loop.
+        due for its recheck); then the caller asks `expiry` (or `check`) off the event loop.
 
         Of the requests that find an entry due, only one is sent to sqlite: the entry is vouched
         for `RECHECK_GRACE_SECONDS` longer while that read is under way. Otherwise every request of
@@ -91,6 +175,12 @@ class TokenCache:
         if entry[0] <= time.time():
             return None
         return entry[0]
+
+    def identity(self, digest: str) -> Identity | None:
+        """The identity of a cached credential, without any I/O; None when it is not cached. It says
+        nothing about whether the credential is live: ask `fresh` (or `check`) first."""
+        entry = self._entries.get(digest)
+        return entry[2] if entry else None
 
     def forget(self, digest: str) -> None:
         self._entries.pop(digest, None)
@@ -187,12 +277,17 @@ class Authenticator:
                 "expires_at": isoformat(expires)}
 
     def token_expiry(self, token: str | None) -> float | None:
-        """Expiry (unix seconds) of a live token; None for no token, unknown, revoked or expired."""
+        """Expiry (unix seconds; `math.inf`: never) of a live token or API key; None for no token,
+        unknown, revoked or expired."""
         return self.tokens.expiry(hash_token(token)) if token else None
 
-    def status(self, token: str | None) -> tuple[bool, float | None]:
-        """(a password is set, expiry of `token` or None)."""
-        return self.store.is_initialized(), self.token_expiry(token)
+    def status(self, token: str | None) -> tuple[bool, float | None, Identity | None]:
+        """(a password is set, expiry of `token` or None, whom `token` speaks for or None)."""
+        if not token:
+            return self.store.is_initialized(), None, None
+        digest = hash_token(token)
+        expiry = self.tokens.expiry(digest)
+        return self.store.is_initialized(), expiry, self.tokens.identity(digest) if expiry is not None else None
 
     def bootstrap(self, password: str, setup_code: str | None, client: str | None) -> dict[str, Any]:
         """Set the first password and return a token object."""
@@ -235,6 +330,11 @@ class Authenticator:
         return self.token_object()
 
     def logout(self, token: str, client: str | None) -> None:
+        """Revoke a session token (an API key is revoked by name, not by logging out)."""
+        identity = self.tokens.identity(hash_token(token))
+        if identity is not None and not identity.is_session:
+            raise ValidationError(f"this is the API key {identity.client!r}, not a session: revoke it with "
+                                  f"DELETE /api/keys/{identity.client} or `model-manager keys revoke {identity.client}`")
         self.store.revoke_token(token, client=client)
         self.tokens.forget(hash_token(token))
 

@@ -10,9 +10,10 @@ from model_manager.errors import PathError, ValidationError
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "model name") -> str:
+    """`name` when it is a valid model (or API key) name, else ValidationError."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValidationError(f"model name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValidationError(f"{what} {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
 

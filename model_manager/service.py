@@ -1,6 +1,6 @@
 """`ModelManager(settings)`: the application. One object owns a data dir — its sqlite `Store`, its
 `CacheDir`, the password and its tokens (`Authenticator`) — and every operation a user can ask for:
-register, unregister, refresh, password changes, audit, inspect and convert. The CLI commands and the
+register, unregister, refresh, versions, API keys, password changes, audit, inspect and convert. The CLI commands and the
 HTTP handlers are thin surfaces over it: they read their input, call one method and render.
 
 Offline (the CLI) nothing is loaded into memory: a registration is validated, written to the store
@@ -9,6 +9,9 @@ the in-memory view of every registered model, and the `Watcher` that keeps it fr
 
 Everything here may block on disk or sqlite: the server calls it from worker threads, except the
 in-memory reads (`symbols`, `factors`, `detail`, `payload`), which are dict lookups.
+
+(A little over 400 lines: this is the one surface every command and route calls, one short method per
+operation; the rules live in the modules it composes.)
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from model_manager.converter import ConvertResult, convert_file, pickles_in
 from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError
 from model_manager.files import private_dir
 from model_manager.fleet import Fleet
+from model_manager.keys import KeyStore
 from model_manager.metrics import Metrics
 from model_manager.registration import check_name, normalize_path
 from model_manager.registry import Registry
@@ -43,7 +47,7 @@ FOLLOW_INTERVAL = 1.0  # seconds between looks at versions changed by other proc
 # Every event the audit trail records (the CLI checks `audit -e` against it).
 AUDIT_EVENTS = ("bootstrap", "bootstrap_refused", "login", "login_failed", "logout", "password_changed",
                 "password_change_failed", "register", "unregister", "refresh_failed",
-                "pin", "unpin", "rollback", "hold", "release")
+                "pin", "unpin", "rollback", "hold", "release", "key_created", "key_revoked")
 
 
 @dataclass
@@ -202,6 +206,25 @@ class ModelManager(VersionCommands):
         if event is not None and event not in AUDIT_EVENTS:
             raise UsageError(f"unknown audit event {event!r}: use one of {', '.join(AUDIT_EVENTS)}")
         return self.store.audit_events(limit=limit, event=event)
+
+    # -- API keys (SPEC §7; the rules are keys.py's) ----------------------------------------------------
+    def create_key(self, name: str, scope: str = "read", expires_in_days: int | None = None, *,
+                   client: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """A new API key: `{"name","scope","key","created_at","expires_at"}`; `key` is never shown again."""
+        return KeyStore(self.store).create(name, scope, expires_in_days, client=client, by=by)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """Every key (never the key itself), with uses this server noted but has not written yet."""
+        noted = self._auth.tokens.last_used if self._auth is not None else lambda _digest: None
+        return [record.to_dict(noted(record.digest)) for record in KeyStore(self.store).list()]
+
+    def revoke_key(self, name: str, *, client: str | None = None, by: str | None = None) -> bool:
+        """Revoke a key now (other server processes within `auth.TOKEN_RECHECK_SECONDS`); False when
+        it was revoked already. NotFoundError for an unknown name."""
+        record, revoked = KeyStore(self.store).revoke(name, client=client, by=by)
+        if self._auth is not None:
+            self._auth.tokens.forget(record.digest)
+        return revoked
 
     # -- offline work --------------------------------------------------------------------------------
     def inspect(self, path: str | Path) -> DirectorySnapshot:

@@ -1,5 +1,5 @@
 """The sqlite store under the data dir: password hash, API tokens, registered models, audit trail,
-and the tables behind versions (their rules live in `versions.py`).
+and the tables behind versions (their rules live in `versions.py`) and API keys (`keys.py`).
 
 One file, WAL mode, a busy timeout, the schema created on open. A `Store` is safe to share between
 threads (one connection behind a lock) and between processes (a CLI `register` or `password set`
@@ -7,7 +7,7 @@ while a server runs): every write is a single `BEGIN IMMEDIATE` transaction, so 
 the middle of one leaves the database as it was before it.
 
 Secrets never reach the file in clear: the password is an argon2 hash (libpass `CryptContext`, which
-can migrate hashes on login via `verify_and_update`) and a token is stored as its sha256 digest.
+can migrate hashes on login via `verify_and_update`); a token or an API key is stored as its sha256 digest.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from model_manager.errors import ConflictError, PathError, ValidationError
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # the hash library refuses more than 4096 bytes; no human needs this many
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 AUDIT_KEEP_ROWS = 100_000  # the audit table is pruned to this many newest rows
 AUDIT_DETAIL_MAX = 2_000
 
@@ -60,6 +60,15 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_event ON audit (event, id);
+CREATE TABLE IF NOT EXISTS api_keys (     -- see keys.py
+    name         TEXT PRIMARY KEY,
+    digest       TEXT NOT NULL UNIQUE,    -- sha256 hex of the key, never the key itself
+    scope        TEXT NOT NULL CHECK (scope IN ('read', 'admin')),
+    created_at   TEXT NOT NULL,
+    expires_at   REAL,                    -- unix seconds, NULL: never
+    last_used_at REAL,                    -- unix seconds, written at most once a minute per process
+    revoked_at   TEXT
+);
 """ + """
 -- versions (see versions.py): one row per servable content of a group, numbered 1, 2, 3... per
 -- (model, group_key): the primary key makes a duplicate number impossible and MAX(version) + 1 in

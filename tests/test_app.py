@@ -118,8 +118,8 @@ def test_openapi_declares_and_applies_the_bearer_scheme(client):
     r = client.get("/schema/openapi.json")
     assert r.status_code == 200
     spec = r.json()
-    assert spec["components"]["securitySchemes"]["BearerToken"] == {"type": "http", "scheme": "bearer",
-                                                                    "description": "A token from POST /api/auth/login"}
+    assert spec["components"]["securitySchemes"]["BearerToken"] == {
+        "type": "http", "scheme": "bearer", "description": "A token from POST /api/auth/login, or an API key from POST /api/keys"}
     paths = spec["paths"]
     for path, method in [("/api/models", "get"), ("/api/models", "post"), ("/api/models/{name}", "delete"),
                          ("/api/audit", "get"), ("/api/auth/logout", "post"), ("/api/auth/password", "post")]:

@@ -69,7 +69,8 @@ def test_status_before_and_after_bootstrap(local):
     # the setup code is asked of every client, loopback included: a proxy on the same host makes
     # every client look local (SPEC §10)
     assert local.get("/api/auth/status").json() == {
-        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": True}
+        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": True,
+        "client": None, "scope": None}
     token = bootstrap(local)
     status = local.get("/api/auth/status", headers=bearer(token)).json()
     assert status["initialized"] is True and status["authenticated"] is True

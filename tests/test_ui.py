@@ -534,6 +534,59 @@ def test_deep_links_survive_a_reload(ui, server, demo_models):
     expect(page.get_by_role("heading", name="Symbol not found")).to_be_visible()
 
 
+def test_keys_page_creates_a_key_shown_once_and_revokes_it(ui, server, demo_models):
+    page = ui.page
+    ui.allow(409)
+    ensure_demo(server, demo_models)
+    ui.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    ui.sign_in("#/models")
+    page.locator("#mainnav").get_by_role("link", name="Keys").click()
+    expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+    expect(page.locator("#mainnav a[data-nav='keys']")).to_have_attribute("aria-current", "page")
+
+    form = page.locator("#create-key-form")
+    form.get_by_label("Name").fill("engine-ui")
+    form.get_by_label("Scope").select_option("read")
+    form.get_by_label("Expires after (days)").fill("30")
+    form.get_by_role("button", name="Create key").click()
+    box = page.locator("#new-key-box")
+    expect(box).to_contain_text("will not be shown again")
+    key = page.locator("#new-key-value").input_value()
+    assert key.startswith("mmk_")
+    box.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    row = page.locator("#keys-list tr[data-key='engine-ui']")
+    expect(row).to_contain_text("read")
+    expect(row.locator("td.state")).to_have_text("live")
+    ui.shot("07-keys")
+    status, _, raw = server.get("/api/models/demo/model/SOLUSDT", token=key)
+    assert status == 200 and json.loads(raw)["symbol"] == "SOLUSDT"
+
+    # a taken name: the server's detail inline; the key never reappears once dismissed or reloaded
+    form.get_by_label("Name").fill("engine-ui")
+    form.get_by_role("button", name="Create key").click()
+    expect(page.locator("#create-key-error")).to_contain_text("exists")
+    box.get_by_role("button", name="I have copied it").click()
+    expect(page.locator("#new-key-value")).to_have_count(0)
+    page.reload()
+    expect(row).to_be_visible()
+    assert key not in page.content()
+
+    row.get_by_role("button", name="Revoke").click()
+    expect(row).to_contain_text("Revoke engine-ui?")
+    row.get_by_role("button", name="Cancel").click()
+    assert server.get("/api/models", token=key)[0] == 200  # cancelling keeps it
+    row.get_by_role("button", name="Revoke").click()
+    row.get_by_role("button", name="Yes, revoke").click()
+    expect(row.locator("td.state")).to_have_text("revoked")
+    expect(page.locator("#keys-message")).to_contain_text("Revoked engine-ui")
+    expect(row.get_by_role("button", name="Revoke")).to_have_count(0)
+    assert server.get("/api/models/demo/model/SOLUSDT", token=key)[0] == 401
+    page.locator("#mainnav").get_by_role("link", name="Models").click()
+    expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
+
+
 def test_bogus_token_lands_on_login_with_a_message(ui, server, demo_models):
     page = ui.page
     ensure_demo(server, demo_models)

@@ -1,5 +1,6 @@
 """The HTTP server: `app.create_app(settings)` builds the Litestar app; `auth` holds the token guard
-and the /api/auth routes; `models` the /api/models routes; `ui/` the static web UI.
+and the /api/auth routes; `models` the /api/models routes; `keys` the /api/keys routes; `ui/` the
+static web UI.
 
 This package module only defines the error body shared by every route's OpenAPI description, so
 route modules can import it without importing the app (which imports them).
@@ -13,7 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 _DESCRIPTIONS = {
     400: "Bad request: the detail says what to fix",
     401: "Missing, invalid or expired bearer token, or wrong password",
-    403: "Not allowed from this client",
+    403: "Not allowed: a read API key outside GET /api/models/** (the detail names the scope), or no valid setup code",
     404: "Not found",
     409: "Conflict with the current state",
     413: "Request body too large",

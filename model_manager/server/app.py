@@ -32,6 +32,7 @@ from model_manager.server import error_responses
 from model_manager.server.auth import auth_routes, require_token_unless_public
 from model_manager.server.events import model_events
 from model_manager.server.hooks import ResponseHooks, Timed
+from model_manager.server.keys import KeysController
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
 from model_manager.server.versions import VersionsController
@@ -95,7 +96,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
                 hooks.access.flush()
                 manager.close()
 
-    handlers: list = [healthz, metrics, *auth_routes, ModelsController, VersionsController, model_events]
+    handlers: list = [healthz, metrics, *auth_routes, ModelsController, VersionsController, KeysController, model_events]
     if UI_DIR.is_dir():
         handlers.append(create_static_files_router(path="/", directories=[UI_DIR], html_mode=True, name="ui",
                                                    include_in_schema=False))
@@ -140,7 +141,8 @@ def _openapi() -> OpenAPIConfig:
         description="Serve per-symbol XGBoost models with their factor mapping to people and trading engines.",
         path="/schema",
         components=Components(security_schemes={
-            "BearerToken": SecurityScheme(type="http", scheme="bearer", description="A token from POST /api/auth/login"),
+            "BearerToken": SecurityScheme(type="http", scheme="bearer",
+                                          description="A token from POST /api/auth/login, or an API key from POST /api/keys"),
         }),
         render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin()],
     )

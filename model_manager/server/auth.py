@@ -1,4 +1,5 @@
-"""The HTTP side of authentication: the token guard and the /api/auth and /api/audit routes.
+"""The HTTP side of authentication: the token guard (sessions and API keys, with the scope rule) and the
+/api/auth and /api/audit routes.
 
 The flows themselves (password, tokens, throttling, setup code) are `model_manager.auth.Authenticator`;
 every one of them touches sqlite or argon2, so the routes run them in worker threads. argon2 takes
@@ -6,17 +7,18 @@ every one of them touches sqlite or argon2, so the routes run them in worker thr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from litestar import Request, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
 from litestar.params import JSONBody, Parameter
 
-from model_manager.auth import Authenticator, parse_bearer
+from model_manager.auth import SESSION, Authenticator, Identity, parse_bearer
 from model_manager.clock import iso_from_timestamp
 from model_manager.server import error_responses
 from model_manager.store import hash_token
@@ -49,22 +51,35 @@ async def _hashing(connection: ASGIConnection, fn, *args) -> Any:
 
 
 async def require_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard: a live bearer token or 401.
+    """Guard: a live bearer credential (a session token or an API key) allowed this request, else 401/403.
 
     Async on purpose: Litestar runs a sync guard in a worker thread, and that thread hop cost more
-    than the whole payload request. A token checked within the last `TOKEN_RECHECK_SECONDS` is
-    answered from memory; otherwise sqlite is read in a worker thread."""
+    than the whole payload request. A credential checked within the last `TOKEN_RECHECK_SECONDS` is
+    answered from memory; otherwise sqlite is read in a worker thread. The scope rule is the core's
+    `Identity.may`: a read key gets 403 on anything but GET /api/models/**. The identity is left on
+    the connection scope (`mm_identity`) for the routes that record who asked."""
     token = bearer_token(connection)
     if token is None:
-        raise NotAuthorizedException(detail="missing bearer token: log in with POST /api/auth/login and send "
-                                            "`Authorization: Bearer <token>`", headers={"WWW-Authenticate": "Bearer"})
-    auth = _auth(connection)
-    expiry = auth.tokens.fresh(hash_token(token))
-    if expiry is False:
-        expiry = await anyio.to_thread.run_sync(auth.token_expiry, token)
-    if expiry is None:
-        raise NotAuthorizedException(detail="the token is invalid, expired or revoked: log in again",
-                                     headers={"WWW-Authenticate": "Bearer"})
+        raise NotAuthorizedException(detail="missing bearer token: log in with POST /api/auth/login (or use an API key) "
+                                            "and send `Authorization: Bearer <token>`", headers={"WWW-Authenticate": "Bearer"})
+    tokens = _auth(connection).tokens
+    digest = hash_token(token)
+    expiry = tokens.fresh(digest)
+    identity = tokens.identity(digest) if isinstance(expiry, float) else None
+    if identity is None and expiry is not None:  # due for its recheck, or not seen yet
+        identity = await anyio.to_thread.run_sync(tokens.check, digest)
+    if identity is None:
+        raise NotAuthorizedException(detail="the token or API key is invalid, expired or revoked: log in again, "
+                                            "or use a live key", headers={"WWW-Authenticate": "Bearer"})
+    method, path = connection.scope["method"], connection.scope["path"]  # type: ignore[typeddict-item]
+    if not identity.may(method, path):
+        raise PermissionDeniedException(detail=identity.refusal(method, path))
+    connection.scope["mm_identity"] = identity  # type: ignore[typeddict-unknown-key]
+
+
+def identity_of(connection: ASGIConnection) -> Identity:
+    """Whom the request's credential speaks for (set by `require_token`)."""
+    return connection.scope.get("mm_identity", SESSION)  # type: ignore[return-value]
 
 
 async def require_token_unless_public(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -106,6 +121,8 @@ class AuthStatus:
     authenticated: bool
     expires_at: str | None
     setup_code_required: bool
+    client: str | None = None  # "session", or the API key's name
+    scope: str | None = None   # "admin" or "read"
 
 
 @dataclass
@@ -126,10 +143,12 @@ class AuditEvents:
 
 @get("/api/auth/status", tags=["auth"])
 async def auth_status(request: Request) -> AuthStatus:
-    """Whether a password is set and whether the bearer token sent (if any) is live."""
-    initialized, expiry = await anyio.to_thread.run_sync(_auth(request).status, bearer_token(request))
-    return AuthStatus(initialized=initialized, authenticated=expiry is not None, expires_at=iso_from_timestamp(expiry),
-                      setup_code_required=not initialized)
+    """Whether a password is set and whether the bearer token or API key sent (if any) is live, and for whom."""
+    initialized, expiry, identity = await anyio.to_thread.run_sync(_auth(request).status, bearer_token(request))
+    return AuthStatus(initialized=initialized, authenticated=expiry is not None,
+                      expires_at=iso_from_timestamp(expiry) if expiry != math.inf else None,
+                      setup_code_required=not initialized,
+                      client=identity.client if identity else None, scope=identity.scope if identity else None)
 
 
 @post("/api/auth/bootstrap", status_code=201, tags=["auth"], responses=error_responses(400, 403, 409, 429))
@@ -149,14 +168,14 @@ async def auth_login(request: Request, data: JSONBody[PasswordBody]) -> TokenObj
 
 
 @post("/api/auth/logout", status_code=204, guards=[require_token], security=BEARER_SECURITY, tags=["auth"],
-      responses=error_responses(401), sync_to_thread=True)
+      responses=error_responses(400, 401, 403), sync_to_thread=True)
 def auth_logout(request: Request) -> None:
-    """Revoke the token sent with this request."""
+    """Revoke the session token sent with this request (400 for an API key: revoke it by name)."""
     _auth(request).logout(bearer_token(request), client_address(request))
 
 
 @post("/api/auth/password", status_code=204, guards=[require_token], security=BEARER_SECURITY, tags=["auth"],
-      responses=error_responses(400, 401, 429))
+      responses=error_responses(400, 401, 403, 429))
 async def auth_password(request: Request, data: JSONBody[PasswordChangeBody]) -> None:
     """Change the password; every token except the one sent with this request is revoked."""
     auth, client = _auth(request), client_address(request)
@@ -165,7 +184,7 @@ async def auth_password(request: Request, data: JSONBody[PasswordChangeBody]) ->
 
 
 @get("/api/audit", guards=[require_token], security=BEARER_SECURITY, tags=["audit"], sync_to_thread=True,
-     responses=error_responses(400, 401))
+     responses=error_responses(400, 401, 403))
 def audit_events(
     request: Request,
     limit: int = Parameter(default=200, ge=1, le=1000, description="How many events, newest first"),

@@ -18,7 +18,7 @@ from msgspec import Meta, Struct
 
 from model_manager.registration import NAME_RE
 from model_manager.server import error_responses
-from model_manager.server.auth import BEARER_SECURITY, client_address, require_token
+from model_manager.server.auth import BEARER_SECURITY, client_address, identity_of, require_token
 from model_manager.server.deps import Manager, Name, Symbol, provide_manager, wait_for_models
 from model_manager.server.payload import long_poll, payload_response, record_payload
 
@@ -73,17 +73,17 @@ class ModelsController(Controller):
         return {"models": manager.models()}
 
     @post("", summary="Register a model directory", sync_to_thread=True, status_code=201,
-          responses=error_responses(400, 401, 409))
+          responses=error_responses(400, 401, 403, 409))
     def register_model(self, request: Request, manager: Manager, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
         done = manager.register(data.name, data.path, client=client_address(request))
         return Response(done.model.to_dict(), status_code=201 if done.created else 200)
 
-    @delete("/{name:str}", summary="Unregister a model", sync_to_thread=True, responses=error_responses(401, 404))
+    @delete("/{name:str}", summary="Unregister a model", sync_to_thread=True, responses=error_responses(401, 403, 404))
     def unregister_model(self, request: Request, manager: Manager, name: Name) -> None:
         manager.unregister(name, client=client_address(request))
 
     @post("/{name:str}/refresh", summary="Re-read a model directory now", sync_to_thread=True, status_code=200,
-          responses=error_responses(400, 401, 404))
+          responses=error_responses(400, 401, 403, 404))
     def refresh_model(self, request: Request, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.refresh(name, client=client_address(request))
 
@@ -127,7 +127,7 @@ class ModelsController(Controller):
             body = await anyio.to_thread.run_sync(manager.serving.plain_body, payload)
             answer = payload_response(payload, inm, encodings, lambda _: body)
         client = request.client.host if request.client else None
-        record_payload(manager.fleet, manager.metrics, name, "session", client, payload, answer)
+        record_payload(manager.fleet, manager.metrics, name, identity_of(request).client, client, payload, answer)
         status, headers, content = answer
         shown = {k.decode(): v.decode("latin-1") for k, v in headers if k not in (b"content-type", b"content-length")}
         if waited is not None:

@@ -142,7 +142,8 @@ class PayloadFastPath:
         if "prefer" in found:
             return None  # a long poll: the route parks it
         token = parse_bearer(found.get("authorization"))
-        if token is None or not isinstance(self.tokens.fresh(hash_token(token), claim=False), float):
+        digest = hash_token(token) if token is not None else None
+        if digest is None or not isinstance(self.tokens.fresh(digest, claim=False), float):
             return None
         try:
             payload = self.registry.payload(parts[3], parts[5])
@@ -151,8 +152,9 @@ class PayloadFastPath:
         answer = payload_response(payload, found.get("if-none-match"), found.get("accept-encoding"),
                                   self.registry.plain_body_cached)
         if answer is not None:
-            client = scope.get("client")
-            record_payload(self.fleet, self.metrics, parts[3], "session", client[0] if client else None, payload, answer)
+            client, identity = scope.get("client"), self.tokens.identity(digest)
+            record_payload(self.fleet, self.metrics, parts[3], identity.client if identity else "session",
+                           client[0] if client else None, payload, answer)
         return answer
 
 

@@ -48,27 +48,27 @@ class VersionsController(Controller):
         return manager.version_history(name, symbol)
 
     @post("/{name:str}/symbols/{symbol:str}/pin", summary="Serve one version until unpinned", status_code=200,
-          sync_to_thread=True, responses=error_responses(400, 401, 404, 409))
+          sync_to_thread=True, responses=error_responses(400, 401, 403, 404, 409))
     def pin(self, request: Request, manager: Manager, name: Name, symbol: Symbol, data: PinBody) -> dict[str, Any]:
         return manager.pin(name, symbol, data.version, reason=data.reason, client=client_address(request))
 
     @delete("/{name:str}/symbols/{symbol:str}/pin", summary="Drop the pin: serve the latest (or held) version",
-            status_code=200, sync_to_thread=True, responses=error_responses(401, 404))
+            status_code=200, sync_to_thread=True, responses=error_responses(401, 403, 404))
     def unpin(self, request: Request, manager: Manager, name: Name, symbol: Symbol, reason: QueryReason = "") -> dict[str, Any]:
         return manager.unpin(name, symbol, reason=reason, client=client_address(request))
 
     @post("/{name:str}/symbols/{symbol:str}/rollback", summary="Pin the version that was live before the current one",
-          status_code=200, sync_to_thread=True, responses=error_responses(400, 401, 404, 409))
+          status_code=200, sync_to_thread=True, responses=error_responses(400, 401, 403, 404, 409))
     def rollback(self, request: Request, manager: Manager, name: Name, symbol: Symbol, data: OptionalReason = None) -> dict[str, Any]:
         return manager.rollback(name, symbol, reason=data.reason if data else "", client=client_address(request))
 
     @post("/{name:str}/hold", summary="Hold a model: new versions are recorded but not served", status_code=200,
-          sync_to_thread=True, responses=error_responses(400, 401, 404))
+          sync_to_thread=True, responses=error_responses(400, 401, 403, 404))
     def hold(self, request: Request, manager: Manager, name: Name, data: OptionalReason = None) -> dict[str, Any]:
         return manager.hold(name, reason=data.reason if data else "", client=client_address(request))
 
     @delete("/{name:str}/hold", summary="Release a hold: serve each group's latest version again", status_code=200,
-            sync_to_thread=True, responses=error_responses(401, 404))
+            sync_to_thread=True, responses=error_responses(401, 403, 404))
     def release(self, request: Request, manager: Manager, name: Name, reason: QueryReason = "") -> dict[str, Any]:
         return manager.release(name, reason=reason, client=client_address(request))
 

@@ -128,5 +128,9 @@ export const endpoints = {
   factors: (name) => api("GET", `/api/models/${enc(name)}/factors`),
   symbol: (name, symbol, groupKey) =>
     api("GET", `/api/models/${enc(name)}/symbols/${enc(symbol)}${groupKey ? `?group_key=${enc(groupKey)}` : ""}`),
+  keys: () => api("GET", "/api/keys"),
+  createKey: (name, scope, expiresInDays) =>
+    api("POST", "/api/keys", { body: expiresInDays ? { name, scope, expires_in_days: expiresInDays } : { name, scope } }),
+  revokeKey: (name) => api("DELETE", `/api/keys/${enc(name)}`),
   payload: (name, symbol) => api("GET", `/api/models/${enc(name)}/model/${enc(symbol)}`, { raw: true }),
 };

@@ -1,5 +1,5 @@
-// Entry point: hash routing (#/models, #/models/NAME, #/models/NAME/SYMBOL), the session check,
-// and the header. Views live in views/*.js and render into <main>.
+// Entry point: hash routing (#/models, #/models/NAME, #/models/NAME/SYMBOL, #/keys), the session
+// check, and the header. Views live in views/*.js and render into <main>.
 import { endpoints, session, setUnauthorizedHandler } from "./api.js";
 import { h, replaceContent, loadingEl, messageEl, showMessage } from "./dom.js";
 import { links, parseRoute } from "./routes.js";
@@ -7,9 +7,11 @@ import { renderAccessGate } from "./views/access.js";
 import { renderModels } from "./views/models.js";
 import { renderSymbols } from "./views/symbols.js";
 import { renderDetail } from "./views/detail.js";
+import { renderKeys } from "./views/keys.js";
 
 const main = document.getElementById("main");
 const crumbs = document.getElementById("crumbs");
+const mainNav = document.getElementById("mainnav");
 const sessionBox = document.getElementById("session-box");
 
 const state = {
@@ -19,7 +21,22 @@ const state = {
   setupCode: null, // from a #setup=CODE link, for the first-password form
 };
 
+function setNav(route) {
+  mainNav.hidden = false;
+  const section = route.view === "keys" ? "keys" : "models";
+  for (const link of mainNav.querySelectorAll("a")) {
+    if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
 function setCrumbs(route) {
+  if (route.view === "keys") {
+    replaceContent(crumbs);
+    crumbs.hidden = true;
+    return;
+  }
+  crumbs.hidden = false;
   const items = [h("a", { href: links.models() }, "Models")];
   if (route.name) items.push(h("a", { href: links.model(route.name) }, route.name));
   if (route.symbol) items.push(h("a", { href: links.symbol(route.name, route.symbol) }, route.symbol));
@@ -59,6 +76,7 @@ async function onSignedIn() {
 
 function showAccess(status) {
   crumbs.hidden = true;
+  mainNav.hidden = true;
   renderSessionBox();
   const flash = state.flash;
   state.flash = null;
@@ -92,6 +110,7 @@ async function render({ focus = false } = {}) {
   } catch (err) {
     if (count !== state.renderCount) return;
     crumbs.hidden = true;
+    mainNav.hidden = true;
     const msg = messageEl("error");
     showMessage(msg, err.message || String(err));
     const retry = h("button", { type: "button", class: "button", onclick: () => render() }, "Try again");
@@ -111,8 +130,8 @@ async function render({ focus = false } = {}) {
     return;
   }
 
-  crumbs.hidden = false;
   if (focus) window.scrollTo(0, 0); // a new page starts at its top
+  setNav(route);
   setCrumbs(route);
   renderSessionBox();
   const ctx = { logout, status, focus, isCurrent: () => count === state.renderCount };
@@ -127,6 +146,9 @@ async function render({ focus = false } = {}) {
     case "detail":
       document.title = `${route.symbol} · ${route.name} · model-manager`;
       return renderDetail(main, route, ctx);
+    case "keys":
+      document.title = "API keys · model-manager";
+      return renderKeys(main, ctx);
     default:
       document.title = "Not found · model-manager";
       replaceContent(

@@ -1,4 +1,4 @@
-// Hash routes: #/models, #/models/NAME, #/models/NAME/SYMBOL[?group_key=G]. Hash routing keeps deep
+// Hash routes: #/models, #/models/NAME, #/models/NAME/SYMBOL[?group_key=G], #/keys. Hash routing keeps deep
 // links working after a reload without any server-side fallback. `#setup=CODE` is the first-run link
 // `model-manager serve` prints: it opens the models view with the setup code filled in.
 
@@ -19,6 +19,7 @@ export function parseRoute(hash = location.hash) {
     });
   const params = new URLSearchParams(query);
   if (parts.length === 0) return { view: "models", redirect: true };
+  if (parts[0] === "keys") return parts.length === 1 ? { view: "keys" } : { view: "notfound" };
   if (parts[0] !== "models") return { view: "notfound" };
   if (parts.length === 1) return { view: "models" };
   if (parts.length === 2) return { view: "symbols", name: parts[1] };
@@ -28,6 +29,7 @@ export function parseRoute(hash = location.hash) {
 
 export const links = {
   models: () => "#/models",
+  keys: () => "#/keys",
   model: (name) => `#/models/${encodeURIComponent(name)}`,
   symbol: (name, symbol, groupKey) =>
     `#/models/${encodeURIComponent(name)}/${encodeURIComponent(symbol)}${groupKey ? `?group_key=${encodeURIComponent(groupKey)}` : ""}`,
