@@ -50,6 +50,25 @@ def http(method: str, url: str, *, token: str | None = None, body: dict | None =
         return exc.code, httpx.Headers(list(exc.headers.items())), exc.read()
 
 
+def init_password(data_dir: Path, password: str = "correct horse battery") -> None:
+    """Set the first password of a data dir with the CLI, as a user does on the server's machine
+    (over HTTP, bootstrapping needs the setup code the server prints)."""
+    done = run_cli("password", "init", "--password-stdin", "--data-dir", str(data_dir), input=password + "\n")
+    assert done.returncode == 0, done.stderr
+
+
+def wait_for(check, timeout: float = 20, interval: float = 0.1, what: str = "the condition"):
+    """Poll `check()` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s (last: {value!r})")
+        time.sleep(interval)
+
+
 class ServerProcess:
     """A real `model-manager serve` on 127.0.0.1 and a free port, stopped with SIGINT on exit."""
 
@@ -109,9 +128,11 @@ class ServerProcess:
         return http("POST", self.url + path, body=body, **kw)
 
     def login(self, password: str = "correct horse battery") -> str:
-        """Bootstrap (first time) or log in; returns a bearer token."""
-        status, _, raw = self.post("/api/auth/bootstrap", {"password": password})
+        """Log in, setting the first password with the CLI when none is set yet (bootstrapping over
+        HTTP needs the setup code the server prints); returns a bearer token."""
+        status, _, raw = self.post("/api/auth/login", {"password": password})
         if status == 409:
+            init_password(self.data_dir, password)
             status, _, raw = self.post("/api/auth/login", {"password": password})
-        assert status in (200, 201), raw
+        assert status == 200, raw
         return json.loads(raw)["token"]
