@@ -51,6 +51,7 @@ def model_dir(tmp_path_factory, models):
     write_group(d, "SOLUSDT_mid_chg_1m", model=models["regressor"], info=info, ic=ic_csv(FACTORS, 1.0))
     write_group(d, "ETHUSDT_mid_chg_5m", model=models["regressor"], ic=ic_csv(FACTORS, 0.5))
     write_group(d, "BTCUSDT_mid_chg_1m", model=models["booster"])
+    write_group(d, "XRPUSDT_mid_chg_1m", model=models["regressor"])
     return d
 
 
@@ -71,7 +72,8 @@ def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("versions-ui-data")
     done = run_cli("password", "init", "--password-stdin", "--data-dir", str(data_dir), input=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
-    with ServerProcess(data_dir, extra_args=("--no-watch",)) as proc:
+    # Two versions kept per group (plus the pinned and the live one): a third retrain prunes one.
+    with ServerProcess(data_dir, extra_args=("--no-watch",), env={"MODEL_MANAGER_KEEP_VERSIONS": "2"}) as proc:
         yield proc
 
 
@@ -348,6 +350,34 @@ def test_diff_of_different_dims_is_not_comparable_and_names_stay_text(ui, server
     expect(result.locator(f"#diff-ic g.bar-row[data-factor='{HOSTILE}']")).to_have_count(1)
     assert page.locator("main img").count() == 0
     assert page.evaluate("window.__pwned") is None
+
+
+def test_pruned_versions_are_greyed_and_cannot_be_pinned(ui, server, token, versioned, training_data):
+    """XRPUSDT retrained twice: with two versions kept, v1's bytes are pruned; its record stays."""
+    page = ui.page
+    x, y = training_data
+    for rounds in (3, 4):
+        write_group(versioned, "XRPUSDT_mid_chg_1m", model=regressor(x, y + rounds, rounds=rounds, depth=2))
+        assert call(server, token, "POST", f"/api/models/{MODEL}/refresh")[0] == 200
+    _, versions = call(server, token, "GET", f"/api/models/{MODEL}/symbols/XRPUSDT/versions")
+    assert [(v["version"], v["pruned"]) for v in versions["versions"]] == [(3, False), (2, False), (1, True)]
+    sign_in(ui, token, f"#/models/{MODEL}/XRPUSDT")
+    expect(row(page, 1)).to_have_class("version-pruned")
+    expect(row(page, 1).locator(".badge-pruned")).to_have_text("pruned")
+    expect(row(page, 1).locator(".periods li")).to_have_count(1)  # when it was live is still known
+    expect(page.get_by_role("button", name="Pin v1", exact=True)).to_have_count(0)
+    expect(page.get_by_role("button", name="Pin v2", exact=True)).to_be_visible()
+    expect(row(page, 3).locator(".badge-live")).to_be_visible()
+    ui.shot("14-versions-pruned", clip_height=760)
+
+    # A pruned version still compares (its record keeps factors, IC, info), but not its predictions.
+    page.locator("#diff-from").select_option("1")
+    page.locator("#diff-to").select_option("3")
+    page.locator("#diff-button").click()
+    _, diff = call(server, token, "GET", f"/api/models/{MODEL}/symbols/XRPUSDT/diff?from=1&to=3")
+    expect(page.locator("#diff-predictions .not-comparable")).to_have_text(f"Not comparable: {diff['predictions_note']}.")
+    expect(page.locator("#diff-trees dd")).to_have_text(f"{diff['model']['num_trees']['from']} → {diff['model']['num_trees']['to']}")
+    expect(page.locator("#diff-factor-counts dd")).to_have_text("same factors, same dims")
 
 
 # ---- hold and release -----------------------------------------------------------------------------

@@ -138,7 +138,13 @@ function statsRow(diff) {
     { class: "stats" },
     stat("Dim", change(diff.dim?.from, diff.dim?.to), "diff-dim"),
     stat("Trees", change(trees.from, trees.to), "diff-trees"),
-    stat("Factors", `+${f.added.length} added · −${f.removed.length} removed · ${f.moved.length} moved`, "diff-factor-counts"),
+    stat(
+      "Factors",
+      f.added.length || f.removed.length || f.moved.length
+        ? `+${f.added.length} added · −${f.removed.length} removed · ${f.moved.length} moved`
+        : h("span", { class: "muted" }, "same factors, same dims"),
+      "diff-factor-counts",
+    ),
     stat("Prediction correlation", p ? formatNumber(p.correlation) : "not comparable", "diff-correlation"),
   );
 }
