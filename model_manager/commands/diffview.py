@@ -88,13 +88,26 @@ def _info(console: Console, info: dict) -> None:
         console.print("[dim]no key changed[/dim]")
         return
     grid = Table.grid(padding=(0, 2))
-    for key, change in info["changed"].items():
+    for key, change in _flat_changes(info["changed"]):
         grid.add_row(Text(f"~ {key}", style="yellow"), Text(f"{_plain(change['from'])} → {_plain(change['to'])}"))
     for key in info["added"]:
         grid.add_row(Text(f"+ {key}", style="green"), Text("added", style="dim"))
     for key in info["removed"]:
         grid.add_row(Text(f"- {key}", style="red"), Text("removed", style="dim"))
     console.print(grid)
+
+
+def _flat_changes(changed: dict) -> list[tuple[str, dict]]:
+    """Changed keys; a dict value (params, metrics) is shown by the sub-keys that changed."""
+    out = []
+    for key, change in changed.items():
+        a, b = change["from"], change["to"]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [(f"{key}.{sub}", {"from": a.get(sub), "to": b.get(sub)})
+                    for sub in dict.fromkeys([*a, *b]) if a.get(sub) != b.get(sub)]
+        else:
+            out.append((key, change))
+    return out
 
 
 def _model(console: Console, model: dict) -> None:
@@ -139,5 +152,7 @@ def _num(value: Any, *, sign: bool = True) -> str:
 def _plain(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -53,17 +53,16 @@ def versions(name: Name, symbol: Symbol, as_json: JsonOption = False, data_dir: 
         return
     console = _out()
     console.print(_state_line(state))
-    table = Table(title_justify="left", box=None, padding=(0, 2), header_style="bold")
-    for column, justify in (("version", "right"), ("", "left"), ("created", "left"), ("live from", "left"),
-                            ("live until", "left"), ("dim", "right"), ("factors", "right"), ("source", "left"),
-                            ("status", "left"), ("pruned", "left")):
+    table = Table(box=None, padding=(0, 1), header_style="bold")
+    for column, justify in (("version", "left"), ("created", "left"), ("live from", "left"), ("live until", "left"),
+                            ("dim", "right"), ("factors", "right"), ("source", "left"), ("status", "left"), ("pruned", "left")):
         table.add_column(column, justify=justify)
     for v in state["versions"]:
         until = short_time(v["live_until"]) or ("now" if v["live"] else "")
-        table.add_row(f"v{v['version']}", _badges(v, state["held"]), short_time(v["created_at"]),
+        table.add_row(Text(f"v{v['version']} ").append_text(_badges(v, state["held"])), short_time(v["created_at"]),
                       short_time(v["live_from"]), until, _dash(v["dim"]), _dash(v["factor_count"]),
                       v["model_source"] or "-", Text(v["status"], style=STATUS_STYLE.get(v["status"], "")),
-                      Text("pruned", style="dim") if v.get("pruned") else "")
+                      Text("yes", style="dim") if v.get("pruned") else "")
     console.print(table)
 
 
@@ -72,11 +71,12 @@ def _dash(value: Any) -> str:
 
 
 def _badges(v: dict, held: bool) -> Text:
+    """`live` (or `held` while a hold keeps it live) and `pinned`, as coloured labels."""
     text = Text()
     if v["live"]:
-        text.append(" held " if held and not v["pinned"] else " live ", style="bold black on green")
+        text.append("held" if held and not v["pinned"] else "live", style="bold green")
     if v["pinned"]:
-        text.append(" " if v["live"] else "").append(" pinned ", style="bold black on yellow")
+        text.append(" " if v["live"] else "").append("pinned", style="bold yellow")
     return text
 
 
