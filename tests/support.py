@@ -190,6 +190,18 @@ def http(method: str, url: str, *, token: str | None = None, body: dict | None =
         return exc.code, httpx.Headers(list(exc.headers.items())), exc.read()
 
 
+def wait_for(check, timeout: float = 20, interval: float = 0.1, what: str = "the condition"):
+    """Poll `check()` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s (last: {value!r})")
+        time.sleep(interval)
+
+
 class ServerProcess:
     """A real `model-manager serve` on 127.0.0.1 and a free port, stopped with SIGINT on exit."""
 

@@ -234,3 +234,116 @@ def test_a_model_that_crashes_xgboost_is_an_issue_not_a_dead_server(tmp_path, mo
         assert any("crashed the XGBoost loader" in i["message"] for i in detail["issues"])
         assert server.get("/api/models/m/model/SOLUSDT", token=token)[0] == 200
         assert server.proc.poll() is None
+
+
+# -- versions: kill -9 while a refresh records versions and while pins change -------------------------
+def version_numbers(db_path: Path) -> dict[str, list[int]]:
+    """{group_key: its version numbers, ascending} of the model `live`, read from the database."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT group_key, version FROM versions WHERE model = 'live' ORDER BY group_key, version")
+        out: dict[str, list[int]] = {}
+        for group, version in rows:
+            out.setdefault(group, []).append(version)
+        return out
+
+
+def check_versions_on_disk(data_dir: Path) -> dict[str, list[int]]:
+    """Numbers 1..N without gaps or duplicates, every kept version's bytes present, one open live
+    period per group at most."""
+    db_path = data_dir / "model-manager.sqlite3"
+    assert integrity(db_path) == "ok"
+    numbers = version_numbers(db_path)
+    assert len(numbers) == GROUPS
+    for group, found in numbers.items():
+        assert found == list(range(1, len(found) + 1)), (group, found)
+    with sqlite3.connect(db_path) as db:
+        for group, version, blob in db.execute("SELECT group_key, version, blob_sha256 FROM versions "
+                                               "WHERE model = 'live' AND pruned = 0"):
+            assert (data_dir / "versions" / blob[:2] / f"{blob}.gz").is_file(), (group, version)
+        open_periods = db.execute("SELECT group_key, COUNT(*) FROM live_periods WHERE model = 'live' "
+                                  "AND live_until IS NULL GROUP BY group_key HAVING COUNT(*) > 1").fetchall()
+        assert open_periods == []
+    return numbers
+
+
+def pin_loop(url: str, token: str, stop: threading.Event, first: int) -> None:
+    """Pin and unpin groups `first`..`first + 9` as fast as the server answers, until it dies or `stop`."""
+    i = 0
+    while not stop.is_set():
+        symbol = f"S{first + (i // 2) % 10:03d}USDT"
+        try:
+            if i % 2 == 0:
+                http("POST", f"{url}/api/models/live/symbols/{symbol}/pin", token=token,
+                     body={"version": 1, "reason": "crash test"}, timeout=30)
+            else:
+                http("DELETE", f"{url}/api/models/live/symbols/{symbol}/pin?reason=crash+test", token=token, timeout=30)
+        except OSError:
+            return  # the server died under the request
+        i += 1
+
+
+def recorded_count(db_path: Path, version: int) -> int:
+    with sqlite3.connect(db_path, timeout=30) as db:
+        return db.execute("SELECT COUNT(*) FROM versions WHERE model = 'live' AND version = ?", (version,)).fetchone()[0]
+
+
+def test_kill_while_recording_versions_and_pinning(tmp_path, primed):
+    """A retrain of 60 groups is being recorded (and pins change meanwhile) when the server is killed:
+    after 1, 20 and 40 of the groups got their new version."""
+    data_dir, token, _ = primed
+    db_path = data_dir / "model-manager.sqlite3"
+    directory = tmp_path / "models"
+    write_models(directory, generation=1)
+    with ServerProcess(data_dir, extra_args=("--no-watch",)) as server:
+        status, _, raw = server.post("/api/models", {"name": "live", "path": str(directory)}, token=token)
+        assert status == 201, raw
+    partial = []
+    for generation, kill_after in ((2, 1), (3, 20), (4, 40)):
+        server = ServerProcess(data_dir, extra_args=("--no-watch",))
+        server.start()
+        stop = threading.Event()
+        pinners = [threading.Thread(target=pin_loop, args=(server.url, token, stop, first), daemon=True)
+                   for first in (0, 10, 20)]
+        try:
+            assert server.get("/api/models/live/symbols", token=token, timeout=120)[0] == 200  # loaded
+            target = max(found[-1] for found in version_numbers(db_path).values()) + 1
+            write_models(directory, generation=generation)  # a retrain of every group; unseen (no watcher)
+            in_background(http, "POST", server.url + "/api/models/live/refresh", token=token, timeout=120)
+            for pinner in pinners:
+                pinner.start()
+            deadline = time.monotonic() + 120
+            while recorded_count(db_path, target) < kill_after and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            kill_hard(server)
+            stop.set()
+        for pinner in pinners:
+            pinner.join(30)
+        numbers = check_versions_on_disk(data_dir)
+        done = sum(1 for found in numbers.values() if found[-1] == target)
+        partial.append(0 < done < GROUPS)
+        with sqlite3.connect(db_path) as db:
+            pins = db.execute("SELECT COUNT(*) FROM pins WHERE model = 'live'").fetchone()[0]
+        print(f"killed with {done} of {GROUPS} groups at v{target}; {pins} groups pinned")
+    assert any(partial), "no kill landed while the refresh was recording versions"
+
+    # after a restart every group serves its live version, whose bytes exist, and the numbers go on
+    with ServerProcess(data_dir, extra_args=("--no-watch",)) as server:
+        latest: dict[str, int] = {}
+        for i in range(GROUPS):
+            symbol = f"S{i:03d}USDT"
+            status, _, raw = server.get(f"/api/models/live/symbols/{symbol}/versions", token=token)
+            assert status == 200, raw
+            state = json.loads(raw)
+            status, _, raw = server.get(f"/api/models/live/model/{symbol}", token=token)
+            assert status == 200, raw
+            assert json.loads(raw)["payload"]["metadata"]["version"] == state["live_version"]
+            status, _, raw = server.get(f"/api/models/live/model/{symbol}?version={state['latest_version']}", token=token)
+            assert status == 200 and json.loads(raw)["payload"]["dim_factors"][0]["factor_name"] == "g4_f0"
+            latest[state["group_key"]] = state["latest_version"]
+        write_models(directory, generation=5)
+        status, _, raw = server.post("/api/models/live/refresh", token=token, timeout=120)
+        assert status == 200, raw
+        assert "Traceback" not in server.output(), server.output()[-3000:]
+    numbers = check_versions_on_disk(data_dir)
+    assert {group: found[-1] for group, found in numbers.items()} == {group: n + 1 for group, n in latest.items()}

@@ -30,9 +30,6 @@ CHROMIUM_ARGS = [
 SHOTS = REPO / "test-artifacts" / "ui"
 LAPTOP = {"width": 1366, "height": 768}
 DESKTOP = {"width": 1920, "height": 1080}
-# A browser reaching the server through a reverse proxy on the same host: uvicorn trusts
-# X-Forwarded-For from 127.0.0.1, so the server sees a remote client (the address is TEST-NET-3).
-REMOTE_CLIENT = {"X-Forwarded-For": "203.0.113.7"}
 RESOURCE_ERROR = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})")
 SETUP_CODE = re.compile(r"setup code: ([A-HJ-NP-Z2-9]{4}-[A-HJ-NP-Z2-9]{4})", re.IGNORECASE)
 
@@ -195,27 +192,24 @@ def as_number(text: str) -> float | None:
 # ---- first run --------------------------------------------------------------------------------
 
 def test_first_run_asks_for_the_setup_code_and_bootstraps(browser, fresh_server):
-    """Uninitialized server: a local browser gets the plain password form; a browser behind a
-    reverse proxy is asked for the setup code printed by `serve`, and bootstraps with it."""
+    """Uninitialized server: every browser, a local one included, is asked for the one-time setup
+    code `serve` printed (a proxy on the same host would make any client look local); the
+    `#setup=CODE` link printed with it opens the form with the code filled in."""
     server = fresh_server
     status, _, raw = server.get("/api/auth/status")
     assert json.loads(raw)["initialized"] is False
+    codes = SETUP_CODE.findall(server.output())
+    assert codes, f"serve printed no setup code:\n{server.output()}"
 
-    local = Page(browser, server)
-    local.open()
-    expect(local.page.locator("#bootstrap-form")).to_be_visible()
-    expect(local.page.get_by_label("New password")).to_be_focused()
-    expect(local.page.locator("#setup-code-field")).to_be_hidden()
-    local.shot("01-bootstrap")
-    assert local.unexpected_errors() == []
-    local.close()
-
-    remote = Page(browser, server, extra_http_headers=REMOTE_CLIENT)
-    remote.allow(403)
-    page = remote.page
-    remote.open("#/models")
+    tab = Page(browser, server)
+    tab.allow(403)
+    page = tab.page
+    tab.open("#/models")
+    expect(page.locator("#bootstrap-form")).to_be_visible()
+    expect(page.get_by_label("New password")).to_be_focused()
     expect(page.locator("#setup-code-field")).to_be_visible()
     expect(page.locator("#setup-code-field")).to_contain_text("model-manager serve")
+    tab.shot("01-bootstrap")
 
     # Client-side checks first: short and mismatched passwords never reach the server.
     page.get_by_label("New password").fill("short")
@@ -232,19 +226,22 @@ def test_first_run_asks_for_the_setup_code_and_bootstraps(browser, fresh_server)
     page.get_by_label("Repeat the password").fill(State.password)
     page.get_by_role("button", name="Set password and sign in").click()
     expect(page.locator("#bootstrap-form .message-error")).to_contain_text("setup code is wrong")
-    remote.shot("01-bootstrap-setup-code")
+    tab.shot("01-bootstrap-setup-code")
 
-    codes = SETUP_CODE.findall(server.output())
-    assert codes, f"serve printed no setup code:\n{server.output()}"
-    page.get_by_label("Setup code").fill(codes[-1].lower())  # case and dash are forgiven
+    # The link `serve` prints fills the code in and leaves the address bar.
+    tab.open(f"#setup={codes[-1]}")
+    expect(page.get_by_label("Setup code")).to_have_value(codes[-1])
+    expect(page).to_have_url(re.compile(r"#/models$"))
+    page.get_by_label("New password").fill(State.password)
+    page.get_by_label("Repeat the password").fill(State.password)
     page.get_by_role("button", name="Set password and sign in").click()
     expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
     expect(page.locator("#models-list")).to_contain_text("No models registered yet")
     expect(page.locator("#logout-button")).to_be_visible()
     token = page.evaluate("sessionStorage.getItem('model-manager.token')")
     assert token and server.get("/api/models", token=token)[0] == 200
-    assert remote.unexpected_errors() == []
-    remote.close()
+    assert tab.unexpected_errors() == []
+    tab.close()
 
 
 # ---- models -----------------------------------------------------------------------------------

@@ -133,4 +133,26 @@ export const endpoints = {
     api("POST", "/api/keys", { body: expiresInDays ? { name, scope, expires_in_days: expiresInDays } : { name, scope } }),
   revokeKey: (name) => api("DELETE", `/api/keys/${enc(name)}`),
   payload: (name, symbol) => api("GET", `/api/models/${enc(name)}/model/${enc(symbol)}`, { raw: true }),
+  // versions (pin, unpin, rollback, hold and release are audited with the reason)
+  versions: (name, symbol) => api("GET", `${symbolPath(name, symbol)}/versions`),
+  pin: (name, symbol, version, reason = "") => api("POST", `${symbolPath(name, symbol)}/pin`, { body: { version, reason } }),
+  unpin: (name, symbol, reason = "") => api("DELETE", `${symbolPath(name, symbol)}/pin${reasonQuery(reason)}`),
+  rollback: (name, symbol, reason = "") => api("POST", `${symbolPath(name, symbol)}/rollback`, { body: { reason } }),
+  hold: (name, reason = "") => api("POST", `/api/models/${enc(name)}/hold`, { body: { reason } }),
+  release: (name, reason = "") => api("DELETE", `/api/models/${enc(name)}/hold${reasonQuery(reason)}`),
+  diff: (name, symbol, from, to) => {
+    const query = new URLSearchParams();
+    if (from) query.set("from", String(from));
+    if (to) query.set("to", String(to));
+    const text = query.toString();
+    return api("GET", `${symbolPath(name, symbol)}/diff${text ? `?${text}` : ""}`);
+  },
 };
+
+function symbolPath(name, symbol) {
+  return `/api/models/${enc(name)}/symbols/${enc(symbol)}`;
+}
+
+function reasonQuery(reason) {
+  return reason ? `?reason=${enc(reason)}` : "";
+}

@@ -1,11 +1,12 @@
-// Symbol detail: training metadata, issues, factors in dimension order, the IC table and chart, and the
-// payload download.
+// Symbol detail: training metadata, issues, the versions and their comparison (versions.js, diff.js),
+// factors in dimension order, the IC table and chart, and the payload download.
 import { endpoints } from "../api.js";
 import { barChart } from "../chart.js";
 import {
   formatTimestamp, h, looksLikeTimestamp, messageEl, plural, replaceContent, showMessage, sortableTable, statusBadge, timeEl,
 } from "../dom.js";
 import { links } from "../routes.js";
+import { versionSections } from "./versions.js";
 
 const DEFAULT_METRIC = "kendall_tau";
 // Chart settings survive moving between symbols while the page is open.
@@ -53,6 +54,7 @@ export async function renderDetail(main, route, ctx) {
     ),
     detail.stale ? staleNotice(detail) : null,
     issuesCard(detail),
+    versionSections(name, detail),
     chartCard(detail),
     h("div", { class: "columns columns-even" }, metadataCard(detail), factorsCard(detail)),
     icTableCard(detail),

@@ -1,4 +1,5 @@
-// Models view: the registered model directories, register / refresh / unregister, and the access card.
+// Models view: the registered model directories, register / refresh / hold / release / unregister, and
+// the access card.
 import { endpoints } from "../api.js";
 import { field, h, loadingEl, messageEl, plural, replaceContent, showMessage, statusBadge, timeEl } from "../dom.js";
 import { links } from "../routes.js";
@@ -86,9 +87,14 @@ function modelRow(model, { load, listMessage }) {
   const actions = h("td", { class: "actions" });
   const tr = h(
     "tr",
-    { dataset: { model: model.name } },
+    { class: model.held ? "model-held" : undefined, dataset: { model: model.name, held: model.held ? "true" : "false" } },
     h("td", null, h("a", { href: links.model(model.name), class: "strong-link" }, model.name)),
-    h("td", null, statusBadge(model.status)),
+    h(
+      "td",
+      { class: "status-cell" },
+      h("div", { class: "status-badges" }, statusBadge(model.status), model.held ? h("span", { class: "badge badge-held" }, "held") : null),
+      model.held ? heldInfo(model) : null,
+    ),
     h("td", { class: "num" }, model.group_count ?? "—"),
     h("td", { class: "num" }, model.symbol_count ?? "—"),
     h("td", { class: "when" }, timeEl(model.refreshed_at || model.registered_at)),
@@ -99,8 +105,11 @@ function modelRow(model, { load, listMessage }) {
 
   function showActions() {
     const refresh = h("button", { type: "button", class: "button button-small", onclick: onRefresh }, "Refresh");
+    const hold = model.held
+      ? h("button", { type: "button", class: "button button-small", dataset: { action: "hold" }, onclick: () => askHold(false) }, "Release")
+      : h("button", { type: "button", class: "button button-small", dataset: { action: "hold" }, onclick: () => askHold(true) }, "Hold");
     const remove = h("button", { type: "button", class: "button button-small button-danger-ghost", onclick: askRemove }, "Unregister");
-    replaceContent(actions, h("div", { class: "button-row" }, refresh, remove));
+    replaceContent(actions, h("div", { class: "button-row" }, refresh, hold, remove));
 
     async function onRefresh() {
       refresh.disabled = true;
@@ -116,6 +125,63 @@ function modelRow(model, { load, listMessage }) {
         refresh.disabled = false;
         refresh.textContent = "Refresh";
       }
+    }
+  }
+
+  /** Hold (holding = true) or release the model, with a reason for the audit trail. */
+  function askHold(holding) {
+    const verb = holding ? "hold" : "release";
+    const { field: reasonField, input: reason } = field(
+      "Reason",
+      { type: "text", name: "reason", maxlength: 1000, autocomplete: "off", placeholder: holding ? "e.g. checking the new training run" : "e.g. new models checked" },
+    );
+    const error = messageEl("error");
+    const yes = h("button", { type: "submit", class: "button button-small button-primary" }, `Yes, ${verb}`);
+    const no = h("button", { type: "button", class: "button button-small", onclick: cancel }, "Cancel");
+    const form = h(
+      "form",
+      { class: "confirm", "aria-label": `${holding ? "Hold" : "Release"} ${model.name}`, novalidate: true },
+      h(
+        "span",
+        null,
+        holding
+          ? `Hold ${model.name}? Each symbol keeps its live version; new versions are recorded but not served until released.`
+          : `Release ${model.name}? Each symbol serves its latest version again (pins still win).`,
+      ),
+      reasonField,
+      error,
+      h("div", { class: "button-row" }, yes, no),
+    );
+    replaceContent(actions, form);
+    form.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") cancel();
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      yes.disabled = true;
+      showMessage(error, "");
+      try {
+        const why = reason.value.trim();
+        await (holding ? endpoints.hold(model.name, why) : endpoints.release(model.name, why));
+        showMessage(
+          listMessage,
+          holding
+            ? `Held ${model.name}: new versions are recorded but not served until it is released.`
+            : `Released ${model.name}: each symbol serves its latest version (pins still win).`,
+          "success",
+        );
+        await load();
+      } catch (err) {
+        if (err.sessionExpired) return;
+        showMessage(error, err.message);
+        yes.disabled = false;
+      }
+    });
+    reason.focus();
+
+    function cancel() {
+      showActions();
+      actions.querySelector("button[data-action='hold']")?.focus();
     }
   }
 
@@ -152,6 +218,30 @@ function modelRow(model, { load, listMessage }) {
 
   showActions();
   return tr;
+}
+
+/** "since … — reason" under the held badge of a held model. */
+function heldInfo(model) {
+  const text = h("span", { class: "held-text small" });
+  const box = h("div", { class: "held-info" }, text);
+  const fill = (hold) => {
+    replaceContent(
+      text,
+      hold && hold.held_at ? ["since ", timeEl(hold.held_at)] : "new versions are not served",
+      hold && hold.reason ? [" — ", h("q", null, hold.reason)] : null,
+    );
+  };
+  if (model.hold !== undefined) {
+    fill(model.hold);
+  } else {
+    // The model object says only `held`: the versions of one of its symbols carry when and why.
+    fill(null);
+    const group = (model.groups || []).find((g) => g.version !== null && g.version !== undefined);
+    if (group) {
+      endpoints.versions(model.name, group.symbol).then((v) => fill(v.hold), () => {});
+    }
+  }
+  return box;
 }
 
 /** The model's error, or a summary of its groups' problems (the list answer carries `groups`). */

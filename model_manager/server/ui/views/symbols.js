@@ -96,6 +96,9 @@ function modelMeta(model) {
     "ul",
     { class: "meta-list" },
     h("li", null, statusBadge(model.status)),
+    model.held
+      ? h("li", { id: "model-held" }, h("span", { class: "badge badge-held", title: "New versions are recorded but not served until the model is released (models page)" }, "held"))
+      : null,
     h("li", null, plural(model.group_count ?? 0, "group")),
     h("li", null, plural(model.symbol_count ?? 0, "symbol")),
     h("li", null, "refreshed ", timeEl(model.refreshed_at || model.registered_at)),
