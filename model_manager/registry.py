@@ -250,7 +250,10 @@ class Registry:
                 self._group_removed(model.name, key)
                 self.waiters.changed(model.name, key)
             model.install(dict(sorted({**kept, **new_states}.items())))
-            model.held = self.versions.hold_info(model.name) is not None
+            held = self.versions.hold_info(model.name) is not None
+            if held != model.held:  # a hold set by another process, not yet followed
+                model.held = held
+                self.events.publish(model.name, "model", {"event": "held" if held else "released"})
             model.error = None
             self._announce(model, previous)
             self.events.publish(model.name, "model", {"event": "refreshed"})

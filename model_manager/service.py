@@ -260,10 +260,8 @@ class ModelManager:
             raise NotFoundError(f"no model named {name!r} is registered")
 
     def _model_object(self, name: str) -> dict[str, Any]:
-        if self.registry is not None:
-            model = self.registry.get(name)
-            model.held = self.versions.hold_info(name) is not None
-            return model.to_dict()
+        if self.registry is not None:  # `_followed` serves the hold (and announces it), then renders the model
+            return self.registry.get(name).to_dict()
         row = self.store.get_model(name)
         return {"name": row.name, "path": row.path, "registered_at": row.registered_at,
                 "held": self.versions.hold_info(name) is not None}
