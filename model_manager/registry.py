@@ -64,7 +64,7 @@ class Registry:
         self.cache = cache
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
-        self.events = EventBus()        # what happened, for the event stream
+        self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
         self._unserved_lock = threading.Lock()

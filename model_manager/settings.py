@@ -52,6 +52,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
                         "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)."),
     "metrics_public": ("MODEL_MANAGER_METRICS_PUBLIC", _bool, "Serve /metrics without a token or key."),
     "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
+    "events_keepalive": ("MODEL_MANAGER_EVENTS_KEEPALIVE", float,
+                         "Seconds without an event before an event stream sends a keep-alive comment."),
 }
 
 
@@ -72,6 +74,7 @@ class Settings:
     trusted_proxies: str = ""
     keep_versions: int = 20
     metrics_public: bool = False
+    events_keepalive: float = 15.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -104,6 +107,8 @@ class Settings:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
         if self.keep_versions < 1:
             raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
+        if not 0 < self.events_keepalive <= 3600:
+            raise UsageError("MODEL_MANAGER_EVENTS_KEEPALIVE must be more than 0 and at most 3600 seconds")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0:
             raise UsageError("size limits must be positive")
         for entry in self.proxy_list:

@@ -115,3 +115,39 @@ class ServerProcess:
             status, _, raw = self.post("/api/auth/login", {"password": password})
         assert status in (200, 201), raw
         return json.loads(raw)["token"]
+
+
+def prepare_data_dir(data_dir: Path, password: str, models: dict[str, Path] | None = None) -> None:
+    """Set the password and register model directories with the CLI, before a server starts (the
+    bootstrap route wants the setup code; `password init` has the data dir and needs none)."""
+    done = run_cli("password", "init", "--password-stdin", "--data-dir", str(data_dir), input=password + "\n")
+    assert done.returncode == 0, done.stderr
+    for name, path in (models or {}).items():
+        done = run_cli("register", name, str(path), "--data-dir", str(data_dir))
+        assert done.returncode == 0, done.stderr
+
+
+def login(url: str, password: str) -> str:
+    """POST /api/auth/login; returns the bearer token."""
+    status, _, raw = http("POST", url + "/api/auth/login", body={"password": password})
+    assert status == 200, raw
+    return json.loads(raw)["token"]
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write a file the way a training job should: a temporary name, then one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.1, message: str = "condition"):
+    """Call `predicate` until it returns something truthy (returned) or `timeout` s pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

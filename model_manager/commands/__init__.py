@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Each module defines its command(s) with `@app.command()` on import (order = order in --help).
-COMMAND_MODULES = ["inspect", "convert", "demo", "register", "password", "serve", "audit"]
+COMMAND_MODULES = ["inspect", "convert", "demo", "register", "password", "serve", "audit", "fleet"]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
