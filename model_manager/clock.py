@@ -19,3 +19,8 @@ def now_iso() -> str:
 def iso_from_timestamp(timestamp: float | None) -> str | None:
     """Unix seconds as ISO-8601 (None stays None)."""
     return None if timestamp is None else isoformat(datetime.fromtimestamp(timestamp, UTC))
+
+
+def timestamp_from_iso(text: str) -> float:
+    """ISO-8601 (as `isoformat` writes it) as unix seconds."""
+    return datetime.fromisoformat(text).timestamp()

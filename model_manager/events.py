@@ -34,7 +34,8 @@ class Event:
 class EventBus:
     """The last `keep` events, and the live subscribers of each model."""
 
-    def __init__(self, keep: int = 1000):
+    def __init__(self, keep: int = 1000, idle: float = 15.0):
+        self.idle = idle  # seconds without an event before `subscribe` yields None (a keep-alive)
         self._events: deque[Event] = deque(maxlen=keep)
         self._ids = itertools.count(int(time.time() * 1000))
         self._lock = threading.Lock()
@@ -84,8 +85,6 @@ class EventBus:
         finally:
             with self._lock:
                 self._subscribers.get(model, set()).discard(entry)
-
-    idle = 15.0  # seconds without an event before `subscribe` yields None
 
     def subscribers(self) -> int:
         with self._lock:

@@ -64,7 +64,7 @@ class Registry:
         self.cache = cache
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
-        self.events = EventBus()        # what happened, for the event stream
+        self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
         self._unserved_lock = threading.Lock()
@@ -250,7 +250,10 @@ class Registry:
                 self._group_removed(model.name, key)
                 self.waiters.changed(model.name, key)
             model.install(dict(sorted({**kept, **new_states}.items())))
-            model.hold = self.versions.hold_info(model.name)
+            hold = self.versions.hold_info(model.name)
+            if (hold is None) != (model.hold is None):  # a hold set by another process, not yet followed
+                self.events.publish(model.name, "model", {"event": "held" if hold else "released"})
+            model.hold = hold
             model.error = None
             self._announce(model, previous)
             self.events.publish(model.name, "model", {"event": "refreshed"})

@@ -29,7 +29,7 @@ from model_manager.cache import CacheDir
 from model_manager.converter import ConvertResult, convert_file, pickles_in
 from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError
 from model_manager.files import private_dir
-from model_manager.fleet import Fleet
+from model_manager.fleet import Fleet, LiveGroup
 from model_manager.keys import KeyStore
 from model_manager.metrics import Metrics
 from model_manager.registration import check_name, normalize_path
@@ -350,10 +350,23 @@ class ModelManager(VersionCommands):
         return self.serving.payload(name, symbol)
 
     def fleet_view(self, name: str) -> dict[str, Any]:
-        """Which client received which version of each group, and who is behind the live one."""
+        """Which client received which version of each group, and who is behind the live one
+        (serving: this process's sightings and live versions; reads the live periods from sqlite)."""
         view = self.serving.get(name).view
-        groups = {k: (s.snapshot.symbol, s.payload.version if s.payload else None) for k, s in view.groups.items()}
+        stored = self.versions.live_groups(name)
+        groups = {k: LiveGroup(s.snapshot.symbol, s.payload.version if s.payload else None,
+                               stored[k].live_starts if k in stored else ())
+                  for k, s in view.groups.items()}
         return self.fleet.view(name, groups)
+
+    def fleet_report(self, name: str) -> dict[str, Any]:
+        """The fleet object of a model, offline: what every server sharing the data dir has flushed
+        to the store (within a second or two of each payload answer), against the live versions."""
+        if self.registry is not None:
+            return self.fleet_view(name)
+        if self.store.get_model(name) is None:
+            raise NotFoundError(f"no model named {name!r} is registered (see model-manager register --list)")
+        return Fleet.stored(self.store, name).view(name, self.versions.live_groups(name))
 
     def _gauges(self) -> dict[str, Any]:
         """The state metrics read at scrape time (see metrics.StateCollector)."""

@@ -54,6 +54,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
     "check_memory_mb": ("MODEL_MANAGER_CHECK_MEMORY_MB", int,
                         "Memory in MiB one check of an untrusted file (pickle, model) may allocate."),
+    "events_keepalive": ("MODEL_MANAGER_EVENTS_KEEPALIVE", float,
+                         "Seconds without an event before an event stream sends a keep-alive comment."),
 }
 
 
@@ -75,6 +77,7 @@ class Settings:
     keep_versions: int = 20
     metrics_public: bool = False
     check_memory_mb: int = 4096
+    events_keepalive: float = 15.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -107,6 +110,8 @@ class Settings:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
         if self.keep_versions < 1:
             raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
+        if not 0 < self.events_keepalive <= 3600:
+            raise UsageError("MODEL_MANAGER_EVENTS_KEEPALIVE must be more than 0 and at most 3600 seconds")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0 or self.check_memory_mb <= 0:
             raise UsageError("size limits must be positive")
         for entry in self.proxy_list:

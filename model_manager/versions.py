@@ -24,9 +24,10 @@ from pathlib import Path
 
 from model_manager import versionrules as rules
 from model_manager.blobs import ORPHAN_GRACE_SECONDS, BlobStore
-from model_manager.clock import isoformat, utc_now
+from model_manager.clock import isoformat, timestamp_from_iso, utc_now
 from model_manager.conversion import sha256
 from model_manager.errors import ConflictError, NotFoundError, UnprocessableError
+from model_manager.fleet import LiveGroup
 from model_manager.store import Store
 from model_manager.versiondiff import diff_versions
 from model_manager.versionrecords import Candidate, Recorded, StoredPayload, VersionInfo, candidate, content_sha256
@@ -78,6 +79,17 @@ class VersionStore:
         """{group_key: live version} of a model: what a server compares after `state_seq` moved."""
         rows = self.store.query("SELECT group_key, version FROM live_periods WHERE model = ? AND live_until IS NULL", (model,))
         return dict(rows)
+
+    def live_groups(self, model: str) -> dict[str, LiveGroup]:
+        """{group_key: LiveGroup} of every group of a model with a live version, with when each of
+        its live periods began (what the fleet view compares clients against, offline)."""
+        starts: dict[str, list[float]] = {}
+        for group_key, live_from in self.store.query("SELECT group_key, live_from FROM live_periods WHERE model = ? ORDER BY id",
+                                                     (model,)):
+            starts.setdefault(group_key, []).append(timestamp_from_iso(live_from))
+        symbols = dict(self.store.query("SELECT group_key, symbol FROM versions WHERE model = ? GROUP BY group_key", (model,)))
+        return {key: LiveGroup(symbols.get(key, key.split("_", 1)[0]), number, tuple(starts.get(key, ())))
+                for key, number in self.live_versions(model).items()}
 
     def state_seq(self) -> int:
         """A number that grows whenever any live version, pin or hold changes (in any process)."""

@@ -286,3 +286,20 @@ def login(url: str, data_dir: Path, password: str = PASSWORD) -> str:
         status, _, raw = http("POST", url + "/api/auth/login", body={"password": password})
     assert status == 200, raw
     return json.loads(raw)["token"]
+
+
+def prepare_data_dir(data_dir: Path, password: str, models: dict[str, Path] | None = None) -> None:
+    """Set the password and register model directories with the CLI, before a server starts (the
+    bootstrap route wants the setup code; `password init` has the data dir and needs none)."""
+    init_password(data_dir, password)
+    for name, path in (models or {}).items():
+        done = run_cli("register", name, str(path), "--data-dir", str(data_dir))
+        assert done.returncode == 0, done.stderr
+
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write a file the way a training job should: a temporary name, then one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

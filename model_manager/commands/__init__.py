@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Each module defines its command(s) with `@app.command()` on import (order = order in --help).
-COMMAND_MODULES = ["inspect", "convert", "demo", "register", "versions", "password", "keys", "serve", "audit"]
+COMMAND_MODULES = ["inspect", "convert", "demo", "register", "versions", "password", "keys", "fleet", "serve", "audit"]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -96,7 +96,7 @@ class ModelsController(Controller):
     def list_factors(self, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.factors(name)
 
-    @get("/{name:str}/fleet", summary="Which client runs which version of each symbol", sync_to_thread=False,
+    @get("/{name:str}/fleet", summary="Which client runs which version of each symbol", sync_to_thread=True,
          responses=error_responses(401, 404))
     def fleet(self, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.fleet_view(name)

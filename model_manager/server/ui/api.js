@@ -126,6 +126,7 @@ export const endpoints = {
   refresh: (name) => api("POST", `/api/models/${enc(name)}/refresh`),
   symbols: (name) => api("GET", `/api/models/${enc(name)}/symbols`),
   factors: (name) => api("GET", `/api/models/${enc(name)}/factors`),
+  fleet: (name) => api("GET", `/api/models/${enc(name)}/fleet`),
   symbol: (name, symbol, groupKey) =>
     api("GET", `/api/models/${enc(name)}/symbols/${enc(symbol)}${groupKey ? `?group_key=${enc(groupKey)}` : ""}`),
   keys: () => api("GET", "/api/keys"),

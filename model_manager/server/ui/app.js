@@ -1,5 +1,5 @@
-// Entry point: hash routing (#/models, #/models/NAME, #/models/NAME/SYMBOL, #/keys), the session
-// check, and the header. Views live in views/*.js and render into <main>.
+// Entry point: hash routing (#/models, #/models/NAME, #/models/NAME/SYMBOL, #/engines/NAME, #/keys),
+// the session check, and the header. Views live in views/*.js and render into <main>.
 import { endpoints, session, setUnauthorizedHandler } from "./api.js";
 import { h, replaceContent, loadingEl, messageEl, showMessage } from "./dom.js";
 import { links, parseRoute } from "./routes.js";
@@ -8,6 +8,7 @@ import { renderModels } from "./views/models.js";
 import { renderSymbols } from "./views/symbols.js";
 import { renderDetail } from "./views/detail.js";
 import { renderKeys } from "./views/keys.js";
+import { renderEngines } from "./views/engines.js";
 
 const main = document.getElementById("main");
 const crumbs = document.getElementById("crumbs");
@@ -40,6 +41,7 @@ function setCrumbs(route) {
   const items = [h("a", { href: links.models() }, "Models")];
   if (route.name) items.push(h("a", { href: links.model(route.name) }, route.name));
   if (route.symbol) items.push(h("a", { href: links.symbol(route.name, route.symbol) }, route.symbol));
+  if (route.view === "engines") items.push(h("a", { href: links.engines(route.name) }, "Engines"));
   const list = h("ol");
   items.forEach((item, i) => {
     if (i === items.length - 1) item.setAttribute("aria-current", "page");
@@ -143,6 +145,9 @@ async function render({ focus = false } = {}) {
     case "symbols":
       document.title = `${route.name} · model-manager`;
       return renderSymbols(main, route, ctx);
+    case "engines":
+      document.title = `Engines · ${route.name} · model-manager`;
+      return renderEngines(main, route, ctx);
     case "detail":
       document.title = `${route.symbol} · ${route.name} · model-manager`;
       return renderDetail(main, route, ctx);

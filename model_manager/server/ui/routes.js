@@ -1,4 +1,4 @@
-// Hash routes: #/models, #/models/NAME, #/models/NAME/SYMBOL[?group_key=G], #/keys. Hash routing keeps deep
+// Hash routes: #/models, #/models/NAME, #/models/NAME/SYMBOL[?group_key=G], #/engines/NAME (the fleet), #/keys. Hash routing keeps deep
 // links working after a reload without any server-side fallback. `#setup=CODE` is the first-run link
 // `model-manager serve` prints: it opens the models view with the setup code filled in.
 
@@ -20,6 +20,7 @@ export function parseRoute(hash = location.hash) {
   const params = new URLSearchParams(query);
   if (parts.length === 0) return { view: "models", redirect: true };
   if (parts[0] === "keys") return parts.length === 1 ? { view: "keys" } : { view: "notfound" };
+  if (parts[0] === "engines") return parts.length === 2 ? { view: "engines", name: parts[1] } : { view: "notfound" };
   if (parts[0] !== "models") return { view: "notfound" };
   if (parts.length === 1) return { view: "models" };
   if (parts.length === 2) return { view: "symbols", name: parts[1] };
@@ -31,6 +32,7 @@ export const links = {
   models: () => "#/models",
   keys: () => "#/keys",
   model: (name) => `#/models/${encodeURIComponent(name)}`,
+  engines: (name) => `#/engines/${encodeURIComponent(name)}`,
   symbol: (name, symbol, groupKey) =>
     `#/models/${encodeURIComponent(name)}/${encodeURIComponent(symbol)}${groupKey ? `?group_key=${encodeURIComponent(groupKey)}` : ""}`,
 };

@@ -24,7 +24,12 @@ export async function renderSymbols(main, route, ctx) {
     h(
       "div",
       { class: "page" },
-      h("div", { class: "page-head" }, h("div", null, h("p", { class: "eyebrow" }, "Model"), heading, meta), refresh),
+      h(
+        "div",
+        { class: "page-head" },
+        h("div", null, h("p", { class: "eyebrow" }, "Model"), heading, meta),
+        h("div", { class: "head-actions" }, h("a", { class: "button button-ghost", href: links.engines(name), id: "engines-link" }, "Engines"), refresh),
+      ),
       message,
       h(
         "div",
