@@ -126,6 +126,7 @@ export const endpoints = {
   refresh: (name) => api("POST", `/api/models/${enc(name)}/refresh`),
   symbols: (name) => api("GET", `/api/models/${enc(name)}/symbols`),
   factors: (name) => api("GET", `/api/models/${enc(name)}/factors`),
+  matrix: (name, metric, top) => api("GET", `/api/models/${enc(name)}/matrix?metric=${enc(metric)}${top ? `&top=${top}` : ""}`),
   symbol: (name, symbol, groupKey) =>
     api("GET", `/api/models/${enc(name)}/symbols/${enc(symbol)}${groupKey ? `?group_key=${enc(groupKey)}` : ""}`),
   payload: (name, symbol) => api("GET", `/api/models/${enc(name)}/model/${enc(symbol)}`, { raw: true }),
