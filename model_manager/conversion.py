@@ -28,6 +28,8 @@ class ModelInfo:
     json_sha256: str
     warnings: list[str] = field(default_factory=list)
     digest: str | None = None  # `model_digest`: the same for one model saved as JSON, UBJSON or a pickle
+    # `model_importance`: {importance type: {dimension (as text): value}}; None when not computed
+    importance: dict[str, dict[str, float]] | None = None
 
 
 def sha256(data: bytes | bytearray | memoryview) -> str:
@@ -123,10 +125,32 @@ def model_digest(booster) -> str:
     return f"{xgb.__version__}/" + sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
 
 
+IMPORTANCE_TYPES = ("gain", "total_gain", "cover", "weight")
+
+
+def model_importance(booster) -> dict[str, dict[str, float]]:
+    """`booster.get_score(importance_type=t)` for each of IMPORTANCE_TYPES, keyed by feature dimension
+    (as text, for JSON): XGBoost keys the scores `f0`…`fN`, or by feature name when the model stores
+    names. Features no tree splits on are absent, as in `get_score`."""
+    names = list(booster.feature_names or [])
+    dims = {name: i for i, name in reversed(list(enumerate(names)))}  # a repeated name: its first dimension
+    out: dict[str, dict[str, float]] = {}
+    for kind in IMPORTANCE_TYPES:
+        scores: dict[str, float] = {}
+        for key, value in booster.get_score(importance_type=kind).items():
+            dim = dims.get(key)
+            if dim is None and key[:1] == "f" and key[1:].isdigit():
+                dim = int(key[1:])
+            if dim is not None:
+                scores[str(dim)] = float(value)
+        out[kind] = scores
+    return out
+
+
 def model_info(booster, json_bytes: bytes, warnings_: list[str] | None = None) -> ModelInfo:
     names = booster.feature_names
     return ModelInfo(booster.num_features(), list(names) if names else None, sha256(json_bytes), list(warnings_ or []),
-                     model_digest(booster))
+                     model_digest(booster), model_importance(booster))
 
 
 def verify_predictions(original, restored, *, rows: int = 1000, seed: int = 0) -> tuple[bool, str]:

@@ -337,12 +337,18 @@ class ModelManager(VersionCommands):
     def factors(self, name: str) -> dict[str, Any]:
         view = self.serving.get(name).view
         return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
-                "factor_count": len(view.factor_union), "factors": view.factor_union}
+                "factor_count": len(view.factor_union), "factors": view.factor_union, "usage": view.research.usage,
+                "metrics": view.research.metrics}
+
+    def matrix(self, name: str, metric: str, top: int | None = None) -> dict[str, Any]:
+        """The factor × symbol matrix of one IC metric or importance type (SPEC §11), prebuilt."""
+        return self.serving.get(name).view.research.matrix(metric).to_dict(name, top)
 
     def detail(self, name: str, symbol: str, group_key: str | None = None) -> dict[str, Any]:
         state = self.serving.group(name, symbol, group_key)
         detail = state.snapshot.detail(name)
         detail.update({"stale": state.stale, "served_updated_at": state.served.updated_at if state.served else None,
+                       "importance": state.served.importance if state.served else None,
                        "refresh": state.refresh_info()})
         return detail
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from model_manager.artifacts import GroupSnapshot, Issue
 from model_manager.clock import now_iso
+from model_manager.research import ResearchIndex, build_index
 
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
 
@@ -67,20 +68,35 @@ class GroupState:
 
 @dataclass(frozen=True)
 class ModelView:
-    """An immutable set of group states; a refresh swaps in a new view with one assignment."""
+    """An immutable set of group states; a refresh swaps in a new view with one assignment. The
+    research views (`research.ResearchIndex`) are built with it, so they cost a lookup per request."""
 
     groups: dict[str, GroupState]
     symbols: dict[str, list[str]]
     factor_union: list[str]
     refreshed_at: str | None
+    research: ResearchIndex = field(default_factory=ResearchIndex)
 
     @classmethod
-    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None) -> ModelView:
+    def build(cls, groups: dict[str, GroupState], refreshed_at: str | None,
+              previous: ModelView | None = None) -> ModelView:
+        """`previous`: the view being replaced; its research index is reused when no group's parse
+        changed (a pin or a rollback changes only which payload is served)."""
         symbols: dict[str, list[str]] = {}
         for key, state in groups.items():
             symbols.setdefault(state.snapshot.symbol, []).append(key)
         union = sorted({f for state in groups.values() for f in state.snapshot.factors})
-        return cls(groups, symbols, union, refreshed_at)
+        if previous is not None and _same_parses(previous.groups, groups):
+            research = previous.research
+        else:
+            ordered = sorted(groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
+            research = build_index((s.snapshot, s.served) for s in ordered)
+        return cls(groups, symbols, union, refreshed_at, research)
+
+
+def _same_parses(a: dict[str, GroupState], b: dict[str, GroupState]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].snapshot is b[k].snapshot and a[k].served is b[k].served for k in a)
 
 
 @dataclass
@@ -95,7 +111,7 @@ class LoadedModel:
 
     def install(self, groups: dict[str, GroupState]) -> None:
         """Swap in a new set of group states (readers see the old or the new, never a mix)."""
-        self.view = ModelView.build(groups, now_iso())
+        self.view = ModelView.build(groups, now_iso(), self.view)
 
     @property
     def groups(self) -> dict[str, GroupState]:

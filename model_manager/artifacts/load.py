@@ -84,13 +84,31 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
     minfo = model.info if model else None
     if minfo:
         _validate_model(minfo, factors, info, issues, files, model.file)
+    servable = minfo is not None and not any(i.severity == "error" for i in issues)
     return GroupSnapshot(
         group_key=group_key, symbol=symbol, return_name=return_name, files=dict(sorted(files.items())),
-        factors=factors, ic=ic, info=info, dim=minfo.num_features if minfo else None,
+        factors=factors, ic=ic, info=info, importance=factor_importance(minfo, factors) if servable else None,
+        dim=minfo.num_features if minfo else None,
         model_source=model.source if model else None, model_file=model.file if model else None,
         model_sha256=minfo.json_sha256 if minfo else None, model_json=model.json if model else None,
         updated_at=iso_from_timestamp(max(mtimes.values()) / 1e9) if mtimes else None, signature=signature, issues=issues,
     )
+
+
+def factor_importance(minfo: ModelInfo, factors: list[str]) -> dict[str, dict[str, float]] | None:
+    """The model's importance by factor name through the dimension→factor mapping (a factor listed
+    twice takes its first dimension's value, as the IC lookup does); None when it was not computed."""
+    if minfo.importance is None:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for kind, scores in minfo.importance.items():
+        named: dict[str, float] = {}
+        for dim, factor in enumerate(factors):
+            value = scores.get(str(dim))
+            if value is not None and factor not in named:
+                named[factor] = value
+        out[kind] = named
+    return out
 
 
 def _missing(root: Path, group_key: str, files: dict[str, str], message: str) -> str:

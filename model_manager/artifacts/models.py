@@ -71,7 +71,7 @@ def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: li
     source = MODEL_SOURCES[kind]
     source_sha = sha256(data)
     cached = cache.model_info(source_sha) if cache and use_cache else None
-    if cached and cached.digest is None:  # recorded before files were compared: check again
+    if cached and (cached.digest is None or cached.importance is None):  # recorded by an earlier release: check again
         cached = None
     if cached and served and source != "json" and not cache.has_json(cached.json_sha256):
         cached = None

@@ -31,6 +31,8 @@ class GroupSnapshot:
 
     `dim` is the model's feature count, None when no model file could be read. `model_file` is the
     file the model was read from (see the precedence rule in `model_manager.artifacts`).
+    `importance` is {importance type: {factor: value}} of a servable group's model (SPEC §11), None
+    for a group with errors (its dimension→factor mapping cannot be trusted).
     """
 
     group_key: str
@@ -40,6 +42,7 @@ class GroupSnapshot:
     factors: list[str] = field(default_factory=list)
     ic: dict | None = None
     info: dict | None = None
+    importance: dict[str, dict[str, float]] | None = None
     dim: int | None = None
     model_source: str | None = None
     model_file: str | None = None
@@ -60,9 +63,13 @@ class GroupSnapshot:
         return [i for i in self.issues if i.severity == "error"]
 
     def kendall_by_factor(self) -> dict[str, Any]:
-        if not self.ic or "kendall_tau" not in self.ic["columns"]:
+        return self.ic_by_factor("kendall_tau")
+
+    def ic_by_factor(self, metric: str) -> dict[str, Any]:
+        """{factor: value} of one ic.csv column (the first row of a factor listed twice); {} without it."""
+        if not self.ic or metric not in self.ic["columns"][1:]:
             return {}
-        col = self.ic["columns"].index("kendall_tau")
+        col = self.ic["columns"].index(metric)
         out: dict[str, Any] = {}
         for row in self.ic["rows"]:
             out.setdefault(row[0], row[col])
@@ -81,7 +88,7 @@ class GroupSnapshot:
         return {
             "model_name": model_name, "symbol": self.symbol, "group_key": self.group_key,
             "return_name": self.return_name, "dim": self.dim, "factors": list(self.factors),
-            "ic": self.ic, "info": self.info, "files": dict(self.files), "status": self.status,
+            "ic": self.ic, "importance": self.importance, "info": self.info, "files": dict(self.files), "status": self.status,
             "issues": [i.to_dict() for i in self.issues], "updated_at": self.updated_at,
         }
 

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from model_manager.artifacts import DirectorySnapshot, GroupSnapshot
 from model_manager.commands import JsonOption, app, open_manager, print_json
+from model_manager.commands.matrix import directory_matrix, render_importance, render_matrix
 from model_manager.errors import NotFoundError, PathError, UsageError
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "red"}
@@ -24,13 +25,18 @@ def inspect(
     group_key: str = typer.Option(None, "--group-key", "-g", help="Pick the group when a symbol is in several."),
     sort: str = typer.Option("kendall_tau", "--sort", help="IC table order: a metric (by |value|, largest first), 'dim' or 'factor'."),
     top: int = typer.Option(0, "--top", min=0, help="Show only the first N IC rows (0: all)."),
+    matrix: str = typer.Option(None, "--matrix", "-m", metavar="METRIC",
+                               help="Each factor across all symbols for an IC column or gain/total_gain/cover/weight "
+                                    "(factors by mean |value|; with --top N the first N)."),
     as_json: JsonOption = False,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any group has an error (for CI and scripts)."),
 ) -> None:
     """Show every group of a model directory: symbol, return, dim, factors, model source and status.
 
-    With --symbol, show that group's training metadata, issues, IC table (with a bar per factor) and
-    factor list. Exit codes: 0 ok, 1 errors found with --strict, 2 bad path or unknown symbol.
+    With --symbol, show that group's training metadata, issues, IC table (with a bar per factor), the
+    model's importance per factor and the factor list. With --matrix METRIC, each factor across all
+    symbols (IC values from ic.csv; importance only for groups without errors).
+    Exit codes: 0 ok, 1 errors found with --strict, 2 bad path or unknown symbol.
     """
     with open_manager() as manager:
         snap = manager.inspect(path)
@@ -38,7 +44,10 @@ def inspect(
         raise PathError(f"no model groups in {path} (expected files like SYMBOL_RETURN_factors.txt)")
     console = Console()
     model_name = snap.path.name
-    if symbol:
+    if matrix:
+        _matrix(console, snap, matrix, top, as_json)
+        failed = any(g.status == "error" for g in snap.groups.values())
+    elif symbol:
         group = _pick(snap, symbol, group_key)
         if as_json:
             print_json(group.detail(model_name))
@@ -125,6 +134,7 @@ def _render_detail(console: Console, g: GroupSnapshot, sort: str, top: int) -> N
         console.print(_ic_table(g, sort, top))
     else:
         console.print("[dim]no ic.csv[/dim]")
+    render_importance(console, g, top)
     console.rule("Factors (dimension order)", align="left")
     tau = g.kendall_by_factor()
     cols = Table(show_header=True, box=None, padding=(0, 2))
@@ -168,3 +178,11 @@ def _ic_table(g: GroupSnapshot, sort: str, top: int) -> Table:
             cells.append(Text("█" * width, style="green" if (v or 0) >= 0 else "red"))
         table.add_row(*cells)
     return table
+
+
+def _matrix(console: Console, snap: DirectorySnapshot, metric: str, top: int, as_json: bool) -> None:
+    built, shown = directory_matrix(snap, metric, top)
+    if as_json:
+        print_json(shown)
+    else:
+        render_matrix(console, built, shown)

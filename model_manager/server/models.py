@@ -23,6 +23,9 @@ from model_manager.server.deps import Manager, Name, Symbol, provide_manager, wa
 from model_manager.server.payload import long_poll, payload_response, record_payload
 
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
+MetricParam = Annotated[str, QueryParameter(description="An IC column (kendall_tau, ic, …) or gain, total_gain, cover, weight",
+                                             min_length=1, max_length=128)]
+TopParam = Annotated[int | None, QueryParameter(ge=0, description="Keep the first N factors (0: all)")]
 VersionParam = Annotated[int | None, QueryParameter(ge=1, description="A kept version (default: the live one)")]
 
 
@@ -95,6 +98,14 @@ class ModelsController(Controller):
          responses=error_responses(401, 404))
     def list_factors(self, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.factors(name)
+
+    @get("/{name:str}/matrix", summary="Each factor across every symbol, for one IC metric or importance type",
+         sync_to_thread=False, responses=error_responses(400, 401, 404),
+         description="`values[i][j]` is factor i in symbol j (null where absent); factors by mean |value|, largest "
+                     "first. Metrics: the IC columns, and gain, total_gain, cover, weight (the served models' importance).")
+    def factor_matrix(self, manager: Manager, name: Name, metric: MetricParam = "kendall_tau",
+                      top: TopParam = None) -> dict[str, Any]:
+        return manager.matrix(name, metric, top)
 
     @get("/{name:str}/fleet", summary="Which client runs which version of each symbol", sync_to_thread=True,
          responses=error_responses(401, 404))

@@ -127,6 +127,7 @@ export const endpoints = {
   symbols: (name) => api("GET", `/api/models/${enc(name)}/symbols`),
   factors: (name) => api("GET", `/api/models/${enc(name)}/factors`),
   fleet: (name) => api("GET", `/api/models/${enc(name)}/fleet`),
+  matrix: (name, metric, top) => api("GET", `/api/models/${enc(name)}/matrix?metric=${enc(metric)}${top ? `&top=${top}` : ""}`),
   symbol: (name, symbol, groupKey) =>
     api("GET", `/api/models/${enc(name)}/symbols/${enc(symbol)}${groupKey ? `?group_key=${enc(groupKey)}` : ""}`),
   keys: () => api("GET", "/api/keys"),

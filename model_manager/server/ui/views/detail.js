@@ -7,6 +7,7 @@ import {
 } from "../dom.js";
 import { links } from "../routes.js";
 import { versionSections } from "./versions.js";
+import { IMPORTANCE_TYPES, importanceCard } from "./importance.js";
 
 const DEFAULT_METRIC = "kendall_tau";
 // Chart settings survive moving between symbols while the page is open.
@@ -56,6 +57,7 @@ export async function renderDetail(main, route, ctx) {
     issuesCard(detail),
     versionSections(name, detail),
     chartCard(detail),
+    importanceCard(detail),
     h("div", { class: "columns columns-even" }, metadataCard(detail), factorsCard(detail)),
     icTableCard(detail),
     filesCard(detail),
@@ -145,7 +147,11 @@ function icRecords(detail) {
 }
 
 function chartCard(detail) {
-  const { metrics, records, factorCol } = icRecords(detail);
+  const { metrics: icMetrics, records, factorCol } = icRecords(detail);
+  // The model's importance types sit beside the IC columns (factors no tree uses have no value).
+  const importance = detail.importance || {};
+  const importanceMetrics = IMPORTANCE_TYPES.filter((t) => importance[t] && !icMetrics.includes(t));
+  const metrics = [...icMetrics, ...importanceMetrics];
   const card = h("section", { class: "card", id: "ic-chart", "aria-labelledby": "chart-title" });
   if (!metrics.length) {
     card.append(
@@ -158,7 +164,15 @@ function chartCard(detail) {
   const dimOf = new Map((detail.factors || []).map((f, i) => [f, i]));
   let metric = metrics.includes(chartPrefs.metric) ? chartPrefs.metric : metrics.includes(DEFAULT_METRIC) ? DEFAULT_METRIC : metrics[0];
 
-  const metricSelect = h("select", { id: "chart-metric" }, metrics.map((m) => h("option", { value: m, selected: m === metric }, m)));
+  const option = (m) => h("option", { value: m, selected: m === metric }, m);
+  const metricSelect = h(
+    "select",
+    { id: "chart-metric" },
+    importanceMetrics.length
+      ? [h("optgroup", { label: "IC (ic.csv)" }, icMetrics.map(option)), h("optgroup", { label: "Importance (model)" }, importanceMetrics.map(option))]
+      : metrics.map(option),
+  );
+  const valueOf = (f) => (importanceMetrics.includes(metric) ? importance[metric][f] ?? null : byFactor.get(f)?.[metric] ?? null);
   const orderSelect = h(
     "select",
     { id: "chart-order" },
@@ -173,14 +187,15 @@ function chartCard(detail) {
 
   function draw() {
     if (!holder.isConnected && holder.childNodes.length) return;
-    const items = factorNames.map((f) => ({ label: f, value: byFactor.get(f)?.[metric] ?? null, hint: dimOf.has(f) ? `dim ${dimOf.get(f)}` : undefined }));
+    const items = factorNames.map((f) => ({ label: f, value: valueOf(f), hint: dimOf.has(f) ? `dim ${dimOf.get(f)}` : undefined }));
     const order = chartPrefs.order;
     const val = (i) => (typeof i.value === "number" ? i.value : null);
     if (order === "value") items.sort((a, b) => (val(b) ?? -Infinity) - (val(a) ?? -Infinity));
     if (order === "abs") items.sort((a, b) => Math.abs(val(b) ?? 0) - Math.abs(val(a) ?? 0) || (val(a) === null) - (val(b) === null));
     title.textContent = `${metric} per factor`;
     const missing = items.filter((i) => val(i) === null).length;
-    note.textContent = `${plural(items.length, "factor")}${missing ? `, ${missing} without a value` : ""}. Bars right of the zero line are positive, left are negative.`;
+    const unused = importanceMetrics.includes(metric) ? " (not used by any tree)" : "";
+    note.textContent = `${plural(items.length, "factor")}${missing ? `, ${missing} without a value${unused}` : ""}. Bars right of the zero line are positive, left are negative.`;
     const width = holder.clientWidth || holder.parentElement?.clientWidth || 900;
     replaceContent(holder, barChart({ items, metric, width: width - 4 }));
   }

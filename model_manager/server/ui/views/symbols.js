@@ -2,6 +2,8 @@
 import { endpoints } from "../api.js";
 import { h, loadingEl, messageEl, plural, replaceContent, showMessage, sortableTable, statusBadge, timeEl } from "../dom.js";
 import { links } from "../routes.js";
+import { factorUsage, searchBox } from "./factors.js";
+import { heatmapCard } from "./heatmap.js";
 
 // Remember the search and sort per model while the page is open, so coming back from a symbol keeps them.
 const memory = new Map();
@@ -18,6 +20,7 @@ export async function renderSymbols(main, route, ctx) {
   const refresh = h("button", { type: "button", class: "button", id: "refresh-button" }, "Refresh");
   const symbolsBox = h("div", { class: "table-wrap" }, loadingEl("Loading symbols…"));
   const factorsBox = h("div", null, loadingEl("Loading factors…"));
+  const heatmapBox = h("div", null);
 
   replaceContent(
     main,
@@ -37,6 +40,7 @@ export async function renderSymbols(main, route, ctx) {
         h("section", { class: "card column-main", "aria-labelledby": "symbols-title" }, h("h2", { id: "symbols-title" }, "Symbols"), symbolsBox),
         h("aside", { class: "card column-side", "aria-labelledby": "factors-title" }, h("h2", { id: "factors-title" }, "Factors"), factorsBox),
       ),
+      heatmapBox,
     ),
   );
   if (ctx.focus) heading.focus({ preventScroll: true });
@@ -86,7 +90,8 @@ export async function renderSymbols(main, route, ctx) {
     }
 
     if (factors.status === "fulfilled") {
-      replaceContent(factorsBox, factorUnion(factors.value, remembered));
+      replaceContent(factorsBox, factorUsage(factors.value, remembered));
+      replaceContent(heatmapBox, heatmapCard(name, factors.value.metrics));
     } else {
       const msg = messageEl("error");
       showMessage(msg, `Could not load the factors: ${factors.reason.message}`);
@@ -157,36 +162,4 @@ function symbolsTable(name, symbols, remembered) {
   search.addEventListener("input", apply);
   apply();
   return h("div", null, h("div", { class: "toolbar" }, wrapper, count), table.element);
-}
-
-function searchBox(label, placeholder, id) {
-  const input = h("input", { type: "search", id, placeholder, autocomplete: "off", spellcheck: "false" });
-  const wrapper = h("div", { class: "search" }, h("label", { for: id, class: "visually-hidden" }, label), input);
-  return { input, wrapper };
-}
-
-function factorUnion(data, remembered) {
-  const factors = data.factors || [];
-  const { input: filter, wrapper } = searchBox("Filter factors", "Filter factors", "factor-filter");
-  filter.value = remembered.factorQuery;
-  const count = h("p", { class: "muted count", "aria-live": "polite" });
-  const list = h("ul", { class: "factor-list", id: "factor-union" });
-
-  function apply() {
-    const q = filter.value.trim().toLowerCase();
-    remembered.factorQuery = filter.value;
-    const shown = q ? factors.filter((f) => f.toLowerCase().includes(q)) : factors;
-    replaceContent(list, shown.map((f) => h("li", null, f)));
-    if (!shown.length) list.append(h("li", { class: "muted empty-item" }, factors.length ? "No factor matches the filter." : "No factors."));
-    count.textContent = q ? `${shown.length} of ${plural(factors.length, "factor")}` : plural(factors.length, "factor");
-  }
-  filter.addEventListener("input", apply);
-  apply();
-  return h(
-    "div",
-    null,
-    h("p", { class: "muted small" }, `Every factor used by the ${plural(data.group_count ?? 0, "group")} of this model, deduplicated and sorted.`),
-    h("div", { class: "toolbar" }, wrapper, count),
-    list,
-  );
 }
