@@ -38,7 +38,7 @@ from model_manager.settings import Settings
 from model_manager.state import LoadedModel, PayloadBytes
 from model_manager.store import ModelRow, Store
 from model_manager.versioncommands import VersionCommands
-from model_manager.versions import VersionStore
+from model_manager.versions import VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,27 @@ class ModelManager(VersionCommands):
             row = self.store.add_model(name, abspath, client=client,
                                        detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
             # versions are recorded once the registration is written: a refused one leaves none
-            model = self.registry.install(name, abspath, row.registered_at, snap) if self.registry else None
+            if self.registry is not None:
+                model = self.registry.install(name, abspath, row.registered_at, snap)
+            else:
+                model = None
+                self._record_first_versions(name, snap)
         self._watch_set_changed()
         return Registration(name, abspath, True, snap, model)
+
+    def _record_first_versions(self, name: str, snap: DirectorySnapshot) -> None:
+        """Offline (the CLI), record version 1 of every servable group, as a server would: a running
+        server then finds the same content and makes no new version."""
+        for group in snap.groups.values():
+            if group.errors:
+                continue
+            model_json = group.model_json or self.cache.model_json(group.model_sha256)
+            if model_json is None:  # not kept (a full disk): the server records it when it loads
+                continue
+            try:
+                self.versions.record(candidate(name, group, model_json))
+            except ModelManagerError as exc:
+                log.warning("%s/%s: no version recorded: %s", name, group.group_key, exc)
 
     def _served(self, name: str) -> LoadedModel | None:
         if self.registry is None:
