@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from tests.conftest import FACTORS, write_group
-from tests.support import REPO, ServerProcess, prepare_data_dir, replace_file
+from tests.support import FACTORS, REPO, ServerProcess, prepare_data_dir, replace_file, write_group
 
 PASSWORD = "engine password"
 GROUP = "SOLUSDT_mid_chg_1m"

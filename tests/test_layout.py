@@ -1,7 +1,9 @@
-"""The shape of the package: the core imports no user-interface library, and nothing imports in a circle."""
+"""The shape of the code: the core imports no user-interface library, nothing imports in a circle, and
+tests take their helpers from tests/support.py, never from conftest."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "model_manager"
@@ -77,3 +79,9 @@ def test_no_import_cycle_inside_the_package():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_no_test_imports_conftest():
+    pattern = re.compile(r"^\s*(from\s+(tests)?\.?conftest\s+import|import\s+(tests\.)?conftest)", re.MULTILINE)
+    offenders = [p.name for p in Path(__file__).resolve().parent.glob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []

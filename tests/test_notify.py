@@ -19,8 +19,7 @@ import pytest
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FACTORS, write_group
-from tests.support import ServerProcess, prepare_data_dir, replace_file, run_cli, wait_for
+from tests.support import FACTORS, ServerProcess, prepare_data_dir, replace_file, run_cli, wait_for, write_group
 
 PASSWORD = "notify password"
 MODEL = "engines"

@@ -15,8 +15,8 @@ from litestar.testing import TestClient
 from model_manager.server.app import create_app
 from model_manager.settings import Settings
 from model_manager.store import Store
+from tests.support import FACTORS, write_group
 
-from .conftest import FACTORS, write_group
 from .support import run_cli
 
 PASSWORD = "correct horse battery"

@@ -10,8 +10,7 @@ import httpx
 import pytest
 import xgboost as xgb
 
-from tests.conftest import write_group
-from tests.support import REPO, ServerProcess, prepare_data_dir, replace_file
+from tests.support import REPO, ServerProcess, prepare_data_dir, replace_file, write_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

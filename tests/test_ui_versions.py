@@ -19,8 +19,7 @@ import shutil
 import pytest
 import xgboost as xgb
 
-from tests.conftest import FACTORS, write_group
-from tests.support import REPO, ServerProcess, http, run_cli
+from tests.support import FACTORS, REPO, ServerProcess, http, run_cli, write_group
 from tests.test_ui import CHROMIUM, CHROMIUM_ARGS, Page, expect, playwright_sync
 
 pytestmark = [pytest.mark.browser]
