@@ -90,7 +90,7 @@ def log(message: str) -> None:
 
 # -- sections -------------------------------------------------------------------------------------
 def measure_irreducible(cfg: Config, directory: Path) -> dict:
-    from model_manager.registry import GZIP_LEVEL
+    from model_manager.versions import GZIP_LEVEL
 
     log(f"irreducible work: unpickle + save_raw('json') + gzip -{GZIP_LEVEL} of {cfg.groups} models, one thread")
     # in a process of its own with OMP_NUM_THREADS=1: XGBoost would otherwise use OpenMP threads

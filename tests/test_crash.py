@@ -89,7 +89,8 @@ def check_after_restart(data_dir: Path, token: str, expected: dict[str, tuple[Pa
             status, _, raw = server.get(f"/api/models/{name}/symbols", token=token)
             if name in survived:
                 symbols = json.loads(raw)["symbols"]
-                assert status == 200 and len(symbols) == GROUPS and all(s["status"] == "ok" for s in symbols), raw[:500]
+                # no ic.csv in these groups: a warning (the payload's kendall_tau are null), never an error
+                assert status == 200 and len(symbols) == GROUPS and all(s["status"] != "error" for s in symbols), raw[:500]
                 status, _, raw = server.get(f"/api/models/{name}/model/S007USDT", token=token)
                 payload = json.loads(raw)["payload"]
                 assert payload["dim_factors"][0]["factor_name"] == f"g{generation}_f0"
