@@ -54,6 +54,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "keep_versions": ("MODEL_MANAGER_KEEP_VERSIONS", int, "Newest versions kept per group (pinned and live ones are kept too)."),
     "check_memory_mb": ("MODEL_MANAGER_CHECK_MEMORY_MB", int,
                         "Memory in MiB one check of an untrusted file (pickle, model) may allocate."),
+    "header_timeout": ("MODEL_MANAGER_HEADER_TIMEOUT", float,
+                       "Seconds a connection may take to send a complete request head before it is closed."),
 }
 
 
@@ -75,6 +77,7 @@ class Settings:
     keep_versions: int = 20
     metrics_public: bool = False
     check_memory_mb: int = 4096
+    header_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -109,6 +112,8 @@ class Settings:
             raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0 or self.check_memory_mb <= 0:
             raise UsageError("size limits must be positive")
+        if not (0 < self.header_timeout <= 3600):
+            raise UsageError("MODEL_MANAGER_HEADER_TIMEOUT must be between 0 and 3600 seconds (e.g. 10)")
         for entry in self.proxy_list:
             try:
                 ipaddress.ip_network(entry, strict=False)
