@@ -1,8 +1,8 @@
 """Authentication end to end through the real app (`TestClient`), plus the password and audit commands.
 
-Litestar's TestClient reports the client address "testclient", which is not a loopback address: by
-default these requests count as coming from another machine. `as_client` makes them come from a
-chosen address instead (it rewrites `scope["client"]` in the test transport).
+Litestar's TestClient reports the client address "testclient"; `as_client` makes requests come from a
+chosen address instead (it rewrites `scope["client"]` in the test transport). Where a request comes
+from changes nothing about the setup code (every client needs it), only whom throttling counts.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from litestar.testing import TestClient
 from litestar.testing.transport import TestClientTransport as _LitestarTransport
 from typer.testing import CliRunner
 
+from model_manager.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
 from model_manager.commands import app as cli_app
 from model_manager.errors import ThrottledError
-from model_manager.server.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
 from model_manager.store import Store
 from tests.support import PASSWORD, bearer, bootstrap, log_in, make_client, run_cli, setup_code
 
@@ -67,7 +67,7 @@ def assert_error(response, status: int, *words: str) -> dict:
 
 def test_status_before_and_after_bootstrap(local):
     assert local.get("/api/auth/status").json() == {
-        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": False}
+        "initialized": False, "authenticated": False, "expires_at": None, "setup_code_required": True}
     token = bootstrap(local)
     status = local.get("/api/auth/status", headers=bearer(token)).json()
     assert status["initialized"] is True and status["authenticated"] is True
@@ -80,7 +80,7 @@ def test_status_before_and_after_bootstrap(local):
 
 def test_bootstrap_token_object_then_409(local, settings):
     before = datetime.now(UTC)
-    r = local.post("/api/auth/bootstrap", json={"password": PASSWORD})
+    r = local.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": setup_code(local)})
     assert r.status_code == 201
     body = r.json()
     assert set(body) >= {"token", "token_type", "expires_in", "expires_at"}
@@ -93,8 +93,9 @@ def test_bootstrap_token_object_then_409(local, settings):
 
 
 def test_bootstrap_rejects_short_password_and_bad_bodies(local):
-    assert_error(local.post("/api/auth/bootstrap", json={"password": "short"}), 400, "at least 8")
-    assert_error(local.post("/api/auth/bootstrap", json={"password": "x" * 5000}), 400, "at most")
+    code = setup_code(local)
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "short", "setup_code": code}), 400, "at least 8")
+    assert_error(local.post("/api/auth/bootstrap", json={"password": "x" * 5000, "setup_code": code}), 400, "at most")
     assert local.get("/api/auth/status").json()["initialized"] is False
     assert_error(local.post("/api/auth/bootstrap", json={}), 400)
     assert_error(local.post("/api/auth/bootstrap", json={"password": 12345678}), 400)
@@ -126,11 +127,14 @@ def test_testclient_default_address_counts_as_remote(settings):
         assert c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": code}).status_code == 201
 
 
-@pytest.mark.parametrize("host", ["::1", "127.0.0.2", "::ffff:127.0.0.1"])
-def test_every_loopback_form_may_omit_the_code(settings, host):
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "127.0.0.2", "::ffff:127.0.0.1"])
+def test_loopback_needs_the_code_too(settings, host):
+    """A proxy on the server's host makes every client look local: local proves nothing (SPEC §10)."""
     with make_client(settings) as c:
         as_client(c, host)
-        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD}).status_code == 201
+        assert c.get("/api/auth/status").json()["setup_code_required"] is True
+        assert_error(c.post("/api/auth/bootstrap", json={"password": PASSWORD}), 403, "setup code")
+        assert c.post("/api/auth/bootstrap", json={"password": PASSWORD, "setup_code": setup_code(c)}).status_code == 201
 
 
 def test_no_setup_code_when_already_initialized(settings):

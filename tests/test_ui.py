@@ -195,20 +195,30 @@ def as_number(text: str) -> float | None:
 # ---- first run --------------------------------------------------------------------------------
 
 def test_first_run_asks_for_the_setup_code_and_bootstraps(browser, fresh_server):
-    """Uninitialized server: a local browser gets the plain password form; a browser behind a
-    reverse proxy is asked for the setup code printed by `serve`, and bootstraps with it."""
+    """Uninitialized server: every browser, local or not, is asked for the setup code printed by
+    `serve`; the printed `#setup=CODE` link fills it in; a wrong code is refused inline and the
+    right one bootstraps."""
     server = fresh_server
     status, _, raw = server.get("/api/auth/status")
     assert json.loads(raw)["initialized"] is False
+    codes = SETUP_CODE.findall(server.output())
+    assert codes, f"serve printed no setup code:\n{server.output()}"
 
     local = Page(browser, server)
     local.open()
     expect(local.page.locator("#bootstrap-form")).to_be_visible()
     expect(local.page.get_by_label("New password")).to_be_focused()
-    expect(local.page.locator("#setup-code-field")).to_be_hidden()
+    expect(local.page.locator("#setup-code-field")).to_be_visible()  # from the server's own host too
     local.shot("01-bootstrap")
     assert local.unexpected_errors() == []
     local.close()
+
+    linked = Page(browser, server)
+    linked.open(f"#setup={codes[-1]}")  # the link `serve` prints
+    expect(linked.page.get_by_label("Setup code")).to_have_value(codes[-1])
+    assert "setup=" not in linked.page.url  # the code does not stay in the address bar
+    assert linked.unexpected_errors() == []
+    linked.close()
 
     remote = Page(browser, server, extra_http_headers=REMOTE_CLIENT)
     remote.allow(403)
@@ -234,8 +244,6 @@ def test_first_run_asks_for_the_setup_code_and_bootstraps(browser, fresh_server)
     expect(page.locator("#bootstrap-form .message-error")).to_contain_text("setup code is wrong")
     remote.shot("01-bootstrap-setup-code")
 
-    codes = SETUP_CODE.findall(server.output())
-    assert codes, f"serve printed no setup code:\n{server.output()}"
     page.get_by_label("Setup code").fill(codes[-1].lower())  # case and dash are forgiven
     page.get_by_role("button", name="Set password and sign in").click()
     expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
@@ -610,3 +618,17 @@ def test_change_password(ui, server):
     # This tab's token was kept.
     token = page.evaluate("sessionStorage.getItem('model-manager.token')")
     assert server.get("/api/models", token=token)[0] == 200
+
+
+def test_api_docs_render_offline_under_their_strict_policy(browser, server):
+    """Swagger UI at /schema runs from this server's own assets under `script-src 'self'`: the API's
+    operations show, and nothing is refused by the policy or fetched from another origin."""
+    tab = Page(browser, server)
+    foreign: list[str] = []
+    tab.page.on("request", lambda request: request.url.startswith(server.url) or foreign.append(request.url))
+    tab.page.goto(server.url + "/schema")
+    expect(tab.page.locator(".swagger-ui .info .title")).to_contain_text("model-manager")
+    expect(tab.page.locator(".opblock-summary-path").first).to_be_visible()
+    assert tab.page.locator(".opblock-summary-path", has_text="/api/auth/login").count() >= 1
+    assert foreign == [] and tab.unexpected_errors() == []
+    tab.close()
