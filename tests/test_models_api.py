@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from model_manager.server.auth import TOKEN_RECHECK_SECONDS
+from model_manager.auth import TOKEN_RECHECK_SECONDS
 from model_manager.store import Store
 from tests.support import FACTORS, bearer, make_client, sign_in, write_group
 

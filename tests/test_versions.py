@@ -23,10 +23,17 @@ from model_manager.settings import Settings
 from model_manager.store import Store
 from model_manager.versiondiff import prediction_inputs
 from model_manager.versions import VersionStore, candidate
-
-from .conftest import FACTORS, write_group
+from tests.support import FACTORS, write_group
 
 KEY = "SOLUSDT_mid_chg_1m"
+
+
+@pytest.fixture(scope="module")
+def training_data():
+    """The rows every retrain of the group is fitted on (as support.train_models draws them)."""
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(80, len(FACTORS))).astype(np.float32)
+    return x, x @ np.array([0.5, -0.2, 0.0, 0.3, 0.1]) + rng.normal(scale=0.1, size=80)
 
 
 @pytest.fixture(scope="module")
