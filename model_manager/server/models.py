@@ -23,7 +23,7 @@ from model_manager.server.deps import Manager, Name, Symbol, json_answer, provid
 from model_manager.server.payload import long_poll, payload_response, record_payload
 
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
-VersionParam = Annotated[int | None, QueryParameter(ge=1, description="A kept version (default: the live one)")]
+VersionParam = Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1, description="A kept version (default: the live one)")]
 
 
 class RegisterBody(Struct, forbid_unknown_fields=False):
