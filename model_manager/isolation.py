@@ -66,17 +66,22 @@ _memory_mb: int | None = None  # set by start_checker; else read from the enviro
 
 
 def start_checker(memory_mb: int | None = None) -> None:
-    """Start the model check process ahead of need (it imports xgboost: about a second).
-    `memory_mb` is what one check may allocate (default: MODEL_MANAGER_CHECK_MEMORY_MB); a helper
-    already running with another limit is replaced."""
+    """Start the model check process ahead of need (it imports xgboost: about a second), with
+    `memory_mb` as the limit (see `set_check_memory`; default: MODEL_MANAGER_CHECK_MEMORY_MB)."""
+    if memory_mb is not None:
+        set_check_memory(memory_mb)
+    _CheckServer.get()
+
+
+def set_check_memory(memory_mb: int) -> None:
+    """What one check may allocate from now on, in MiB; a helper running with another limit is replaced."""
     global _memory_mb
-    if memory_mb is not None and memory_mb != _memory_mb:
+    if memory_mb != _memory_mb:
         _memory_mb = memory_mb
         with _CheckServer._lock:
             old, _CheckServer._instance = _CheckServer._instance, None
         if old is not None:
             old.close()
-    _CheckServer.get()
 
 
 def _check_memory_mb() -> int:

@@ -31,3 +31,13 @@ def normalize_path(path: str) -> str:
         raise PathError(f"path {shown!r} is not valid UTF-8: rename the directory, or register a symlink "
                         "with a UTF-8 name that points to it") from None
     return absolute
+
+
+def check_client_path(path: str) -> str:
+    """A path sent to the server over the API: absolute, since `~` and relative paths would mean the
+    server's home and working directory — which the client cannot know and must not learn."""
+    stripped = path.strip() if isinstance(path, str) else path
+    if isinstance(stripped, str) and stripped and not os.path.isabs(stripped):
+        raise PathError(f"path {path!r} is not absolute: give the model directory's full path, starting with / "
+                        "(the server does not expand ~ or resolve relative paths)")
+    return path

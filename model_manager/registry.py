@@ -43,7 +43,7 @@ from model_manager.cache import CacheDir, LiveEntries, PlainBodies
 from model_manager.clock import now_iso
 from model_manager.errors import DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UnprocessableError
 from model_manager.events import ChangeWaiters, EventBus, announce
-from model_manager.isolation import start_checker
+from model_manager.isolation import set_check_memory, start_checker
 from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
@@ -74,6 +74,7 @@ class Registry:
         self.lock = threading.RLock()  # held while the set of models changes
         self.plain_bodies = PlainBodies(cache)
         self.ready = asyncio.Event()  # set once the registered models are loaded
+        set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
     # -- the first load ------------------------------------------------------------------------
     def load_registered(self) -> None:
@@ -86,10 +87,9 @@ class Registry:
         groups = sum(len(m.groups) for m in list(self.models.values()))
         log.info("loaded %d models (%d groups) in %.1fs", len(self.models), groups, time.monotonic() - started)
 
-    @staticmethod
-    def warm_up() -> None:
+    def warm_up(self) -> None:
         """Start the model check process now (it takes ~1 s), beside the first load."""
-        start_checker()
+        start_checker(self.settings.check_memory_mb)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

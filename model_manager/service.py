@@ -295,7 +295,7 @@ class ModelManager(VersionCommands):
         from model_manager.watcher import Watcher
 
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, Registry.warm_up)
+        loop.run_in_executor(None, self.registry.warm_up)
         try:
             await loop.run_in_executor(None, self.fleet.load)
             await loop.run_in_executor(None, self.registry.load_registered)

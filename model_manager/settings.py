@@ -56,6 +56,8 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
                         "Memory in MiB one check of an untrusted file (pickle, model) may allocate."),
     "events_keepalive": ("MODEL_MANAGER_EVENTS_KEEPALIVE", float,
                          "Seconds without an event before an event stream sends a keep-alive comment."),
+    "header_timeout": ("MODEL_MANAGER_HEADER_TIMEOUT", float,
+                       "Seconds a connection may take to send a complete request head before it is closed."),
 }
 
 
@@ -78,6 +80,7 @@ class Settings:
     metrics_public: bool = False
     check_memory_mb: int = 4096
     events_keepalive: float = 15.0
+    header_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -114,6 +117,8 @@ class Settings:
             raise UsageError("MODEL_MANAGER_EVENTS_KEEPALIVE must be more than 0 and at most 3600 seconds")
         if self.max_artifact_mb <= 0 or self.max_body_kb <= 0 or self.check_memory_mb <= 0:
             raise UsageError("size limits must be positive")
+        if not (0 < self.header_timeout <= 3600):
+            raise UsageError("MODEL_MANAGER_HEADER_TIMEOUT must be between 0 and 3600 seconds (e.g. 10)")
         for entry in self.proxy_list:
             try:
                 ipaddress.ip_network(entry, strict=False)

@@ -171,11 +171,12 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
     return subprocess.run([*CLI, *args], input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
 
 
-def http(method: str, url: str, *, token: str | None = None, body: dict | None = None,
+def http(method: str, url: str, *, token: str | None = None, body: dict | None = None, data: bytes | None = None,
          headers: dict | None = None, timeout: float = 30) -> tuple[int, httpx.Headers, bytes]:
     """A tiny HTTP client on urllib: returns (status, headers (case-insensitive), raw body) without
-    raising on 4xx/5xx. The body is returned as sent (no gzip decoding)."""
-    data = json.dumps(body).encode() if body is not None else None
+    raising on 4xx/5xx. The body is returned as sent (no gzip decoding). `body` is sent as JSON;
+    `data` as raw bytes labelled JSON."""
+    data = json.dumps(body).encode() if body is not None else data
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
@@ -206,13 +207,15 @@ class ServerProcess:
     """A real `model-manager serve` on 127.0.0.1 and a free port, stopped with SIGINT on exit."""
 
     def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
-                 env: dict | None = None, startup_timeout: float = 60, log_file: Path | None = None):
+                 env: dict | None = None, startup_timeout: float = 60, log_file: Path | None = None,
+                 preexec_fn=None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = tuple(extra_args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.startup_timeout = startup_timeout
+        self.preexec_fn = preexec_fn  # runs in the child before `serve` starts (e.g. to drop privileges)
         # the server's stdout and stderr; `log_file` puts them where a test wants them
         self._log = open(log_file, "wb") if log_file else tempfile.NamedTemporaryFile(prefix="mm-serve-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
@@ -226,7 +229,8 @@ class ServerProcess:
 
     def start(self) -> None:
         cmd = [*CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+                                     preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

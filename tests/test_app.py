@@ -199,7 +199,7 @@ def test_serve_prints_setup_code_and_stops_cleanly_on_sigint(tmp_path):
         code = match.group(1)
         status, _, raw = server.get("/api/models", token="nope")
         assert status == 401
-        # the printed code is the live one: a remote bootstrap would accept it; here loopback may omit it
+        # the printed code is the live one: bootstrap needs it, from loopback too
         status, _, raw = server.post("/api/auth/bootstrap", {"password": PASSWORD, "setup_code": code})
         assert status == 201, raw
         token = json.loads(raw)["token"]

@@ -19,9 +19,7 @@ import pytest
 from model_manager.errors import ArtifactError
 from model_manager.files import read_artifact
 from tests import hostile_pickles as hp
-from tests.support import FACTORS, write_group
-
-from .support import ServerProcess, run_cli
+from tests.support import FACTORS, ServerProcess, authorize, make_client, run_cli, write_group
 
 PASSWORD = "correct horse battery"
 KEY = "SOLUSDT_mid_chg_1m"
@@ -189,6 +187,27 @@ def test_memory_bombs_are_group_errors_and_the_server_stays_well(tmp_path, model
     finally:
         srv.stop()
     assert "Traceback" not in srv.output()
+
+
+def test_the_check_limit_comes_from_the_servers_settings(tmp_path, models, monkeypatch):
+    """The app passes its own MODEL_MANAGER_CHECK_MEMORY_MB to the check process, whatever the
+    environment of the process that runs it says."""
+    from model_manager.isolation import set_check_memory
+    from model_manager.settings import Settings
+
+    monkeypatch.setenv("MODEL_MANAGER_CHECK_MEMORY_MB", "8192")
+    d = tmp_path / "models"
+    write_group(d, "STRBOMB_mid_chg_1m", model_json=model_json(models))
+    (d / "STRBOMB_mid_chg_1m_info.pkl").write_bytes(str_bomb())
+    try:
+        with make_client(tmp_path, check_memory_mb=192) as client:
+            authorize(client)
+            assert client.post("/api/models", json={"name": "m", "path": str(d)}).status_code == 201
+            issues = client.get("/api/models/m/symbols/STRBOMB").json()["issues"]
+    finally:
+        set_check_memory(Settings.check_memory_mb)  # the next tests check with the default limit
+    memory = [i for i in issues if i["code"] == "too_large"]
+    assert memory and "192 MiB" in memory[0]["message"], issues
 
 
 # -- a private data dir ---------------------------------------------------------------------------

@@ -660,3 +660,17 @@ def test_change_password(ui, server):
     # This tab's token was kept.
     token = page.evaluate("sessionStorage.getItem('model-manager.token')")
     assert server.get("/api/models", token=token)[0] == 200
+
+
+def test_api_docs_render_offline_under_their_strict_policy(browser, server):
+    """Swagger UI at /schema runs from this server's own assets under `script-src 'self'`: the API's
+    operations show, and nothing is refused by the policy or fetched from another origin."""
+    tab = Page(browser, server)
+    foreign: list[str] = []
+    tab.page.on("request", lambda request: request.url.startswith(server.url) or foreign.append(request.url))
+    tab.page.goto(server.url + "/schema")
+    expect(tab.page.locator(".swagger-ui .info .title")).to_contain_text("model-manager")
+    expect(tab.page.locator(".opblock-summary-path").first).to_be_visible()
+    assert tab.page.locator(".opblock-summary-path", has_text="/api/auth/login").count() >= 1
+    assert foreign == [] and tab.unexpected_errors() == []
+    tab.close()

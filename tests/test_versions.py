@@ -29,6 +29,14 @@ KEY = "SOLUSDT_mid_chg_1m"
 
 
 @pytest.fixture(scope="module")
+def training_data():
+    """The rows every retrain of the group is fitted on (as support.train_models draws them)."""
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(80, len(FACTORS))).astype(np.float32)
+    return x, x @ np.array([0.5, -0.2, 0.0, 0.3, 0.1]) + rng.normal(scale=0.1, size=80)
+
+
+@pytest.fixture(scope="module")
 def retrains(training_data):
     """Successive trainings of one group: different tree counts and seeds."""
     x, y = training_data

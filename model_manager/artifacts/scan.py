@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 from pathlib import Path
 
 from model_manager.errors import PathError
@@ -28,14 +29,23 @@ def split_artifact_name(name: str) -> tuple[str, str] | None:
 
 
 def check_directory(path: str | os.PathLike) -> Path:
-    """The resolved directory, or a PathError that says what is wrong with it."""
+    """The resolved directory, or a PathError that says what is wrong with it (naming the path as
+    given, never where a symlink leads)."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise PathError(f"{p} does not exist")
-    if not p.is_dir():
+    try:
+        st = p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathError(f"{p} does not exist") from None
+    except PermissionError:
+        raise PathError(f"{p} cannot be reached: a directory on the way is not searchable by the user model-manager "
+                        "runs as; give that user execute (x) permission on each parent directory") from None
+    except OSError as exc:
+        raise PathError(f"{p} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise PathError(f"{p} is not a directory")
     if not os.access(p, os.R_OK | os.X_OK):
-        raise PathError(f"{p} is not readable by this user")
+        raise PathError(f"{p} is not readable by the user model-manager runs as: give that user read and execute "
+                        "(r-x) permission on it")
     return p.resolve()
 
 
@@ -49,7 +59,7 @@ def scan_directory(path: str | os.PathLike) -> tuple[dict[str, dict[str, str]], 
     try:
         entries = list(os.scandir(root))
     except OSError as exc:
-        raise PathError(f"{root} cannot be listed: {exc.strerror or exc}") from None
+        raise PathError(f"{Path(path)} cannot be listed: {exc.strerror or exc}") from None
     for entry in entries:
         try:
             entry.name.encode("utf-8")

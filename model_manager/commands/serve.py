@@ -51,6 +51,7 @@ def serve(
     watch_debounce: float = typer.Option(None, "--watch-debounce", help=_help("watch_debounce")),
     watch_polling: bool = typer.Option(None, "--watch-polling/--no-watch-polling", help=_help("watch_polling")),
     token_ttl: int = typer.Option(None, "--token-ttl", help=_help("token_ttl")),
+    header_timeout: float = typer.Option(None, "--header-timeout", help=_help("header_timeout")),
     demo: bool = typer.Option(False, "--demo", help="Generate (once) and register a demo model directory named 'demo'."),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
                                        help="info logs one line per request; warning keeps only problems."),
@@ -58,12 +59,14 @@ def serve(
     """Serve the HTTP API, the web UI at / and the OpenAPI docs at /schema.
 
     Command-line flags win over MODEL_MANAGER_* environment variables, which win over defaults.
-    While no password is set, a one-time setup code is printed: setting the first password from
-    another machine needs it (from this machine it does not). Stop with Ctrl-C or SIGTERM.
+    While no password is set, a one-time setup code is printed with a link that fills it in: setting
+    the first password through the API or the UI needs it, from any client (`model-manager password
+    init` does not). Stop with Ctrl-C or SIGTERM.
     """
     settings = Settings.from_env().replace(
         host=host, port=port, data_dir=data_dir, watch_enabled=watch, watch_interval=watch_interval,
         watch_debounce=watch_debounce, watch_polling=watch_polling, token_ttl=token_ttl,
+        header_timeout=header_timeout,
     )
     _configure_logging(log_level.value)
     sock = bind_socket(settings.host, settings.port)
@@ -84,13 +87,18 @@ def _run(settings: Settings, store: Store, sock: socket.socket) -> None:
     import uvicorn
 
     from model_manager.server.app import create_app
+    from model_manager.server.protocol import http_protocol, raise_open_files_limit
 
     application = create_app(settings, store=store)
     _banner(settings, application.state.auth.setup_code)
+    before, after = raise_open_files_limit()
+    if after != before:
+        logging.getLogger("model_manager.serve").info("open-files limit raised from %d to %d", before, after)
     config = uvicorn.Config(
         application,
         loop="uvloop" if _importable("uvloop") else "auto",
-        http="httptools" if _importable("httptools") else "auto",
+        # a header timeout and a 16 KiB head limit (uvicorn has neither): see server/protocol.py
+        http=http_protocol(settings),
         lifespan="on",
         log_config=None,          # logging is configured above, once, for everything
         access_log=False,         # the app writes its own structured access log

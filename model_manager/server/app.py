@@ -20,7 +20,6 @@ from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -30,6 +29,8 @@ from model_manager.errors import ModelManagerError, ThrottledError
 from model_manager.metrics import CONTENT_TYPE
 from model_manager.server import error_responses
 from model_manager.server.auth import auth_routes, require_token_unless_public
+from model_manager.server.bodies import BoundedRequest
+from model_manager.server.docs import LocalSwaggerPlugin
 from model_manager.server.events import model_events
 from model_manager.server.hooks import ResponseHooks, Timed
 from model_manager.server.keys import KeysController
@@ -111,6 +112,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
         openapi_config=_openapi(),
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_kb * 1024,
+        request_class=BoundedRequest,  # JSON nested deeper than 64 levels is a 400, not a RecursionError
         logging_config=None,  # `serve` configures logging; the app must not touch global logging
         debug=False,
     )
@@ -144,5 +146,5 @@ def _openapi() -> OpenAPIConfig:
             "BearerToken": SecurityScheme(type="http", scheme="bearer",
                                           description="A token from POST /api/auth/login, or an API key from POST /api/keys"),
         }),
-        render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin()],
+        render_plugins=[LocalSwaggerPlugin()],  # no script from another origin (see server/docs.py)
     )

@@ -153,7 +153,7 @@ async def auth_status(request: Request) -> AuthStatus:
 
 @post("/api/auth/bootstrap", status_code=201, tags=["auth"], responses=error_responses(400, 403, 409, 429))
 async def auth_bootstrap(request: Request, data: JSONBody[BootstrapBody]) -> TokenObject:
-    """Set the first password and get a token. From another machine, send the setup code `serve` printed."""
+    """Set the first password and get a token. Send the one-time setup code `serve` printed (from every client)."""
     auth, client = _auth(request), client_address(request)
     auth.throttle.check(client or "unknown")
     return TokenObject(**await _hashing(request, auth.bootstrap, data.password, data.setup_code, client))

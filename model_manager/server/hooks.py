@@ -31,8 +31,11 @@ _COMMON_HEADERS = [
 _STRICT_CSP = (b"content-security-policy",
                b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
                b"form-action 'self'; frame-ancestors 'none'")
-# The API docs pages under /schema load their renderer from a CDN; they get no framing, nothing more.
-_DOCS_CSP = (b"content-security-policy", b"frame-ancestors 'none'")
+# The API docs under /schema: Swagger UI's scripts come from this server (server/docs.py); it sets
+# inline styles, so only styles may be inline.
+_DOCS_CSP = (b"content-security-policy",
+             b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+             b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _NO_STORE = (b"cache-control", b"no-store")  # token responses must not sit in any cache
 
 HEADERS_UI_AND_API = [*_COMMON_HEADERS, _STRICT_CSP]

@@ -16,17 +16,17 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
-from model_manager.registration import NAME_RE
+from model_manager.registration import NAME_RE, check_client_path
 from model_manager.server import error_responses
 from model_manager.server.auth import BEARER_SECURITY, client_address, identity_of, require_token
-from model_manager.server.deps import Manager, Name, Symbol, provide_manager, wait_for_models
+from model_manager.server.deps import Manager, Name, Symbol, json_answer, provide_manager, wait_for_models
 from model_manager.server.payload import long_poll, payload_response, record_payload
 
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
 MetricParam = Annotated[str, QueryParameter(description="An IC column (kendall_tau, ic, …) or gain, total_gain, cover, weight",
                                              min_length=1, max_length=128)]
 TopParam = Annotated[int | None, QueryParameter(ge=0, description="Keep the first N factors (0: all)")]
-VersionParam = Annotated[int | None, QueryParameter(ge=1, description="A kept version (default: the live one)")]
+VersionParam = Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1, description="A kept version (default: the live one)")]
 
 
 class RegisterBody(Struct, forbid_unknown_fields=False):
@@ -71,14 +71,14 @@ class ModelsController(Controller):
     before_request = wait_for_models
     dependencies = {"manager": Provide(provide_manager, sync_to_thread=False)}
 
-    @get("", summary="List registered models", sync_to_thread=False, responses=error_responses(401))
-    def list_models(self, manager: Manager) -> dict[str, Any]:
-        return {"models": manager.models()}
+    @get("", summary="List registered models", skip_compression=True, responses=error_responses(401))
+    async def list_models(self, request: Request, manager: Manager) -> Response[dict[str, Any]]:
+        return await json_answer(request, lambda: {"models": manager.models()})
 
     @post("", summary="Register a model directory", sync_to_thread=True, status_code=201,
           responses=error_responses(400, 401, 403, 409))
     def register_model(self, request: Request, manager: Manager, data: JSONBody[RegisterBody]) -> Response[dict[str, Any]]:
-        done = manager.register(data.name, data.path, client=client_address(request))
+        done = manager.register(data.name, check_client_path(data.path), client=client_address(request))
         return Response(done.model.to_dict(), status_code=201 if done.created else 200)
 
     @delete("/{name:str}", summary="Unregister a model", sync_to_thread=True, responses=error_responses(401, 403, 404))
@@ -90,32 +90,35 @@ class ModelsController(Controller):
     def refresh_model(self, request: Request, manager: Manager, name: Name) -> dict[str, Any]:
         return manager.refresh(name, client=client_address(request))
 
-    @get("/{name:str}/symbols", summary="Symbols of a model", sync_to_thread=False, responses=error_responses(401, 404))
-    def list_symbols(self, manager: Manager, name: Name) -> dict[str, Any]:
-        return manager.symbols(name)
+    # The reads below can be megabytes of JSON (thousands of groups or factors): `json_answer` builds
+    # and encodes them in a worker thread, never on the event loop.
+    @get("/{name:str}/symbols", summary="Symbols of a model", skip_compression=True, responses=error_responses(401, 404))
+    async def list_symbols(self, request: Request, manager: Manager, name: Name) -> Response[dict[str, Any]]:
+        return await json_answer(request, manager.symbols, name)
 
-    @get("/{name:str}/factors", summary="All factors used by a model (deduplicated, sorted)", sync_to_thread=False,
+    @get("/{name:str}/factors", summary="All factors used by a model (deduplicated, sorted)", skip_compression=True,
          responses=error_responses(401, 404))
-    def list_factors(self, manager: Manager, name: Name) -> dict[str, Any]:
-        return manager.factors(name)
+    async def list_factors(self, request: Request, manager: Manager, name: Name) -> Response[dict[str, Any]]:
+        return await json_answer(request, manager.factors, name)
 
     @get("/{name:str}/matrix", summary="Each factor across every symbol, for one IC metric or importance type",
-         sync_to_thread=False, responses=error_responses(400, 401, 404),
+         skip_compression=True, responses=error_responses(400, 401, 404),
          description="`values[i][j]` is factor i in symbol j (null where absent); factors by mean |value|, largest "
                      "first. Metrics: the IC columns, and gain, total_gain, cover, weight (the served models' importance).")
-    def factor_matrix(self, manager: Manager, name: Name, metric: MetricParam = "kendall_tau",
-                      top: TopParam = None) -> dict[str, Any]:
-        return manager.matrix(name, metric, top)
+    async def factor_matrix(self, request: Request, manager: Manager, name: Name, metric: MetricParam = "kendall_tau",
+                            top: TopParam = None) -> Response[dict[str, Any]]:
+        return await json_answer(request, manager.matrix, name, metric, top)
 
-    @get("/{name:str}/fleet", summary="Which client runs which version of each symbol", sync_to_thread=True,
+    @get("/{name:str}/fleet", summary="Which client runs which version of each symbol", skip_compression=True,
          responses=error_responses(401, 404))
-    def fleet(self, manager: Manager, name: Name) -> dict[str, Any]:
-        return manager.fleet_view(name)
+    async def fleet(self, request: Request, manager: Manager, name: Name) -> Response[dict[str, Any]]:
+        return await json_answer(request, manager.fleet_view, name)
 
-    @get("/{name:str}/symbols/{symbol:str}", summary="One symbol: factors, IC, metadata, issues", sync_to_thread=False,
+    @get("/{name:str}/symbols/{symbol:str}", summary="One symbol: factors, IC, metadata, issues", skip_compression=True,
          responses=error_responses(401, 404))
-    def symbol_detail(self, manager: Manager, name: Name, symbol: Symbol, group_key: GroupKey = None) -> dict[str, Any]:
-        return manager.detail(name, symbol, group_key)
+    async def symbol_detail(self, request: Request, manager: Manager, name: Name, symbol: Symbol,
+                            group_key: GroupKey = None) -> Response[dict[str, Any]]:
+        return await json_answer(request, manager.detail, name, symbol, group_key)
 
     @get("/{name:str}/model/{symbol:str}", summary="The model payload a trading engine loads",
          skip_compression=True, media_type="application/json",

@@ -22,7 +22,7 @@ Reason = Annotated[str, Meta(max_length=1000, description="Why: kept in the audi
 class PinBody(Struct, forbid_unknown_fields=False):
     """The version to serve until unpinned."""
 
-    version: Annotated[int, Meta(ge=1, description="A kept version number")]
+    version: Annotated[int, Meta(ge=1, le=2**63 - 1, description="A kept version number")]
     reason: Reason = ""
 
 
@@ -75,6 +75,6 @@ class VersionsController(Controller):
     @get("/{name:str}/symbols/{symbol:str}/diff", summary="What changed between two versions", sync_to_thread=True,
          responses=error_responses(400, 401, 404))
     def diff(self, manager: Manager, name: Name, symbol: Symbol,
-             from_: Annotated[int | None, Parameter(query="from", ge=1, description="Default: the version before `to`")] = None,
-             to: Annotated[int | None, Parameter(ge=1, description="Default: the latest version")] = None) -> dict[str, Any]:
+             from_: Annotated[int | None, Parameter(query="from", ge=1, le=2**63 - 1, description="Default: the version before `to`")] = None,
+             to: Annotated[int | None, Parameter(ge=1, le=2**63 - 1, description="Default: the latest version")] = None) -> dict[str, Any]:
         return manager.diff(name, symbol, from_, to)

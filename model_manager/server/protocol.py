@@ -1,0 +1,175 @@
+"""The HTTP connection rules uvicorn lacks: a request-head timeout and a request-head size limit.
+
+uvicorn (0.54) waits forever for a request head and, with httptools, accepts heads of any size: a few
+hundred idle or trickling connections use up the descriptors and `/healthz` stops answering. So
+`serve` runs uvicorn with a protocol class of its own (`http_protocol(settings)`), a subclass of
+uvicorn's that
+
+- closes a connection that has not sent a complete request head within `header_timeout` seconds of
+  connecting, or of the first byte of its next request (an idle keep-alive connection between
+  requests is uvicorn's `timeout_keep_alive`);
+- answers 431 and closes when a request head grows past `MAX_HEAD_BYTES`, without parsing it.
+
+A request whose head has arrived is never timed out, so long polls and event streams are not
+affected. With httptools (the default) the parser's callbacks say when a head is complete; without
+it the h11 protocol is used and its connection state says the same.
+
+`raise_open_files_limit()` lifts the soft descriptor limit to the hard one at start.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+from typing import Any
+
+from model_manager.settings import Settings
+
+log = logging.getLogger("model_manager.serve")
+
+MAX_HEAD_BYTES = 16 * 1024
+DEFAULT_OPEN_FILES = 65536  # the soft limit asked for when the hard limit is unlimited
+
+_TOO_LARGE_BODY = b'{"status_code":431,"detail":"request header fields too large: at most 16 KiB"}'
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+              b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY))
+
+
+class HeadGuard:
+    """The timer and the byte count of the request head being received (mixed into a protocol)."""
+
+    head_timeout: float = 10.0
+    max_head_bytes: int = MAX_HEAD_BYTES
+    transport: Any
+    loop: Any
+
+    def _guard_start(self) -> None:
+        self._awaiting_head = True   # the next bytes belong to a request head
+        self._head_bytes = 0
+        self._head_tail = b""        # the last bytes seen, to find a head end split between reads
+        self._head_timer: Any = None
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_complete(self) -> None:
+        self._disarm_head_timer()
+        self._awaiting_head, self._head_bytes, self._head_tail = False, 0, b""
+
+    def _next_head(self) -> None:
+        """The request is done: what comes next is a new head (timed from its first byte)."""
+        self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Count the head bytes in `data` (not the body bytes after the head's end)."""
+        buffer = self._head_tail + data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_bytes += len(data)
+            self._head_tail = buffer[-3:]
+        else:
+            self._head_bytes += end + 4 - len(self._head_tail)
+        return self._head_bytes > self.max_head_bytes
+
+    def _guard_data(self, data: bytes) -> bool:
+        """Called before the parser sees `data`; False when the connection was refused."""
+        if not self._awaiting_head:
+            return True
+        if self._head_too_large(data):
+            self._disarm_head_timer()
+            self._awaiting_head = False
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+            return False
+        self._arm_head_timer()
+        return True
+
+
+def _httptools_class() -> type:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._guard_start()
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self._guard_data(data):
+                super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._head_complete()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._next_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol
+
+
+def _h11_class() -> type:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(HeadGuard, H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._guard_start()
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE and not self._awaiting_head:
+                self._next_head()
+            if not self._guard_data(data):
+                return
+            super().data_received(data)
+            if self._awaiting_head and self.conn.their_state is not h11.IDLE:
+                self._head_complete()  # h11 took the request line and headers
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def http_protocol(settings: Settings) -> type:
+    """uvicorn's HTTP protocol class with the header timeout and the 431 limit of `settings`."""
+    try:
+        base = _httptools_class()
+    except ImportError:
+        log.warning("httptools is not installed: serving HTTP with h11 (slower; the header timeout and "
+                    "the 16 KiB header limit still apply). Install httptools for the fast parser.")
+        base = _h11_class()
+    return type(base.__name__, (base,), {"head_timeout": settings.header_timeout})
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Lift the soft limit on open descriptors to the hard one (`DEFAULT_OPEN_FILES` when that is
+    unlimited), so many clients do not exhaust the usual 1,024; returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = DEFAULT_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+            return soft, soft
+        return soft, wanted
+    return soft, soft
