@@ -13,6 +13,7 @@ from enum import Enum
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from model_manager import __version__
 from model_manager.commands import DataDirOption, app
@@ -32,13 +33,13 @@ class LogLevel(str, Enum):
 
 
 def _help(field: str) -> str:
-    """A flag's help from the settings table: text, env var and default (brackets escaped for rich)."""
+    """A flag's help from the settings table: text, env var and default."""
     var, _parse, text = ENV_TABLE[field]
     spec = next(f for f in dataclasses.fields(Settings) if f.name == field)
     default = spec.default if spec.default is not dataclasses.MISSING else "per-user app dir"
     if isinstance(default, bool):
         default = "on" if default else "off"
-    return f"{text} \\[env {var}; default {default}]"
+    return f"{text} [env {var}; default {default}]"
 
 
 @app.command()
@@ -148,14 +149,17 @@ def _banner(settings: Settings, setup_code: str | None) -> None:
     console.print(f"data dir: {settings.data_dir}")
     if setup_code:
         console.print(f"No password is set yet: open [bold]{url}/#setup={setup_code}[/bold] to set it, or run "
-                      f"`model-manager password init{_data_dir_flag(settings)}`.")
+                      f"`model-manager password init{escape(_data_dir_flag(settings))}`.")
         console.print(f"One-time setup code: [bold]{setup_code}[/bold] (the link above fills it in)")
     sys.stdout.flush()
 
 
 def _data_dir_flag(settings: Settings) -> str:
-    """` --data-dir X` when the data dir is not the default one, so a printed command acts on it."""
-    return "" if settings.data_dir == Settings().data_dir else f" --data-dir {shlex.quote(str(settings.data_dir))}"
+    """` --data-dir X` when the data dir is not the default one, so a printed command acts on it (X
+    absolute and shell-quoted: the command works pasted into any shell, from any directory)."""
+    if settings.data_dir == Settings().data_dir:
+        return ""
+    return f" --data-dir {shlex.quote(str(settings.data_dir.absolute()))}"
 
 
 class _ShutdownCancellation(logging.Filter):
