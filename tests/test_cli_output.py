@@ -200,7 +200,9 @@ def _run_in_terminal(command: str, answers: list[str], timeout: float = 120) -> 
                 if not chunk:
                     break
                 seen += chunk
-                if pending and seen.rstrip().endswith(b":"):
+                # the prompt's last space is written after the terminal was switched to no-echo (and
+                # its pending input flushed): only then may the answer be typed
+                if pending and seen.endswith(b": "):
                     os.write(master, pending.pop(0).encode() + b"\n")
                     seen += b"\n"
             elif proc.poll() is not None:

@@ -56,7 +56,7 @@ def serve(
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
                                        help="info logs one line per request; warning keeps only problems."),
 ) -> None:
-    """Serve the HTTP API, the web UI at / and the OpenAPI docs at /schema.
+    """Serve the HTTP API, the web UI at / and the API docs at /schema (OpenAPI JSON: /schema/openapi.json).
 
     Command-line flags win over MODEL_MANAGER_* environment variables, which win over defaults.
     While no password is set, a one-time setup code is printed: setting the first password from
@@ -143,7 +143,7 @@ def _banner(settings: Settings, setup_code: str | None) -> None:
     local = settings.host in ("0.0.0.0", "::", "")
     shown = "127.0.0.1" if local else (f"[{settings.host}]" if ":" in settings.host else settings.host)
     url = f"http://{shown}:{settings.port}"
-    console.print(f"model-manager {__version__} serving [bold]{url}/[/bold]  (API {url}/api, OpenAPI {url}/schema)")
+    console.print(f"model-manager {__version__} serving [bold]{url}/[/bold]  (API {url}/api, docs {url}/schema)")
     if local:
         console.print(f"listening on all interfaces ({settings.host or '0.0.0.0'}:{settings.port})")
     console.print(f"data dir: {settings.data_dir}")
