@@ -220,7 +220,7 @@ trap - INT TERM
 shown() { case "$1" in "$PWD"/*) echo "${1#"$PWD"/}" ;; *) echo "$1" ;; esac; }
 echo "model-manager is running ($MODE, pid $PID)"
 echo "  UI:    $URL/"
-echo "  API:   $URL/api  (OpenAPI: $URL/schema)"
+echo "  API:   $URL/api  (docs: $URL/schema, OpenAPI JSON: $URL/schema/openapi.json)"
 if [ "$HOST" = "0.0.0.0" ] || [ "$HOST" = "::" ]; then
     echo "         listening on all interfaces ($HOST:$PORT)"
 fi
@@ -250,7 +250,8 @@ if [ "$initialized" = no ]; then
         echo "No password is set yet. Open $URL/ to set it (it asks for the setup code in the log), or run:"
     fi
     if [ -n "${MODEL_MANAGER_DATA_DIR:-}" ]; then
-        echo "  .venv/bin/model-manager password init --data-dir $MODEL_MANAGER_DATA_DIR"
+        # shell-quoted, so the line works pasted as it is whatever the path holds
+        echo "  .venv/bin/model-manager password init --data-dir $(printf '%q' "$MODEL_MANAGER_DATA_DIR")"
     else
         echo "  .venv/bin/model-manager password init"
     fi

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from model_manager.artifacts import DirectorySnapshot, GroupSnapshot, load_direc
 from model_manager.auth import Authenticator
 from model_manager.cache import CacheDir
 from model_manager.converter import ConvertResult, convert_file, pickles_in
-from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError
+from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError, ValidationError
 from model_manager.files import private_dir
 from model_manager.fleet import Fleet, LiveGroup
 from model_manager.keys import KeyStore
@@ -48,6 +49,12 @@ FOLLOW_INTERVAL = 1.0  # seconds between looks at versions changed by other proc
 AUDIT_EVENTS = ("bootstrap", "bootstrap_refused", "login", "login_failed", "logout", "password_changed",
                 "password_change_failed", "register", "unregister", "refresh_failed",
                 "pin", "unpin", "rollback", "hold", "release", "key_created", "key_revoked")
+
+
+def check_audit_event(event: str | None) -> None:
+    """UsageError unless `event` is None or one of AUDIT_EVENTS (the message lists them)."""
+    if event is not None and event not in AUDIT_EVENTS:
+        raise UsageError(f"unknown audit event {event!r}: use one of {', '.join(AUDIT_EVENTS)}")
 
 
 @dataclass
@@ -132,12 +139,13 @@ class ModelManager(VersionCommands):
             self._store = None
 
     # -- registration ----------------------------------------------------------------------------
-    def register(self, name: str, path: str, *, client: str | None = None) -> Registration:
+    def register(self, name: str, path: str, *, client: str | None = None, require_servable: bool = False) -> Registration:
         """Validate a model directory and register it under `name` (SPEC `POST /api/models`): a valid
         name, a readable directory with at least one group, no symbol in several groups, and a name
         not taken by another path. The row and its audit event are one transaction, written after
         the directory was read (and, when serving, its payloads built), so a failure or a kill
-        half-way leaves nothing half-registered. The same name and path again is not an error."""
+        half-way leaves nothing half-registered. The same name and path again is not an error.
+        `require_servable` (the CLI's rule) also refuses a directory in which every group has an error."""
         check_name(name)
         abspath = normalize_path(path)
         # serving, the registry's lock: its sync with the store must not load this model meanwhile
@@ -158,6 +166,9 @@ class ModelManager(VersionCommands):
             dupes = snap.duplicate_symbols()
             if dupes:
                 raise DuplicateSymbolError(dupes)
+            if require_servable and all(g.status == "error" for g in snap.groups.values()):
+                raise ValidationError(f"nothing in {abspath} is servable: all {len(snap.groups)} groups have errors "
+                                      f"(see `model-manager inspect {shlex.quote(abspath)}`); nothing was registered")
             row = self.store.add_model(name, abspath, client=client,
                                        detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
             # versions are recorded once the registration is written: a refused one leaves none
@@ -221,8 +232,7 @@ class ModelManager(VersionCommands):
 
     def audit_events(self, *, limit: int = 200, event: str | None = None) -> list[dict]:
         """The audit trail, newest first; `event` must be one of AUDIT_EVENTS."""
-        if event is not None and event not in AUDIT_EVENTS:
-            raise UsageError(f"unknown audit event {event!r}: use one of {', '.join(AUDIT_EVENTS)}")
+        check_audit_event(event)
         return self.store.audit_events(limit=limit, event=event)
 
     # -- API keys (SPEC §7; the rules are keys.py's) ----------------------------------------------------

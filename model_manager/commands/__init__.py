@@ -3,6 +3,7 @@ errors from the core become one red line on stderr here, and nowhere else."""
 from __future__ import annotations
 
 import importlib
+import inspect as pyinspect
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ app = typer.Typer(
     help="Inspect, convert and serve per-symbol XGBoost model directories.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # click's plain help: it wraps each paragraph once to the terminal and never cuts a word (rich's
+    # option table cut env var names at 80 columns)
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -47,7 +50,7 @@ def _root(
 DataDirOption = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="MODEL_MANAGER_DATA_DIR", show_envvar=False,
     help="Data dir: the sqlite db (password, tokens, registrations, audit) and the cache. "
-         "\\[env MODEL_MANAGER_DATA_DIR; default: the per-user app dir]")]
+         "[env MODEL_MANAGER_DATA_DIR; default: the per-user app dir]")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the shapes of the HTTP API) instead of tables.")]
 
 
@@ -64,6 +67,21 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"model_manager.commands.{_name}")
 
 
+def _short_helps(typer_app: typer.Typer) -> None:
+    """A command's line in the list of commands is its docstring's first paragraph, whole (click would
+    cut it at 45 characters with "...")."""
+    for info in typer_app.registered_commands:
+        if info.short_help is None and info.callback is not None:
+            doc = pyinspect.getdoc(info.callback) or ""
+            info.short_help = " ".join(doc.split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _short_helps(group.typer_instance)
+
+
+_short_helps(app)
+
+
 def main() -> None:
     """Run the CLI; every error the user can fix becomes one line on stderr and an exit code."""
     try:
@@ -73,8 +91,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # click's usage errors: bad option, missing argument...
         ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message())  # the help, rendered once when the error was made
             sys.exit(2)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)

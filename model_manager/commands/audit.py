@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from model_manager.commands import DataDirOption, app, open_manager, print_json
+from model_manager.commands.tables import Column, print_table, stdout_console
 from model_manager.errors import PathError
-from model_manager.service import AUDIT_EVENTS
+from model_manager.service import AUDIT_EVENTS, check_audit_event
 
 EVENT_STYLE = {"login_failed": "red", "bootstrap_refused": "red", "password_change_failed": "red",
                "refresh_failed": "yellow", "password_changed": "bold", "bootstrap": "bold"}
@@ -22,7 +21,11 @@ def audit(
     data_dir: DataDirOption = None,
 ) -> None:
     """Show the audit trail: logins, failed logins, first-password setup, logouts, password changes,
-    registrations and refresh failures, with the client address and time (UTC)."""
+    registrations and refresh failures, with the client address and time (UTC).
+
+    Exit codes: 0 shown (also when there is nothing to show), 2 unknown --event or no database.
+    """
+    check_audit_event(event)  # before the database: a typo is reported whatever the data dir holds
     with open_manager(data_dir) as manager:
         if not manager.has_database():
             raise PathError(f"no database in {manager.settings.data_dir}: nothing has been recorded there yet "
@@ -31,13 +34,11 @@ def audit(
     if as_json:
         print_json({"events": events})
         return
-    console = Console(highlight=False)
+    console = stdout_console()
     if not events:
         console.print(f"no {event + ' ' if event else ''}events recorded")
         return
-    table = Table("time (UTC)", "event", "client", "detail", title=f"audit trail, newest first ({len(events)})")
-    for row in events:
-        style = EVENT_STYLE.get(row["event"], "")
-        table.add_row(row["at"], f"[{style}]{escape(row['event'])}[/]" if style else escape(row["event"]),
-                      escape(row["client"] or "-"), escape(row["detail"] or ""))
-    console.print(table)
+    rows = [[row["at"], Text(row["event"], style=EVENT_STYLE.get(row["event"], "")), row["client"] or "-", row["detail"] or ""]
+            for row in events]
+    print_table(console, [Column("time (UTC)"), Column("event"), Column("client", fold=True), Column("detail", fold=True)],
+                rows, title=f"audit trail, newest first ({len(events)})")

@@ -1,20 +1,19 @@
 """`model-manager password init|set`: the single password of the HTTP API and UI."""
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 from rich.console import Console
 
 from model_manager.commands import DataDirOption, app, open_manager
-from model_manager.errors import ConflictError, ValidationError
+from model_manager.errors import ConflictError, UsageError, ValidationError
 from model_manager.store import check_password_strength
 
-password_app = typer.Typer(
-    help="Set the first password, or change it (which logs every client out).",
-    no_args_is_help=True,
-)
-app.add_typer(password_app, name="password")
+PASSWORD_HELP = "Set the first password, or change it (which logs every client out)."
+password_app = typer.Typer(help=PASSWORD_HELP, no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(password_app, name="password", short_help=PASSWORD_HELP)
 
 STDIN_HELP = "Read the password from stdin (one line) instead of prompting; for scripts."
 
@@ -31,7 +30,7 @@ def password_init(
     with open_manager(data_dir) as manager:
         if manager.store.is_initialized():
             raise ConflictError("a password is already set: change it with `model-manager password set`")
-        manager.init_password(_read_password(password_stdin), client="cli")
+        manager.init_password(_read_password(password_stdin, "init"), client="cli")
     Console().print("password set: log in with it in the UI or with POST /api/auth/login", highlight=False)
 
 
@@ -43,11 +42,11 @@ def password_set(
     """Set a new password (at least 8 characters) and revoke every token, also on a running server:
     every client has to log in again. Works whether or not a password was set before."""
     with open_manager(data_dir) as manager:
-        revoked = manager.set_password(_read_password(password_stdin), client="cli")
+        revoked = manager.set_password(_read_password(password_stdin, "set"), client="cli")
     Console().print(f"password changed; {revoked} token(s) revoked: clients must log in again", highlight=False)
 
 
-def _read_password(from_stdin: bool) -> str:
+def _read_password(from_stdin: bool, command: str) -> str:
     if from_stdin:
         text = sys.stdin.read()
         password = text[:-1] if text.endswith("\n") else text
@@ -55,9 +54,25 @@ def _read_password(from_stdin: bool) -> str:
         if "\n" in password:
             raise ValidationError("stdin holds several lines: pass only the password, on one line")
         if not password:
-            raise ValidationError("stdin was empty: pipe the password in, e.g. "
-                                  "`printf '%s\\n' \"$PW\" | model-manager password set --password-stdin`")
+            raise ValidationError(f"stdin was empty: pipe the password in, e.g. {_stdin_example(command)}")
+    elif not _has_terminal():
+        raise UsageError(f"no terminal to prompt for the password: pass it on stdin with --password-stdin, "
+                         f"e.g. {_stdin_example(command)}")
     else:
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
     check_password_strength(password)
     return password
+
+
+def _stdin_example(command: str) -> str:
+    return f"`printf '%s\\n' \"$PW\" | model-manager password {command} --password-stdin`"
+
+
+def _has_terminal() -> bool:
+    """Whether a hidden prompt can work: getpass reads the controlling terminal, not stdin."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return sys.stdin.isatty()  # no /dev/tty (Windows): the console is stdin
+    os.close(fd)
+    return True

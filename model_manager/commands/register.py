@@ -1,12 +1,13 @@
 """`model-manager register`: add, list and remove registered model directories."""
 from __future__ import annotations
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+import shlex
 
-from model_manager.commands import DataDirOption, JsonOption, app, open_manager, print_json
+import typer
+from rich.text import Text
+
+from model_manager.commands import DataDirOption, JsonOption, app, err_console, open_manager, print_json
+from model_manager.commands.tables import Column, print_table, stdout_console
 from model_manager.errors import UsageError
 
 
@@ -21,33 +22,43 @@ def register(
 ) -> None:
     """Register a model directory with the service (the same rules as POST /api/models).
 
-    The directory must hold at least one group and no symbol may be in several groups. The
-    registration is written to the data dir; a running server picks it up within one watch interval.
+    The directory must hold at least one group and no symbol may be in several groups. Groups with
+    errors are registered too (the server serves them once they are fixed), with a warning that counts
+    them; but a directory in which every group has an error is refused with exit 1, since nothing in
+    it could be served. The registration is written to the data dir; a running server picks it up
+    within one watch interval. With --json: the registration as {"name", "path", "created",
+    "group_count", "error_groups"}, or with --list {"models": [...]}.
     """
-    console = Console()
+    console = stdout_console()
     with open_manager(data_dir) as manager:
         if list_:
             rows = manager.registered()
             if as_json:
                 print_json({"models": [r.__dict__ for r in rows]})
-                return
-            table = Table("name", "path", "registered_at", title=f"registered models ({manager.settings.db_path})",
-                          title_justify="left")
-            for r in rows:
-                table.add_row(escape(r.name), escape(r.path), r.registered_at)
-            console.print(table if rows else "no models registered")
+            elif rows:
+                print_table(console, [Column("name"), Column("path", fold=True), Column("registered_at")],
+                            [[r.name, r.path, r.registered_at] for r in rows],
+                            title=f"registered models ({manager.settings.db_path})")
+            else:
+                console.print("no models registered")
             return
         if remove:
             manager.unregister(remove, client="cli")
-            console.print(f"removed {escape(remove)}")
+            console.print(Text(f"removed {remove}"))
             return
         if not name or not path:
             raise UsageError("give NAME and PATH (or --list, or --remove NAME); see model-manager register --help")
-        with console.status(f"reading {escape(path)}..."):
-            done = manager.register(name, path, client="cli")
-    if not done.created:
-        console.print(f"{escape(name)} is already registered for {escape(done.path)}")
-        return
-    errors = done.error_groups
-    console.print(f"registered {escape(name)} -> {escape(done.path)}: {len(done.snapshot.groups)} groups"
-                  + (f", [red]{len(errors)} with errors[/red] (see model-manager inspect {escape(done.path)})" if errors else ""))
+        with err_console.status(f"reading {path}..."):
+            done = manager.register(name, path, client="cli", require_servable=True)
+    groups = len(done.snapshot.groups) if done.snapshot else None
+    if as_json:
+        print_json({"name": done.name, "path": done.path, "created": done.created, "group_count": groups,
+                    "error_groups": done.error_groups})
+    elif not done.created:
+        console.print(Text(f"{name} is already registered for {done.path}"))
+    else:
+        console.print(Text(f"registered {name} -> {done.path}: {groups} groups"))
+    if done.error_groups:
+        err_console.print(Text(f"warning: {len(done.error_groups)} of {groups} groups have errors and are not served until "
+                               f"fixed ({', '.join(done.error_groups)}; see model-manager inspect {shlex.quote(done.path)})",
+                               style="yellow"))

@@ -13,6 +13,7 @@ from enum import Enum
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from model_manager import __version__
 from model_manager.commands import DataDirOption, app
@@ -32,13 +33,13 @@ class LogLevel(str, Enum):
 
 
 def _help(field: str) -> str:
-    """A flag's help from the settings table: text, env var and default (brackets escaped for rich)."""
+    """A flag's help from the settings table: text, env var and default."""
     var, _parse, text = ENV_TABLE[field]
     spec = next(f for f in dataclasses.fields(Settings) if f.name == field)
     default = spec.default if spec.default is not dataclasses.MISSING else "per-user app dir"
     if isinstance(default, bool):
         default = "on" if default else "off"
-    return f"{text} \\[env {var}; default {default}]"
+    return f"{text} [env {var}; default {default}]"
 
 
 @app.command()
@@ -56,7 +57,7 @@ def serve(
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
                                        help="info logs one line per request; warning keeps only problems."),
 ) -> None:
-    """Serve the HTTP API, the web UI at / and the OpenAPI docs at /schema.
+    """Serve the HTTP API, the web UI at / and the API docs at /schema (OpenAPI JSON: /schema/openapi.json).
 
     Command-line flags win over MODEL_MANAGER_* environment variables, which win over defaults.
     While no password is set, a one-time setup code is printed with a link that fills it in: setting
@@ -150,20 +151,23 @@ def _banner(settings: Settings, setup_code: str | None) -> None:
     local = settings.host in ("0.0.0.0", "::", "")
     shown = "127.0.0.1" if local else (f"[{settings.host}]" if ":" in settings.host else settings.host)
     url = f"http://{shown}:{settings.port}"
-    console.print(f"model-manager {__version__} serving [bold]{url}/[/bold]  (API {url}/api, OpenAPI {url}/schema)")
+    console.print(f"model-manager {__version__} serving [bold]{url}/[/bold]  (API {url}/api, docs {url}/schema)")
     if local:
         console.print(f"listening on all interfaces ({settings.host or '0.0.0.0'}:{settings.port})")
     console.print(f"data dir: {settings.data_dir}")
     if setup_code:
         console.print(f"No password is set yet: open [bold]{url}/#setup={setup_code}[/bold] to set it, or run "
-                      f"`model-manager password init{_data_dir_flag(settings)}`.")
+                      f"`model-manager password init{escape(_data_dir_flag(settings))}`.")
         console.print(f"One-time setup code: [bold]{setup_code}[/bold] (the link above fills it in)")
     sys.stdout.flush()
 
 
 def _data_dir_flag(settings: Settings) -> str:
-    """` --data-dir X` when the data dir is not the default one, so a printed command acts on it."""
-    return "" if settings.data_dir == Settings().data_dir else f" --data-dir {shlex.quote(str(settings.data_dir))}"
+    """` --data-dir X` when the data dir is not the default one, so a printed command acts on it (X
+    absolute and shell-quoted: the command works pasted into any shell, from any directory)."""
+    if settings.data_dir == Settings().data_dir:
+        return ""
+    return f" --data-dir {shlex.quote(str(settings.data_dir.absolute()))}"
 
 
 class _ShutdownCancellation(logging.Filter):
