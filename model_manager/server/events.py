@@ -23,6 +23,7 @@ from model_manager.service import ModelManager
 
 @get("/api/models/{name:str}/events", tags=["models"], summary="Server-Sent Events: versions, statuses, refreshes",
      guards=[require_token], security=BEARER_SECURITY, before_request=wait_for_models, skip_compression=True,
+     media_type="text/event-stream",
      dependencies={"manager": Provide(provide_manager, sync_to_thread=False)}, responses=error_responses(401, 404),
      description="`version` {symbol, group_key, version, etag, live}, `status` {symbol, group_key, status, issues}, "
                  "`model` {event: refreshed|held|released|unregistered}. Every event has an id; reconnect with "
