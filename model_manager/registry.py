@@ -245,17 +245,17 @@ class Registry:
                     raise exc
                 return "refused"
             new_states = self._states(model, snap, model.groups, built)
-            previous = model.groups
-            for key in set(previous) - set(scanned):
-                self._group_removed(model.name, key)
-                self.waiters.changed(model.name, key)
-            model.install(dict(sorted({**kept, **new_states}.items())))
-            hold = self.versions.hold_info(model.name)
-            if (hold is None) != (model.hold is None):  # a hold set by another process, not yet followed
-                self.events.publish(model.name, "model", {"event": "held" if hold else "released"})
-            model.hold = hold
-            model.error = None
-            self._announce(model, previous)
+            with model.install_lock:
+                previous = model.groups
+                for key in set(previous) - set(scanned):
+                    self._group_removed(model.name, key)
+                    self.waiters.changed(model.name, key)
+                model.install(dict(sorted({**kept, **new_states}.items())))
+                model.error = None
+                self._announce(model, previous)
+            # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
+            # is served now, and a hold set by another process is announced
+            self._follow_model(model)
             self.events.publish(model.name, "model", {"event": "refreshed"})
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
@@ -347,7 +347,7 @@ class Registry:
         return moved
 
     def _follow_model(self, model: LoadedModel) -> bool:
-        with model.lock:
+        with model.install_lock:  # not `model.lock`: an emergency rollback must not wait for a long re-read
             live = self.versions.live_versions(model.name)
             changed: dict[str, GroupState] = {}
             for key, state in model.groups.items():

@@ -107,7 +107,8 @@ class LoadedModel:
     view: ModelView = field(default_factory=lambda: ModelView({}, {}, [], None))
     error: str | None = None
     hold: dict | None = None  # {"held_at", "reason"} while held (see versions.py)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)          # held by a (long) re-read
+    install_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held only to swap states
 
     def install(self, groups: dict[str, GroupState]) -> None:
         """Swap in a new set of group states (readers see the old or the new, never a mix)."""
