@@ -6,6 +6,7 @@ takes hours to build or hash. So model files and info.pkl from a model directory
 a short-lived child forked from a small helper process (`check_model`, `check_info`), with a time
 limit and a memory limit (MODEL_MANAGER_CHECK_MEMORY_MB, on top of what the child starts with): a
 crash, a hang or a memory bomb costs that child and becomes an issue on the group, never the server.
+(Just over 400 lines: the request side, the helper process and the child are one protocol.)
 """
 from __future__ import annotations
 

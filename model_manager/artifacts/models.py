@@ -11,7 +11,6 @@ hash of each file, so an unchanged file is not decoded again.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import shlex
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 from model_manager.artifacts.scan import MODEL_KINDS, MODEL_SOURCES
 from model_manager.artifacts.snapshot import Issue
 from model_manager.cache import CacheDir
+from model_manager.clock import iso_from_timestamp
 from model_manager.conversion import ModelInfo, sha256
 from model_manager.errors import ArtifactError
 from model_manager.isolation import check_model
@@ -133,4 +133,4 @@ def _disagreement(served_kind: str, other_kind: str, files: dict[str, str], root
 def _when(mtime_ns: int | None) -> str:
     if mtime_ns is None:
         return "at an unknown time"
-    return dt.datetime.fromtimestamp(mtime_ns / 1e9, tz=dt.UTC).isoformat(timespec="seconds")
+    return iso_from_timestamp(mtime_ns / 1e9)
