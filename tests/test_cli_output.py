@@ -14,8 +14,8 @@ import time
 import pytest
 
 from model_manager.settings import ENV_TABLE
+from tests.support import write_group
 
-from .conftest import write_group
 from .support import CLI, REPO, ServerProcess, http, run_cli
 from .test_cli import assert_one_line_error
 
