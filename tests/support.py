@@ -12,16 +12,19 @@ fixtures are one-liners over these helpers.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import urllib.error
 import urllib.request
@@ -307,3 +310,40 @@ def replace_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def run_in_terminal(command: str, answers: list[str], timeout: float = 120) -> str:
+    """Run a shell command line on a pseudo-terminal of its own (its controlling terminal, as in an
+    interactive shell) and type `answers`, one per prompt; returns what it printed."""
+    master, slave = os.openpty()
+    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(["bash", "--norc", "--noprofile", "-c", command], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    seen, pending, deadline = b"", list(answers), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break  # the command is done and its terminal closed
+                if not chunk:
+                    break
+                seen += chunk
+                # the prompt's last space is written after the terminal was switched to no-echo (and
+                # its pending input flushed): only then may the answer be typed
+                if pending and seen.endswith(b": "):
+                    os.write(master, pending.pop(0).encode() + b"\n")
+                    seen += b"\n"
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    return seen.decode(errors="replace")

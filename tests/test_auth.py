@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import TestClient
 from litestar.testing.transport import TestClientTransport as _LitestarTransport
-from typer.testing import CliRunner
 
 from model_manager.auth import TOKEN_RECHECK_SECONDS, LoginThrottle
-from model_manager.commands import app as cli_app
 from model_manager.errors import ThrottledError
 from model_manager.store import Store
-from tests.support import PASSWORD, bearer, bootstrap, log_in, make_client, run_cli, setup_code
+from tests.support import PASSWORD, bearer, bootstrap, log_in, make_client, run_cli, run_in_terminal, setup_code
 
 NEW_PASSWORD = "tr0ub4dor & 3"
 WRONG = "guess-1234-xyz"
@@ -372,19 +371,17 @@ def test_password_init_and_set_commands(tmp_path):
 
 
 def test_password_prompts_twice_without_echo(tmp_path):
-    runner = CliRunner()
-    data = str(tmp_path / "data")
-    result = runner.invoke(cli_app, ["password", "init", "--data-dir", data], input=f"{PASSWORD}\n{PASSWORD}\n")
-    assert result.exit_code == 0, result.output
-    assert result.output.count("New password") == 1 and "Repeat for confirmation" in result.output
-    assert PASSWORD not in result.output  # hidden input is not echoed
-    store = Store(tmp_path / "data" / "model-manager.sqlite3")
+    data = tmp_path / "data"
+    command = f"model-manager password init --data-dir {shlex.quote(str(data))}"
+    printed = run_in_terminal(command, [PASSWORD, PASSWORD])  # a real terminal: the prompt needs one
+    assert printed.count("New password") == 1 and "Repeat for confirmation" in printed
+    assert PASSWORD not in printed  # hidden input is not echoed
+    store = Store(data / "model-manager.sqlite3")
     assert store.verify_password(PASSWORD)
     store.close()
-    mismatch = runner.invoke(cli_app, ["password", "set", "--data-dir", data],
-                             input=f"{NEW_PASSWORD}\nsomething else\n{NEW_PASSWORD}\n{NEW_PASSWORD}\n")
-    assert mismatch.exit_code == 0, mismatch.output
-    assert "do not match" in mismatch.output
+    mismatch = run_in_terminal(f"model-manager password set --data-dir {shlex.quote(str(data))}",
+                               [NEW_PASSWORD, "something else", NEW_PASSWORD, NEW_PASSWORD])
+    assert "do not match" in mismatch
 
 
 def test_audit_command(tmp_path):

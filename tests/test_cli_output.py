@@ -2,19 +2,16 @@
 prints data has --json, and every mistake is one line on stderr with the right exit code."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import select
 import subprocess
-import termios
 import time
 
 import pytest
 
 from model_manager.settings import ENV_TABLE
-from tests.support import write_group
+from tests.support import run_in_terminal, write_group
 
 from .support import CLI, REPO, ServerProcess, http, run_cli
 from .test_cli import assert_one_line_error
@@ -180,43 +177,6 @@ def test_password_without_a_terminal_points_to_password_stdin(tmp_path):
         assert "Warning" not in result.stderr and "aborted" not in result.stderr
 
 
-def _run_in_terminal(command: str, answers: list[str], timeout: float = 120) -> str:
-    """Run a shell command line on a pseudo-terminal of its own (its controlling terminal, as in an
-    interactive shell) and type `answers`, one per prompt; returns what it printed."""
-    master, slave = os.openpty()
-    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(["bash", "--norc", "--noprofile", "-c", command], stdin=slave, stdout=slave, stderr=slave,
-                            env=env, start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(slave)
-    seen, pending, deadline = b"", list(answers), time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:
-                    break  # the command is done and its terminal closed
-                if not chunk:
-                    break
-                seen += chunk
-                # the prompt's last space is written after the terminal was switched to no-echo (and
-                # its pending input flushed): only then may the answer be typed
-                if pending and seen.endswith(b": "):
-                    os.write(master, pending.pop(0).encode() + b"\n")
-                    seen += b"\n"
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    assert proc.returncode == 0, seen.decode(errors="replace")
-    return seen.decode(errors="replace")
-
-
 def test_serve_hint_sets_the_password_of_that_data_dir(tmp_path):
     data = tmp_path / "data dir [test]"  # a space and brackets: quoted, and not taken for markup
     with ServerProcess(data, extra_args=("--no-watch",)) as server:
@@ -225,7 +185,7 @@ def test_serve_hint_sets_the_password_of_that_data_dir(tmp_path):
             time.sleep(0.1)
         command = re.search(r"`(model-manager password init[^`]*)`", server.output()).group(1)
         assert "--data-dir" in command
-        printed = _run_in_terminal(command, ["correct horse battery", "correct horse battery"])
+        printed = run_in_terminal(command, ["correct horse battery", "correct horse battery"])
         assert "password set" in printed
         status, _, raw = http("POST", server.url + "/api/auth/login", body={"password": "correct horse battery"})
         assert status == 200, raw

@@ -157,10 +157,9 @@ def test_rapid_writes_cause_one_parse(server, tmp_path, models):
     start = generations()
     blob = pickle.dumps(retrained(models, 5))
     target = d / "SOLUSDT_mid_chg_1m_model.pkl"
-    for i in range(40):  # 40 writes, 5 ms apart: never quiet for the debounce time
-        with open(target, "wb") as fh:
+    for i in range(40):  # 40 writes back to back: never quiet for the debounce time (a sleep between them
+        with open(target, "wb") as fh:  # could, on a loaded machine, stretch into a real pause)
             fh.write(blob[: (i + 1) * len(blob) // 40])
-        time.sleep(0.005)
     wait_for(lambda: generations()["SOLUSDT_mid_chg_1m"] > start["SOLUSDT_mid_chg_1m"], what="re-parse")
     time.sleep(DEBOUNCE + 0.3)
     after = generations()

@@ -11,11 +11,9 @@ from rich.table import Table
 from model_manager.commands import DataDirOption, JsonOption, app, open_manager, print_json
 from model_manager.keys import MAX_EXPIRES_IN_DAYS
 
-keys_app = typer.Typer(
-    help="API keys for trading engines: a read key may only GET /api/models/**; revoked at once.",
-    no_args_is_help=True,
-)
-app.add_typer(keys_app, name="keys")
+KEYS_HELP = "API keys for trading engines: a read key may only GET /api/models/**; revoked at once."
+keys_app = typer.Typer(help=KEYS_HELP, no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(keys_app, name="keys", short_help=KEYS_HELP)
 
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from model_manager.artifacts import DirectorySnapshot, GroupSnapshot
+from model_manager.commands.tables import Column, print_table
 from model_manager.conversion import IMPORTANCE_TYPES
 from model_manager.research import Matrix, build_index
 
@@ -87,19 +88,19 @@ def render_importance(console: Console, g: GroupSnapshot, top: int) -> None:
     by_gain = sorted(gain, key=lambda f: (-gain[f], f))
     by_tau = sorted((f for f in g.factors if tau.get(f) is not None), key=lambda f: (-abs(tau[f]), f))
     tau_rank = {f: i + 1 for i, f in enumerate(by_tau)}
-    table = Table(box=None, padding=(0, 1))
-    table.add_column("factor", no_wrap=True, min_width=min(max(len(f) for f in by_gain), 24), overflow="ellipsis")
-    for name in (*IMPORTANCE_TYPES, "kendall_tau", "gain rank", "|τ| rank"):
-        table.add_column(name, justify="right", no_wrap=True, style="bold" if name == "gain" else None)
+    columns = [Column("factor", fold=True), Column("gain", justify="right", style="bold")]
+    columns += [Column(t, justify="right", drop=1) for t in IMPORTANCE_TYPES if t != "gain"]
+    columns += [Column("kendall_tau", justify="right"), Column("gain rank", justify="right", drop=2),
+                Column("|τ| rank", justify="right", drop=2)]
+    rows = []
     for rank, factor in enumerate(by_gain[:top] if top else by_gain, start=1):
-        values = [g.importance.get(t, {}).get(factor) for t in IMPORTANCE_TYPES]
+        values = {t: g.importance.get(t, {}).get(factor) for t in IMPORTANCE_TYPES}
         t = tau.get(factor)
         other = tau_rank.get(factor)
         far = other is not None and abs(other - rank) > max(3, len(by_gain) // 3)
-        table.add_row(escape(factor), *["-" if v is None else f"{v:.4g}" for v in values],
-                      "-" if t is None else f"{t:+.4f}", str(rank),
-                      Text("-" if other is None else str(other), style="yellow" if far else ""))
-    console.print(table)
+        rows.append([factor, *["-" if values[k] is None else f"{values[k]:.4g}" for k in ("gain", *[x for x in IMPORTANCE_TYPES if x != "gain"])],
+                     "-" if t is None else f"{t:+.4f}", str(rank), Text("-" if other is None else str(other), style="yellow" if far else "")])
+    print_table(console, columns, rows, indent=2)
     unused = len(set(g.factors) - set(gain))
     note = f"{len(gain)} of {len(set(g.factors))} factors used by the trees"
     console.print(f"[dim]{note}{f'; {unused} never split on' if unused else ''}; "
