@@ -249,13 +249,14 @@ class Registry:
             for key in set(previous) - set(scanned):
                 self._group_removed(model.name, key)
                 self.waiters.changed(model.name, key)
-            model.install(dict(sorted({**kept, **new_states}.items())))
+            model.install(dict(sorted({**kept, **new_states}.items())), defer_research=True)
             hold = self.versions.hold_info(model.name)
             if (hold is None) != (model.hold is None):  # a hold set by another process, not yet followed
                 self.events.publish(model.name, "model", {"event": "held" if hold else "released"})
             model.hold = hold
             model.error = None
-            self._announce(model, previous)
+            self._announce(model, previous)  # long polls and event streams: the new payloads are live
+            model.finish_research()
             self.events.publish(model.name, "model", {"event": "refreshed"})
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
