@@ -23,10 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import tools, workload
+from bench import desk, engines, report, tools, workload
 from bench.tools import BenchError, Client, Nginx, Server, bootstrap, run_wrk, write_requests
 
 MODEL_NAME = "bench"
+PREVIOUS_RELEASE = "b8ee4e9"  # the release before fleet recording and metrics
 DEFAULT_DEBOUNCE = 2.0   # the server's default MODEL_MANAGER_WATCH_DEBOUNCE
 MB = 1024 * 1024
 
@@ -45,6 +46,9 @@ class Config:
     run_dir: Path    # data dirs, nginx files and logs of this run (emptied at the start)
     out: Path
     install: bool
+    previous: bool   # measure the previous release beside this one
+    polls: int       # long polls in the engines test
+    desk_groups: int  # groups of the desk-scale test (0: skipped)
 
 
 def parse_args(argv: list[str] | None) -> Config:
@@ -63,6 +67,10 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--out", type=Path, default=None,
                    help="results file (default bench/results.json; bench/work/results-quick.json with --quick)")
     p.add_argument("--no-install", action="store_true", help="do not apt-get install wrk/nginx when missing")
+    p.add_argument("--no-previous", action="store_true", help=f"skip the previous release ({PREVIOUS_RELEASE})")
+    p.add_argument("--polls", type=int, default=None, help="long polls in the engines test (default 1000; 200 with --quick)")
+    p.add_argument("--desk", type=int, default=None,
+                   help="small groups of the desk-scale test (default 5000; 50 with --quick; 0 skips it)")
     a = p.parse_args(argv)
     groups = a.groups or (20 if a.quick else 200)
     if groups < 2:
@@ -80,6 +88,8 @@ def parse_args(argv: list[str] | None) -> Config:
         quick=a.quick, groups=groups, seconds=a.seconds or (2.0 if a.quick else 10.0), connections=a.connections,
         reps=1 if a.quick else 3, refresh_sizes=sizes, refresh_reps=3 if a.quick else 5, debounce=a.debounce,
         cache=a.cache.resolve(), run_dir=(a.run_dir or a.cache / "run").resolve(), install=not a.no_install,
+        previous=not a.no_previous, polls=a.polls or (200 if a.quick else 1000),
+        desk_groups=a.desk if a.desk is not None else (50 if a.quick else 5000),
         out=(a.out or (a.cache / "results-quick.json" if a.quick else tools.BENCH_DIR / "results.json")).resolve(),
     )
 
@@ -93,15 +103,7 @@ def measure_irreducible(cfg: Config, directory: Path) -> dict:
     from model_manager.versions import GZIP_LEVEL
 
     log(f"irreducible work: unpickle + save_raw('json') + gzip -{GZIP_LEVEL} of {cfg.groups} models, one thread")
-    # in a process of its own with OMP_NUM_THREADS=1: XGBoost would otherwise use OpenMP threads
-    code = ("import json, sys; from pathlib import Path; from bench.workload import irreducible_work; "
-            "print(json.dumps(irreducible_work(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))")
-    done = subprocess.run([sys.executable, "-c", code, str(directory), str(cfg.groups), str(GZIP_LEVEL)],
-                          capture_output=True, text=True, cwd=tools.REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode != 0:
-        raise BenchError(f"the irreducible-work measurement failed: {done.stderr.strip()[-300:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["gzip_level"] = GZIP_LEVEL
+    result = desk.irreducible(directory, cfg.groups)  # its own process, OMP_NUM_THREADS=1
     log(f"  {result['seconds']:.2f} s ({result['cpu_seconds']:.2f} CPU-seconds)")
     result["model_check_s"] = workload.model_check_seconds(directory, min(10, cfg.groups))
     if result["model_check_s"] is not None:
@@ -113,7 +115,7 @@ def measure_cold(cfg: Config, directory: Path, data_dir: Path, logs: Path) -> di
     log(f"cold start: POST /api/models with {cfg.groups} groups into an empty data dir")
     with Server(data_dir, logs / "serve-cold.log") as server:
         server.start()
-        client = Client(server.port, bootstrap(server.port))
+        client = Client(server.port, bootstrap(server))
         cpu_before, started = server.cpu(), time.perf_counter()
         model = client.json("POST", "/api/models", {"name": MODEL_NAME, "path": str(directory)}, expect=(201,))
         seconds, cpu = time.perf_counter() - started, server.cpu() - cpu_before
@@ -167,38 +169,74 @@ def nginx_etags(port: int, symbols: list[str]) -> dict[str, str]:
     return out
 
 
-def measure_throughput(cfg: Config, wrk: str, server: Server, token: str, nginx: Nginx, symbols: list[str],
-                       ours_etags: dict[str, str], their_etags: dict[str, str], scratch: Path) -> dict:
-    common = {"Authorization": f"Bearer {token}"}
-    gz = {**common, "Accept-Encoding": "gzip"}
-    ours = [f"/api/models/{MODEL_NAME}/model/{s}" for s in symbols]
-    theirs = [f"/p/{s}.json" for s in symbols]
-    plans = {
-        "gzip": (gz, [(p, "") for p in ours], gz, [(p, "") for p in theirs]),
-        "identity": (common, [(p, "") for p in ours], common, [(p, "") for p in theirs]),
-        "not_modified": (gz, [(p, ours_etags[s]) for p, s in zip(ours, symbols)],
-                         gz, [(p, their_etags[s]) for p, s in zip(theirs, symbols)]),
-    }
+@dataclass
+class Target:
+    """A server under wrk: its URL, the path of each symbol's payload, and each symbol's ETag."""
+
+    url: str
+    path: str          # with {symbol}
+    etags: dict[str, str]
+    token: str = ""
+
+
+MODES = {"gzip": ("model_manager", "model_manager_warning", "previous_release", "nginx"),
+         "identity": ("model_manager", "nginx"),
+         "not_modified": ("model_manager", "model_manager_warning", "previous_release", "nginx")}
+
+
+def measure_throughput(cfg: Config, wrk: str, targets: dict[str, Target], symbols: list[str], scratch: Path) -> dict:
+    """wrk against every target for each mode, alternating the order between repetitions."""
     results: dict = {}
-    for mode, (h_ours, r_ours, h_theirs, r_theirs) in plans.items():
-        files = {"model_manager": write_requests(scratch / f"wrk-{mode}-ours.txt", h_ours, r_ours),
-                 "nginx": write_requests(scratch / f"wrk-{mode}-nginx.txt", h_theirs, r_theirs)}
-        urls = {"model_manager": server.url, "nginx": f"http://127.0.0.1:{nginx.port}"}
-        runs: dict[str, list] = {"model_manager": [], "nginx": []}
+    for mode, wanted in MODES.items():
+        whos = [w for w in wanted if w in targets]
+        files = {}
+        for who in whos:
+            t = targets[who]
+            headers = {"Authorization": f"Bearer {t.token}"} if t.token else {}
+            if mode != "identity":
+                headers["Accept-Encoding"] = "gzip"
+            requests = [(t.path.format(symbol=s), t.etags[s] if mode == "not_modified" else "") for s in symbols]
+            files[who] = write_requests(scratch / f"wrk-{mode}-{who}.txt", headers, requests)
+        runs: dict[str, list] = {who: [] for who in whos}
         for rep in range(cfg.reps):
-            order = ("model_manager", "nginx") if rep % 2 == 0 else ("nginx", "model_manager")
+            order = whos[rep % len(whos):] + whos[:rep % len(whos)]
             for who in order:
                 if not cfg.quick and rep == 0:  # a short warm-up run, not counted
-                    run_wrk(wrk, urls[who], files[who], seconds=1, connections=cfg.connections)
-                result = run_wrk(wrk, urls[who], files[who], seconds=cfg.seconds, connections=cfg.connections)
+                    run_wrk(wrk, targets[who].url, files[who], seconds=1, connections=cfg.connections)
+                result = run_wrk(wrk, targets[who].url, files[who], seconds=cfg.seconds, connections=cfg.connections)
                 bad = {k: v for k, v in result.errors.items() if v}
                 if bad:
                     raise BenchError(f"wrk {mode} against {who}: errors {bad}")
                 runs[who].append(result)
-                log(f"  {mode:12s} {who:13s} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                log(f"  {mode:12s} {who:21s} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
                     f"p99 {result.p99_ms:7.2f} ms  {result.mbytes_per_s:7.0f} MB/s")
         results[mode] = {who: best_of(rs) for who, rs in runs.items()}
     return results
+
+
+def fetch_etags(port: int, token: str, symbols: list[str]) -> dict[str, str]:
+    client = Client(port, token)
+    out = {}
+    for symbol in symbols:
+        status, headers, _ = client.request("GET", f"/api/models/{MODEL_NAME}/model/{symbol}",
+                                            headers={"Accept-Encoding": "gzip"})
+        if status != 200:
+            raise BenchError(f"GET {symbol} answered {status}")
+        out[symbol] = headers["etag"]
+    client.close()
+    return out
+
+
+def start_previous(cfg: Config, directory: Path, logs: Path) -> Server:
+    """The previous release's server at --log-level warning, registering the same directory."""
+    release = tools.previous_release(PREVIOUS_RELEASE, cfg.cache / f"release-{PREVIOUS_RELEASE}")
+    log(f"previous release {PREVIOUS_RELEASE}: registering the same {cfg.groups} groups")
+    server = Server(cfg.run_dir / "data-previous", logs / "serve-previous.log", log_level="warning", release=release)
+    server.start()
+    client = Client(server.port, bootstrap(server))
+    client.json("POST", "/api/models", {"name": MODEL_NAME, "path": str(directory)}, expect=(201,))
+    client.close()
+    return server
 
 
 def best_of(runs: list) -> dict:
@@ -220,7 +258,7 @@ def measure_refresh(cfg: Config, n: int, source: Path, run_dir: Path, logs: Path
     log(f"refresh latency at N={n} (debounce {cfg.debounce:g} s, {cfg.refresh_reps} replacements)")
     with Server(data_dir, logs / f"serve-refresh-{n}.log", watch=True, debounce=cfg.debounce) as server:
         server.start()
-        client = Client(server.port, bootstrap(server.port))
+        client = Client(server.port, bootstrap(server))
         started = time.perf_counter()
         client.json("POST", "/api/models", {"name": MODEL_NAME, "path": str(directory)}, expect=(201,))
         load_seconds = time.perf_counter() - started
@@ -254,88 +292,10 @@ def measure_refresh(cfg: Config, n: int, source: Path, run_dir: Path, logs: Path
             "samples_s": [round(x, 4) for x in latencies], "load_seconds": load_seconds, "rss_bytes": rss}
 
 
-# -- report ---------------------------------------------------------------------------------------
-def targets(cfg: Config, f: dict) -> list[dict]:
-    t = []
-
-    def add(name: str, value: float | None, op: str, limit: float, what: str) -> None:
-        if value is None:
-            return
-        ok = value >= limit if op == ">=" else value <= limit
-        t.append({"name": name, "what": what, "value": round(value, 4), "op": op, "limit": round(limit, 4), "pass": ok})
-
-    tp = f["throughput"]
-    ratio = lambda mode, key: tp[mode]["model_manager"][key] / tp[mode]["nginx"][key]  # noqa: E731
-    add("gzip_rps_vs_nginx", ratio("gzip", "req_per_s"), ">=", 0.7, "gzip payload req/s ÷ nginx gzip_static")
-    add("identity_rps_vs_nginx", ratio("identity", "req_per_s"), ">=", 0.5, "identity payload req/s ÷ nginx")
-    add("not_modified_rps_vs_nginx", ratio("not_modified", "req_per_s"), ">=", 0.2, "304 req/s ÷ nginx 304")
-    add("gzip_p99_vs_nginx", ratio("gzip", "p99_ms"), "<=", 2.0, "gzip p99 latency ÷ nginx's")
-    add("cold_vs_irreducible", f["cold_start_s"] / f["irreducible_s"], "<=", 0.75,
-        "cold start ÷ single-threaded irreducible work")
-    add("warm_vs_cold", f["warm_restart_s"] / f["cold_start_s"], "<=", 0.1, "warm restart ÷ cold start")
-    refresh = {r["groups"]: r for r in f["refresh"]}
-    small = refresh.get(min(refresh)) if refresh else None
-    large = refresh.get(max(refresh)) if len(refresh) > 1 else None
-    if small and large:
-        add(f"refresh_{large['groups']}_vs_{small['groups']}", large["median_s"] / small["median_s"], "<=", 1.2,
-            f"refresh latency at N={large['groups']} ÷ at N={small['groups']}")
-    for r in (small, large):
-        if r:
-            add(f"refresh_{r['groups']}_s", r["median_s"], "<=", cfg.debounce + 0.5,
-                f"refresh latency at N={r['groups']} (s) ≤ debounce + 0.5 s")
-    limit = 250 * MB + 1.5 * f["payload_gzip_bytes"]
-    add("rss_bytes", max(f["rss_after_cold_bytes"], f["rss_after_load_bytes"]), "<=", limit,
-        "server RSS after loading (the larger of cold start and warm restart) ≤ 250 MB + 1.5 × gzip bytes")
-    return t
-
-
-def fmt_ms(x: float) -> str:
-    return f"{x:.2f}"
-
-
-def render(cfg: Config, f: dict, checks: list[dict], meta: dict) -> str:
-    tp = f["throughput"]
-    lines = [f"### {'Quick' if cfg.quick else 'Full'} run, {meta['date']}: N={cfg.groups} groups, wrk {cfg.connections} "
-             f"connections × {cfg.seconds:g} s, {meta['cpus']} cores, load average at start {meta['loadavg_start']}",
-             "",
-             "| payload | model-manager req/s | nginx req/s | ratio | model-manager p50 / p99 ms | nginx p50 / p99 ms | p99 ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for mode, label in (("gzip", "gzip"), ("identity", "identity"), ("not_modified", "304 (If-None-Match)")):
-        a, b = tp[mode]["model_manager"], tp[mode]["nginx"]
-        lines.append(f"| {label} | {a['req_per_s']:,.0f} | {b['req_per_s']:,.0f} | {a['req_per_s'] / b['req_per_s']:.2f} | "
-                     f"{fmt_ms(a['p50_ms'])} / {fmt_ms(a['p99_ms'])} | {fmt_ms(b['p50_ms'])} / {fmt_ms(b['p99_ms'])} | "
-                     f"{a['p99_ms'] / b['p99_ms']:.2f} |")
-    lines += ["", "| figure | value |", "|---|---:|",
-              f"| irreducible work, one thread (unpickle + save_raw + gzip -{f['gzip_level']}, {cfg.groups} models) | "
-              f"{f['irreducible_s']:.2f} s ({f['irreducible_cpu_s']:.2f} CPU-s) |",
-              f"| cold start (POST /api/models, empty data dir) | {f['cold_start_s']:.2f} s "
-              f"({f['cold_start_cpu_s']:.2f} CPU-s in the server process, model checks not included) |",
-              f"| warm restart (process start → every payload ready, cache present) | {f['warm_restart_s']:.2f} s |",
-              *([f"| per model: irreducible work / the server's model check in its child process (one at a time) | "
-                 f"{f['irreducible_s'] / cfg.groups * 1000:.0f} ms / {f['model_check_s'] * 1000:.0f} ms |"]
-                if f.get("model_check_s") else []),
-              f"| payload bytes: gzip / raw JSON, all groups | {f['payload_gzip_bytes'] / MB:.1f} MB / {f['payload_raw_bytes'] / MB:.1f} MB |",
-              f"| server RSS after cold start / after warm restart / after the wrk runs | "
-              f"{f['rss_after_cold_bytes'] / MB:.0f} / {f['rss_after_load_bytes'] / MB:.0f} / {f['rss_after_wrk_bytes'] / MB:.0f} MB |"]
-    for r in f["refresh"]:
-        lines.append(f"| refresh latency at N={r['groups']} (median / max of {len(r['samples_s'])}, debounce {cfg.debounce:g} s) | "
-                     f"{r['median_s']:.3f} / {r['max_s']:.3f} s |")
-    lines += ["", "| target | value | limit | result |", "|---|---:|---:|---|"]
-    for c in checks:
-        if c["name"] == "rss_bytes":
-            value, limit = f"{c['value'] / MB:.0f} MB", f"{c['limit'] / MB:.0f} MB"
-        else:
-            value, limit = f"{c['value']:.3g}", f"{c['limit']:.3g}"
-        verdict = ("PASS" if c["pass"] else "MISS") + (" (not checked in quick mode)" if cfg.quick else "")
-        lines.append(f"| {c['what']} | {value} | {c['op']} {limit} | {verdict} |")
-    return "\n".join(lines)
-
-
 def machine_meta() -> dict:
     from importlib.metadata import version as dist_version
 
     def version(cmd: list[str]) -> str:
-        import subprocess
 
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -374,36 +334,52 @@ def run(cfg: Config) -> tuple[dict, list[dict], str]:
              rss_peak_cold_bytes=cold["rss_peak_bytes"])
 
     log("warm restart: the same data dir, conversion cache present")
-    server = Server(data_dir, logs / "serve-warm.log")
+    servers = {"model_manager": Server(data_dir, logs / "serve-warm.log")}
     nginx = Nginx(bins["nginx"], run_dir / "nginx-root", run_dir / "nginx")
     try:
+        server = servers["model_manager"]
         f["warm_restart_s"] = server.start()
         f["rss_after_load_bytes"] = server.rss()[0]
         log(f"  {f['warm_restart_s']:.2f} s, RSS {f['rss_after_load_bytes'] / MB:.0f} MB")
-        token = bootstrap(server.port)
+        token = bootstrap(server)
         client = Client(server.port, token)
         exported = export_payloads(client, symbols, run_dir / "nginx-root")
         client.close()
         f.update(payload_gzip_bytes=exported["gzip_bytes"], payload_raw_bytes=exported["raw_bytes"])
+        servers["model_manager_warning"] = Server(data_dir, logs / "serve-warning.log", log_level="warning")
+        servers["model_manager_warning"].start()
+        if cfg.previous:
+            servers["previous_release"] = start_previous(cfg, main_dir, logs)
         (run_dir / "nginx").mkdir()
         nginx.start()
-        theirs = nginx_etags(nginx.port, symbols)
+        mm_path = f"/api/models/{MODEL_NAME}/model/{{symbol}}"
+        targets = {"model_manager": Target(server.url, mm_path, exported["etags"], token)}
+        for who, other in servers.items():
+            if who != "model_manager":
+                other_token = bootstrap(other)
+                targets[who] = Target(other.url, mm_path, fetch_etags(other.port, other_token, symbols), other_token)
+        targets["nginx"] = Target(f"http://127.0.0.1:{nginx.port}", "/p/{symbol}.json", nginx_etags(nginx.port, symbols),
+                                  token)  # nginx ignores the header; it makes the requests the same size
         log(f"throughput: wrk, {cfg.connections} connections, {cfg.seconds:g} s per run, {cfg.reps} runs each, alternating")
-        f["throughput"] = measure_throughput(cfg, bins["wrk"], server, token, nginx, symbols, exported["etags"], theirs, run_dir)
+        f["throughput"] = measure_throughput(cfg, bins["wrk"], targets, symbols, run_dir)
         f["rss_after_wrk_bytes"] = server.rss()[0]
     finally:
-        server.stop()
+        for s in servers.values():
+            s.stop()
         nginx.stop()
 
     f["refresh"] = []
     for n in cfg.refresh_sizes:
         source = main_dir if n <= cfg.groups else workload.build_directory(cfg.cache, n, shared=True)
         f["refresh"].append(measure_refresh(cfg, n, source, run_dir, logs))
+    f["long_poll"] = engines.measure_engines(cfg.cache, run_dir, logs, cfg.polls)
+    if cfg.desk_groups:
+        f["desk"] = desk.measure_desk(cfg.cache, run_dir, logs, cfg.desk_groups, refresh_reps=1 if cfg.quick else 3)
 
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
     meta["loadavg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    checks = targets(cfg, f)
-    table = render(cfg, f, checks, meta)
+    checks = report.targets(cfg, f)
+    table = report.render(cfg, f, checks, meta)
     result = {"mode": "quick" if cfg.quick else "full", "groups": cfg.groups, "connections": cfg.connections,
               "seconds_per_wrk_run": cfg.seconds, "debounce_s": cfg.debounce, "meta": meta, "figures": f,
               "targets": checks, "table": table}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,15 +142,21 @@ class Client:
 
 # -- model-manager serve ------------------------------------------------------------------------
 class Server:
-    """A real `model-manager serve` process on 127.0.0.1 (log level warning: no access log lines)."""
+    """A real `model-manager serve` process on 127.0.0.1.
 
-    def __init__(self, data_dir: Path, log_path: Path, *, watch: bool = False, debounce: float | None = None,
-                 extra: tuple[str, ...] = ()):
-        self.data_dir, self.log_path = data_dir, log_path
+    By default it runs as `./start.sh` runs it: every setting at its default (log level `info`, the
+    watcher on); `log_level` and `watch` add the flags. `release` is a source tree of another release
+    (see `previous_release`) to run instead of this one, with the same interpreter and packages."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *, watch: bool | None = None, debounce: float | None = None,
+                 log_level: str | None = None, release: Path | None = None, extra: tuple[str, ...] = ()):
+        self.data_dir, self.log_path, self.release = data_dir, log_path, release
         self.port = free_port()
-        self.args = ["--no-watch"] if not watch else []
+        self.args = [] if watch is None else ["--watch" if watch else "--no-watch"]
         if debounce is not None:
             self.args += ["--watch-debounce", str(debounce)]
+        if log_level is not None:
+            self.args += ["--log-level", log_level]
         self.args += list(extra)
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
@@ -162,11 +169,13 @@ class Server:
         """Start and wait until /healthz says `models_loaded` (every registered model loaded and its
         payloads prebuilt); returns the seconds from spawn to then."""
         cmd = [sys.executable, "-m", "model_manager", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
+               "--data-dir", str(self.data_dir), *self.args]
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.release is not None:  # its own package first on the path, the same site-packages after it
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.release), env.get("PYTHONPATH")) if p)
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.release or REPO)
         log.close()
         deadline = self.started_at + timeout
         while time.perf_counter() < deadline:
@@ -185,6 +194,11 @@ class Server:
             time.sleep(0.02)
         self.stop()
         raise BenchError(f"model-manager serve did not become healthy in {timeout:.0f} s; see {self.log_path}")
+
+    def setup_code(self) -> str | None:
+        """The one-time setup code this server printed (None once a password is set)."""
+        found = re.findall(r"One-time setup code: (?:\[bold\])?([A-Z0-9-]+)", self.log_path.read_text(errors="replace"))
+        return found[-1] if found else None
 
     def cpu(self) -> float:
         assert self.proc is not None
@@ -211,11 +225,43 @@ class Server:
         self.stop()
 
 
-def bootstrap(port: int, password: str = "bench-password-123") -> str:
-    """Set the first password (from loopback, no setup code needed) or log in; returns a token."""
-    client = Client(port)
+def previous_release(commit: str, target: Path) -> Path:
+    """The source tree of `commit` under `target` (`git archive`, extracted once; no worktree, nothing
+    committed), to run that release's server with this interpreter. BenchError when git cannot."""
+    stamp = target / ".bench-release"
+    if stamp.exists() and stamp.read_text() == commit:
+        return target
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit], capture_output=True)
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()[-300:]}")
+    done = subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, capture_output=True)
+    if done.returncode != 0:
+        raise BenchError(f"extracting release {commit} failed: {done.stderr.decode(errors='replace').strip()[-300:]}")
+    stamp.write_text(commit)
+    return target
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit towards `wanted` (children inherit it); returns it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def bootstrap(server: Server, password: str = "bench-password-123") -> str:
+    """Set the first password (with the one-time setup code the server printed) or log in; returns a token."""
+    client = Client(server.port)
     try:
-        status, _, raw = client.request("POST", "/api/auth/bootstrap", {"password": password})
+        status, _, raw = client.request("POST", "/api/auth/bootstrap",
+                                        {"password": password, "setup_code": server.setup_code()})
         if status == 409:
             status, _, raw = client.request("POST", "/api/auth/login", {"password": password})
         if status not in (200, 201):

@@ -88,28 +88,29 @@ def variant_bytes(base: bytes, tag: str) -> bytes:
 
 
 # -- one group ----------------------------------------------------------------------------------
-def _side_files(i: int) -> dict[str, bytes]:
+def _side_files(i: int, features: int = FEATURES, trees: int = TREES) -> dict[str, bytes]:
     """factors.txt, ic.csv and info.pkl of group i (deterministic)."""
     import pandas as pd
 
     rng = np.random.default_rng(i)
-    factors = [FACTOR_POOL[j] for j in rng.permutation(len(FACTOR_POOL))[:FEATURES]]
-    ic = rng.normal(scale=0.03, size=FEATURES)
+    factors = [FACTOR_POOL[j] for j in rng.permutation(len(FACTOR_POOL))[:features]]
+    ic = rng.normal(scale=0.03, size=features)
     lines = ["factor,ic,rank_ic,kendall_tau,ic_ir"]
     lines += [f"{f},{v:.6f},{v * 0.9:.6f},{v * 0.6:.6f},{v / 0.05:.4f}" for f, v in zip(factors, ic)]
     info = {
-        "symbol": symbol_of(i), "return_name": RETURN_NAME, "dim": np.int64(FEATURES),
+        "symbol": symbol_of(i), "return_name": RETURN_NAME, "dim": np.int64(features),
         "train_start": pd.Timestamp("2026-01-01", tz="UTC"), "train_end": pd.Timestamp("2026-03-01", tz="UTC"),
         "n_samples": np.int64(1_250_000 + i), "valid_ic": np.float64(ic.mean()),
-        "params": {"n_estimators": TREES, "max_depth": DEPTH, "learning_rate": 0.05},
+        "params": {"n_estimators": trees, "max_depth": DEPTH, "learning_rate": 0.05},
     }
     return {"factors.txt": ("\n".join(factors) + "\n").encode(), "ic.csv": ("\n".join(lines) + "\n").encode(),
             "info.pkl": pickle.dumps(info)}
 
 
-def write_group(directory: Path, i: int, model_bytes: bytes | None = None, *, link_from: Path | None = None) -> None:
+def write_group(directory: Path, i: int, model_bytes: bytes | None = None, *, link_from: Path | None = None,
+                features: int = FEATURES, trees: int = TREES) -> None:
     key = group_key_of(i)
-    for kind, data in _side_files(i).items():
+    for kind, data in _side_files(i, features, trees).items():
         (directory / f"{key}_{kind}").write_bytes(data)
     target = directory / f"{key}_model.pkl"
     if link_from is not None:

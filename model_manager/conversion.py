@@ -9,7 +9,6 @@ only inside a check process (see `isolation.py`).
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from dataclasses import dataclass, field
 
@@ -110,19 +109,27 @@ def booster_json(booster) -> bytes:
 
 
 def model_digest(booster) -> str:
-    """sha256 of what makes the model: its XGBoost JSON as XGBoost writes it (so the format it was
-    read from, the XGBoost version that saved it and key order do not matter), without
-    `learner.attributes` (the sklearn wrapper's `scikit_learn` note, `best_iteration`: bookkeeping that
-    `save_model` adds and a pickle's booster lacks, which a Booster's predictions do not use).
+    """sha256 of what makes the model: the booster as XGBoost holds it, in XGBoost's binary UBJSON
+    form (so the format it was read from, the XGBoost version that saved it and key order do not
+    matter), without its attributes (`learner.attributes`: the sklearn wrapper's `scikit_learn` note,
+    `best_iteration`: bookkeeping that `save_model` adds and a pickle's booster lacks, which a
+    Booster's predictions do not use).
 
-    Prefixed with the XGBoost version that wrote the JSON: digests compare only under one version
-    (another release may write the same model differently)."""
+    Prefixed with the XGBoost version and the form (`3.2.0+ubj/`): digests compare only under one
+    version and form, and a group whose cached digests were made otherwise (an earlier release hashed
+    the sorted JSON, at 7 times the cost) has its files checked again (`_recheck_across_versions`).
+    The attributes are removed for the hash and put back."""
     import xgboost as xgb
 
-    doc = json.loads(booster_json(booster))
-    if isinstance(doc.get("learner"), dict):
-        doc["learner"].pop("attributes", None)
-    return f"{xgb.__version__}/" + sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+    attributes = booster.attributes()
+    if attributes:
+        booster.set_attr(**{key: None for key in attributes})
+    try:
+        raw = bytes(booster.save_raw(raw_format="ubj"))
+    finally:
+        if attributes:
+            booster.set_attr(**attributes)
+    return f"{xgb.__version__}+ubj/" + sha256(raw)
 
 
 IMPORTANCE_TYPES = ("gain", "total_gain", "cover", "weight")

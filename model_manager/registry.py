@@ -250,9 +250,10 @@ class Registry:
                 for key in set(previous) - set(scanned):
                     self._group_removed(model.name, key)
                     self.waiters.changed(model.name, key)
-                model.install(dict(sorted({**kept, **new_states}.items())))
+                model.install(dict(sorted({**kept, **new_states}.items())), defer_research=True)
                 model.error = None
-                self._announce(model, previous)
+                self._announce(model, previous)  # long polls and event streams: the new payloads are live
+            model.finish_research()
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
             # is served now, and a hold set by another process is announced
             self._follow_model(model)

@@ -16,6 +16,7 @@ operation; the rules live in the modules it composes.)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shlex
 import threading
@@ -359,8 +360,15 @@ class ModelManager(VersionCommands):
         return [m.to_dict() for m in list(self.serving.models.values())]
 
     def symbols(self, name: str) -> dict[str, Any]:
-        states = sorted(self.serving.get(name).view.groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
-        return {"model_name": name, "symbols": [{**s.snapshot.summary(), "stale": s.stale} for s in states]}
+        return {"model_name": name, "symbols": self.serving.get(name).view.symbols_list()}
+
+    def symbols_json(self, name: str) -> bytes:
+        """`symbols(name)` as JSON, from the bytes prebuilt when the model's groups last changed."""
+        view = self.serving.get(name).view
+        body = view.symbols_body
+        if body is None:  # a refresh has just installed new groups and is still building it
+            body = json.dumps(view.symbols_list(), separators=(",", ":"), allow_nan=False).encode()
+        return b'{"model_name":' + json.dumps(name).encode() + b',"symbols":' + body + b"}"
 
     def factors(self, name: str) -> dict[str, Any]:
         view = self.serving.get(name).view

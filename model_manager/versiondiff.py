@@ -63,7 +63,25 @@ def _trees(booster: dict) -> list | None:
 
 
 def _depth(tree: dict) -> int:
+    """The depth of a tree's deepest leaf. XGBoost numbers a node's children after it, so one pass
+    in node order gives every node's depth; a tree numbered otherwise takes the walk below."""
     left, right = tree.get("left_children") or [], tree.get("right_children") or []
+    n = len(left)
+    if not n:
+        return 0
+    if len(right) == n:
+        depth = [0] * n
+        for node, (a, b) in enumerate(zip(left, right)):
+            if a == -1:
+                continue
+            if not (isinstance(a, int) and isinstance(b, int) and node < a < n and node < b < n):
+                return _depth_walk(left, right)
+            depth[a] = depth[b] = depth[node] + 1
+        return max(depth)
+    return _depth_walk(left, right)
+
+
+def _depth_walk(left: list, right: list) -> int:
     deepest, stack = 0, [(0, 0)] if left else []
     while stack:
         node, depth = stack.pop()

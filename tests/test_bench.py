@@ -37,8 +37,13 @@ def test_quick_bench_runs(tmp_path):
     f = result["figures"]
     assert result["mode"] == "quick" and result["groups"] == 20
     # every figure was measured, in the same run
+    # the default configuration (as ./start.sh runs it) and nginx for every mode; --log-level warning
+    # and the previous release beside them for gzip and 304
     for mode in ("gzip", "identity", "not_modified"):
-        for who in ("model_manager", "nginx"):
+        whos = ("model_manager", "nginx") if mode == "identity" else \
+            ("model_manager", "model_manager_warning", "previous_release", "nginx")
+        assert set(f["throughput"][mode]) == set(whos), mode
+        for who in whos:
             r = f["throughput"][mode][who]
             assert r["req_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], (mode, who, r)
             assert not any(r["errors"].values()), (mode, who, r["errors"])
@@ -49,13 +54,22 @@ def test_quick_bench_runs(tmp_path):
     assert refresh["groups"] == 10 and len(refresh["samples_s"]) == 3
     # a refresh cannot be seen before the debounce has passed: the watcher really waited for quiet files
     assert min(refresh["samples_s"]) >= result["debounce_s"]
+    # every parked long poll got the retrained payload, and waiting cost the server some CPU time, not none
+    lp = f["long_poll"]
+    assert lp["polls"] == 200 and 0 < lp["all_received_after_refresh_sent_s"] and lp["idle_cpu_seconds"] >= 0
+    desk = f["desk"]
+    assert desk["groups"] == 50 and desk["register_s"] > 0 and desk["payload_gzip_bytes"] > 0
+    assert desk["symbols_ms"] > 0 and min(desk["refresh_n_s"], desk["refresh_10_s"]) >= result["debounce_s"]
 
     # the printed table carries every target with its verdict; quick mode does not enforce them
     names = {t["name"] for t in result["targets"]}
     assert {"gzip_rps_vs_nginx", "identity_rps_vs_nginx", "not_modified_rps_vs_nginx", "gzip_p99_vs_nginx",
-            "cold_vs_irreducible", "warm_vs_cold", "refresh_10_s", "rss_bytes"} <= names
+            "access_log_cost", "gzip_vs_previous", "not_modified_vs_previous", "cold_vs_irreducible", "warm_vs_cold",
+            "refresh_10_s", "rss_bytes", "long_poll_idle_cpu_s", "long_poll_all_received_s",
+            "desk_register_vs_irreducible", "desk_rss_bytes", "desk_symbols_vs_10", "desk_refresh_vs_10"} <= names
+    compare = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
     for target in result["targets"]:
-        assert target["pass"] == (target["value"] >= target["limit"] if target["op"] == ">=" else target["value"] <= target["limit"])
+        assert target["pass"] == compare[target["op"]](float(target["value"]), float(target["limit"])), target
         assert target["what"] in done.stdout
     assert "| gzip |" in done.stdout and "not checked in quick mode" in done.stdout
 

@@ -12,16 +12,16 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from model_manager.artifacts.models import read_models
+from model_manager.artifacts.models import cached_info, read_models
 from model_manager.artifacts.parse import parse_factors, parse_ic, split_symbol
-from model_manager.artifacts.scan import check_directory, file_signature, ignored_entries, near_misses, scan_directory
+from model_manager.artifacts.scan import MODEL_KINDS, MODEL_SOURCES, check_directory, file_signature, ignored_entries, near_misses, scan_directory
 from model_manager.artifacts.snapshot import DirectorySnapshot, GroupSnapshot, Issue
 from model_manager.cache import CacheDir
 from model_manager.clock import iso_from_timestamp
-from model_manager.conversion import ModelInfo
+from model_manager.conversion import ModelInfo, sha256
 from model_manager.errors import ArtifactError
 from model_manager.files import read_artifact
-from model_manager.isolation import check_info
+from model_manager.isolation import check_group, check_info, check_model
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,21 @@ class _Reader:
 
     def __init__(self, root: Path, files: dict[str, str], issues: list[Issue], max_bytes: int):
         self.root, self.files, self.issues, self.max_bytes = root, files, issues, max_bytes
+        self._read: dict[str, bytes | None] = {}  # each file is read once: what is checked is what is used
 
     def read(self, kind: str) -> bytes | None:
+        if kind in self._read:
+            return self._read[kind]
         name = self.files.get(kind)
         if name is None:
             return None
         try:
-            return read_artifact(self.root / name, root=self.root, max_bytes=self.max_bytes)
+            data: bytes | None = read_artifact(self.root / name, root=self.root, max_bytes=self.max_bytes)
         except ArtifactError as exc:
             self.issues.append(Issue("error", exc.code, str(exc), name))
-            return None
+            data = None
+        self._read[kind] = data
+        return data
 
     def parse(self, kind: str, fn: Callable[[bytes, str], Any]) -> Any:
         data = self.read(kind)
@@ -59,6 +64,49 @@ class _Reader:
         return None
 
 
+class _Checked:
+    """info.pkl and the served model file of a group, checked in one child process (`check_group`)
+    when both need it; `info` and `model` then answer for exactly those bytes, and call `check_info`
+    and `check_model` for anything else (or when the combined check crashed or hung: each file is
+    then checked alone, so the issue names the file that did it)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, tuple[bytes, Any]] = {}
+
+    @classmethod
+    def run(cls, reader: _Reader, files: dict[str, str], cache: CacheDir | None) -> _Checked:
+        out = cls()
+        served = next((kind for kind in MODEL_KINDS if kind in files), None)
+        if served is None or "info.pkl" not in files:
+            return out
+        info, model = reader.read("info.pkl"), reader.read(served)
+        source = MODEL_SOURCES[served]
+        if info is None or model is None or cached_info(source, sha256(model), cache, served=True) is not None:
+            return out
+        try:
+            info_out, model_out = check_group(info, model, source, files["info.pkl"], files[served])
+        except ArtifactError:
+            return out
+        out.answers = {id(info): (info, info_out), id(model): (model, model_out)}
+        return out
+
+    def _answer(self, data: bytes) -> Any:
+        data_and_answer = self.answers.get(id(data))
+        if data_and_answer is None or data_and_answer[0] is not data:
+            return None
+        if isinstance(data_and_answer[1], ArtifactError):
+            raise data_and_answer[1]
+        return data_and_answer[1]
+
+    def info(self, data: bytes, name: str) -> dict:
+        answer = self._answer(data)
+        return answer if answer is not None else check_info(data, name)
+
+    def model(self, data: bytes, source: str, name: str) -> tuple:
+        answer = self._answer(data)
+        return answer if answer is not None else check_model(data, source, name)
+
+
 def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
                cache: CacheDir | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> GroupSnapshot:
     """Parse and validate one group. Never raises for bad artifacts: problems become issues."""
@@ -68,8 +116,10 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
     mtimes = {sig[0]: sig[2] for sig in signature if sig[2] is not None}  # no second stat: files come and go
     reader = _Reader(root, files, issues, max_bytes)
 
-    # info first: it may name the symbol. Unpickled in a child process, and already JSON-safe.
-    info = reader.parse("info.pkl", check_info)
+    # info first: it may name the symbol. Unpickled in a child process, and already JSON-safe; in the
+    # same child as the served model when that one needs checking too (one round trip, see _Checked)
+    checked = _Checked.run(reader, files, cache)
+    info = reader.parse("info.pkl", checked.info)
     symbol, return_name, name_issue = split_symbol(group_key, info)
     if name_issue:
         issues.append(Issue(name_issue.severity, name_issue.code, name_issue.message, files.get("info.pkl")))
@@ -77,7 +127,7 @@ def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, st
         issues.append(Issue("warning", "no_return_name", f"group key {group_key} has no `_return_name` part", None))
     factors = _factors(group_key, files, reader, root)
     ic = _ic(group_key, files, reader, factors)
-    model = read_models(files, reader.read, issues, cache, root, mtimes)
+    model = read_models(files, reader.read, issues, cache, root, mtimes, checked.model)
     if model is None:
         issues.append(Issue("error", "missing_model", _missing(
             root, group_key, files, f"no model file: add {group_key}_model.json, {group_key}_model.ubj or {group_key}_model.pkl"), None))

@@ -39,12 +39,16 @@ class ModelRead:
     json: bytes | None = None
 
 
+Check = Callable[[bytes, str, str], tuple]  # check_model(data, source, name)
+
+
 def read_models(files: dict[str, str], read: Callable[[str], bytes | None], issues: list[Issue],
-                cache: CacheDir | None, root: Path, mtimes: dict[str, int]) -> ModelRead | None:
+                cache: CacheDir | None, root: Path, mtimes: dict[str, int], check: Check = check_model) -> ModelRead | None:
     """Check every model file of a group; return the served one (None when there is none).
 
     `read(kind)` returns a file's bytes or None (having added an issue); problems are added to
-    `issues`; `mtimes` are the files' modification times (ns) by kind, to tell which file is older."""
+    `issues`; `mtimes` are the files' modification times (ns) by kind, to tell which file is older;
+    `check` checks a file not in the cache (`check_model`, or the answer of a check already made)."""
     present = [kind for kind in MODEL_KINDS if kind in files]
     if not present:
         return None
@@ -52,8 +56,8 @@ def read_models(files: dict[str, str], read: Callable[[str], bytes | None], issu
     for kind in present:
         data = read(kind)
         if data is not None:
-            checked[kind] = _check(kind, files[kind], data, cache, issues, served=kind == present[0])
-    _recheck_across_versions(checked, files, read, cache, issues, present[0])
+            checked[kind] = _check(kind, files[kind], data, cache, issues, served=kind == present[0], check=check)
+    _recheck_across_versions(checked, files, read, cache, issues, present[0], check)
     served = checked.get(present[0]) or ModelRead(MODEL_SOURCES[present[0]], files[present[0]])
     if served.info is not None:
         for kind, other in checked.items():
@@ -65,21 +69,27 @@ def read_models(files: dict[str, str], read: Callable[[str], bytes | None], issu
     return served
 
 
-def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: list[Issue], *,
-           served: bool, use_cache: bool = True) -> ModelRead:
-    """One model file: from the cache (by content hash) or checked in the check process."""
-    source = MODEL_SOURCES[kind]
-    source_sha = sha256(data)
-    cached = cache.model_info(source_sha) if cache and use_cache else None
+def cached_info(source: str, source_sha: str, cache: CacheDir | None, served: bool) -> ModelInfo | None:
+    """A model file's check result from the cache, when it can be trusted as it is."""
+    cached = cache.model_info(source_sha) if cache else None
     if cached and (cached.digest is None or cached.importance is None):  # recorded by an earlier release: check again
         cached = None
     if cached and served and source != "json" and not cache.has_json(cached.json_sha256):
         cached = None
+    return cached
+
+
+def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: list[Issue], *,
+           served: bool, use_cache: bool = True, check: Check = check_model) -> ModelRead:
+    """One model file: from the cache (by content hash) or checked in the check process."""
+    source = MODEL_SOURCES[kind]
+    source_sha = sha256(data)
+    cached = cached_info(source, source_sha, cache, served) if use_cache else None
     try:
         if cached:
             info, model_json = cached, (data if source == "json" else None)
         else:  # in a child process: a corrupt model can crash XGBoost's loader
-            info, model_json, _ = check_model(data, source, name)
+            info, model_json, _ = check(data, source, name)
         if source == "json":
             model_json.decode("utf-8")  # served as text
     except ArtifactError as exc:
@@ -101,7 +111,7 @@ def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: li
 
 
 def _recheck_across_versions(checked: dict[str, ModelRead], files: dict[str, str], read, cache, issues: list[Issue],
-                             served_kind: str) -> None:
+                             served_kind: str, check: Check) -> None:
     """Digests written by different XGBoost releases do not compare (a cache from before an
     upgrade): check every file of the group again with the XGBoost installed now."""
     versions = {r.info.digest.partition("/")[0] for r in checked.values() if r.info is not None and r.info.digest}
@@ -110,7 +120,8 @@ def _recheck_across_versions(checked: dict[str, ModelRead], files: dict[str, str
     for kind in [k for k, r in checked.items() if r.info is not None]:
         data = read(kind)
         if data is not None:
-            checked[kind] = _check(kind, files[kind], data, cache, issues, served=kind == served_kind, use_cache=False)
+            checked[kind] = _check(kind, files[kind], data, cache, issues, served=kind == served_kind, use_cache=False,
+                                   check=check)
 
 
 def _disagreement(served_kind: str, other_kind: str, files: dict[str, str], root: Path, mtimes: dict[str, int]) -> Issue:

@@ -5,12 +5,14 @@ the lifespan loads the registered models before the first model request and stop
 its watcher) on shutdown.
 
 Every response passes through the `before_send` hook `ResponseHooks` (security headers, metrics, the
-access log: see server/hooks.py). The payload route's common case is answered by `PayloadFastPath`,
-an ASGI wrapper around Litestar's handler (see server/payload.py).
+access log: see server/hooks.py). The payload route's common case is answered by `PayloadFastPath`
+in front of Litestar (`ModelManagerApp`, see server/payload.py), which adds the same headers and counts
+its answers the same way.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,7 +34,7 @@ from model_manager.server.auth import auth_routes, require_token_unless_public
 from model_manager.server.bodies import BoundedRequest
 from model_manager.server.docs import LocalSwaggerPlugin
 from model_manager.server.events import model_events
-from model_manager.server.hooks import ResponseHooks, Timed
+from model_manager.server.hooks import ResponseHooks
 from model_manager.server.keys import KeysController
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
@@ -79,6 +81,22 @@ def metrics(request: Request) -> Response[bytes]:
     return Response(request.app.state.manager.metrics.render(), media_type=CONTENT_TYPE)
 
 
+class ModelManagerApp(Litestar):
+    """Litestar, with the payload fast path in front: the polls of trading engines are answered
+    before Litestar's own per-request machinery (scope setup, the before_send wrapper, routing);
+    everything else gets its start time noted (for the access log) and goes on to Litestar."""
+
+    fast_path: PayloadFastPath | None = None
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
+        if scope["type"] == "http":
+            fast = self.fast_path
+            if fast is not None and await fast.handle(scope, send):
+                return
+            scope["mm_started"] = time.perf_counter()
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     """The application for these settings; opens (and on shutdown closes) the store unless given one."""
     manager = ModelManager(settings, store=store)
@@ -101,7 +119,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     if UI_DIR.is_dir():
         handlers.append(create_static_files_router(path="/", directories=[UI_DIR], html_mode=True, name="ui",
                                                    include_in_schema=False))
-    app = Litestar(
+    app = ModelManagerApp(
         route_handlers=handlers,
         lifespan=[lifespan],
         before_send=[hooks],
@@ -121,9 +139,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     app.state.store = manager.store
     app.state.registry = registry
     app.state.auth = manager.auth
-    # the fast path sits inside Litestar's __call__, so the before_send hooks cover its responses too
-    app.state.fast_path = PayloadFastPath(app.asgi_handler, registry, manager.auth.tokens, manager.fleet, manager.metrics)
-    app.asgi_handler = Timed(app.state.fast_path)
+    app.state.fast_path = app.fast_path = PayloadFastPath(registry, manager.auth.tokens, manager.fleet, manager.metrics,
+                                                          hooks)
     return app
 
 

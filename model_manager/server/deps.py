@@ -40,7 +40,8 @@ async def json_answer(request: Request, read: Callable[..., Any], *args: Any) ->
     gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
 
     def build() -> tuple[bytes, bool]:
-        body = encode_json(read(*args))
+        value = read(*args)
+        body = value if isinstance(value, bytes) else encode_json(value)  # bytes: prebuilt JSON
         if gzip_ok and len(body) >= GZIP_MIN_BYTES:
             return gzip.compress(body, compresslevel=6), True
         return body, False

@@ -1,6 +1,7 @@
 """What every HTTP response gets on its way out: security headers, the `Allow` fix, metrics and the
 access log (a Litestar `before_send` hook, so it also covers 404/405/413 answered before any route
-handler and the payload fast path's answers); and the outermost ASGI wrapper that times requests.
+handler). The payload fast path, which answers in front of Litestar, adds the same headers itself and
+counts its answers through `ResponseHooks.payload_answered`.
 
 The access log is one JSON line per request (method, path, status, duration, client; never headers,
 query strings or bodies, so no token or password can reach it) — except payload answers (200 and
@@ -44,8 +45,8 @@ HEADERS_DOCS = [*_COMMON_HEADERS, _DOCS_CSP]
 
 
 class ResponseHooks:
-    """A `before_send` hook for every HTTP response, including 404/405/413 answered before any route
-    handler runs and the fast path's: security headers, the `Allow` fix, and the access log."""
+    """A `before_send` hook for every HTTP response Litestar gives, including 404/405/413 answered
+    before any route handler runs: security headers, the `Allow` fix, metrics and the access log."""
 
     def __init__(self, metrics=None) -> None:
         self.metrics = metrics
@@ -72,10 +73,18 @@ class ResponseHooks:
         if message.get("more_body"):
             return
         if self.metrics is not None:
-            route = scope.get("mm_route") or self._route(scope.get("path_template"))  # type: ignore[typeddict-item]
+            route = self._route(scope.get("path_template"))  # type: ignore[typeddict-item]
             self.metrics.request(route, scope.get("mm_status", 0), scope["mm_bytes"])  # type: ignore[typeddict-item]
         if access_log.isEnabledFor(logging.INFO):
             self.access.record(scope)
+
+    def payload_answered(self, scope: Scope, status: int, body_bytes: int) -> None:
+        """What `__call__` does for an answer of the payload fast path, which bypasses Litestar."""
+        if self.metrics is not None:
+            self.metrics.request(PAYLOAD_ROUTE, status, body_bytes)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            self.access.payload(client[0] if client else None, scope["path"].split("/")[3], status)
 
     def _route(self, template: str | None) -> str:
         """A route's label in metrics: its path template without parameter types ("unmatched": no route)."""
@@ -113,16 +122,20 @@ class AccessLog:
         client = scope.get("client")
         address = client[0] if client else None
         if status in (200, 304) and _is_payload(scope):
-            key = (address, scope["path"].split("/")[3], status)
-            self._counts[key] = self._counts.get(key, 0) + 1
-            if time.monotonic() - self._since >= self.interval:
-                self.flush()
+            self.payload(address, scope["path"].split("/")[3], status)
             return
         started = scope.get("mm_started")  # type: ignore[typeddict-item]
         access_log.info(json.dumps({
             "method": scope["method"], "path": scope["path"], "status": status,
             "ms": round((time.perf_counter() - started) * 1000, 2) if started else None, "client": address,
         }))
+
+    def payload(self, address: str | None, model: str, status: int) -> None:
+        """Count a payload answer; the counts are written every `interval` seconds."""
+        key = (address, model, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if time.monotonic() - self._since >= self.interval:
+            self.flush()
 
     def flush(self) -> None:
         """One line per client and model: how many payloads it got (200) and confirmed (304)."""
@@ -137,18 +150,5 @@ class AccessLog:
 
 
 def _is_payload(scope: Scope) -> bool:
-    if scope.get("mm_route") == PAYLOAD_ROUTE:  # type: ignore[typeddict-item]
-        return True
     parts = scope["path"].split("/")
     return scope["method"] == "GET" and len(parts) == 6 and parts[1:3] == ["api", "models"] and parts[4] == "model"
-
-
-class Timed:
-    """The outermost ASGI wrapper: notes when a request started, for the access log."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        scope["mm_started"] = time.perf_counter()
-        await self.app(scope, receive, send)

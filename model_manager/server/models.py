@@ -91,10 +91,11 @@ class ModelsController(Controller):
         return manager.refresh(name, client=client_address(request))
 
     # The reads below can be megabytes of JSON (thousands of groups or factors): `json_answer` builds
-    # and encodes them in a worker thread, never on the event loop.
+    # and encodes them in a worker thread, never on the event loop; the symbols are prebuilt bytes.
     @get("/{name:str}/symbols", summary="Symbols of a model", skip_compression=True, responses=error_responses(401, 404))
-    async def list_symbols(self, request: Request, manager: Manager, name: Name) -> Response[dict[str, Any]]:
-        return await json_answer(request, manager.symbols, name)
+    async def list_symbols(self, request: Request, manager: Manager, name: Name) -> Response[Any]:
+        """The symbol objects of SPEC §2, from bytes prebuilt when the groups last changed."""
+        return await json_answer(request, manager.symbols_json, name)
 
     @get("/{name:str}/factors", summary="All factors used by a model (deduplicated, sorted)", skip_compression=True,
          responses=error_responses(401, 404))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from model_manager.auth import parse_bearer
 from model_manager.errors import ModelManagerError
+from model_manager.server.hooks import HEADERS_UI_AND_API
 from model_manager.state import PayloadBytes
 from model_manager.store import hash_token
 
@@ -103,24 +104,26 @@ class PayloadFastPath:
     WANTED = {b"authorization": "authorization", b"if-none-match": "if-none-match",
               b"accept-encoding": "accept-encoding", b"prefer": "prefer"}
 
-    ROUTE = "/api/models/{name}/model/{symbol}"
-
-    def __init__(self, app, registry, tokens, fleet, metrics) -> None:
-        self.app = app
+    def __init__(self, registry, tokens, fleet, metrics, hooks) -> None:
         self.registry = registry
         self.tokens = tokens
         self.fleet = fleet
         self.metrics = metrics
+        self.hooks = hooks
 
-    async def __call__(self, scope, receive, send) -> None:
-        answer = self.answer(scope) if scope["type"] == "http" else None
+    async def handle(self, scope, send) -> bool:
+        """Answer the request if it is the common case (True), else leave it alone (False). The
+        headers `ResponseHooks` adds to every API answer are added here too, and the answer is
+        counted the way the hooks count the route's (metrics, the access log's payload summary)."""
+        answer = self.answer(scope)
         if answer is None:
-            await self.app(scope, receive, send)
-            return
+            return False
         status, headers, body = answer
-        scope["mm_route"] = self.ROUTE
+        headers.extend(HEADERS_UI_AND_API)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        self.hooks.payload_answered(scope, status, len(body))
+        return True
 
     def answer(self, scope) -> tuple[int, Headers, bytes] | None:
         """The response for this request when it is the common case, else None."""
