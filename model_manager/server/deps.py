@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
-from litestar import Request, Response
+from litestar import Controller, Request, Response
 from litestar.datastructures import State
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import PathParameter
 from litestar.serialization import encode_json
 
+from model_manager.server.auth import BEARER_SECURITY, require_token
 from model_manager.service import ModelManager
 
 Manager = NamedDependency[ModelManager]
@@ -49,3 +50,14 @@ async def json_answer(request: Request, read: Callable[..., Any], *args: Any) ->
     body, packed = await anyio.to_thread.run_sync(build)
     headers = {"Vary": "Accept-Encoding", **({"Content-Encoding": "gzip"} if packed else {})}
     return Response(body, media_type="application/json", headers=headers)
+
+
+class UnderModels(Controller):
+    """The base of the controllers under /api/models: a live token, the wait for the first load, and
+    the service as the `manager` dependency."""
+
+    path = "/api/models"
+    guards = [require_token]
+    security = BEARER_SECURITY
+    before_request = wait_for_models
+    dependencies = {"manager": Provide(provide_manager, sync_to_thread=False)}

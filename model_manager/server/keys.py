@@ -15,7 +15,7 @@ from model_manager.keys import MAX_EXPIRES_IN_DAYS
 from model_manager.registration import NAME_RE
 from model_manager.server import error_responses
 from model_manager.server.auth import BEARER_SECURITY, client_address, identity_of, require_token
-from model_manager.server.models import Manager, provide_manager
+from model_manager.server.deps import Manager, provide_manager
 
 KeyName = Annotated[str, PathParameter(description="The API key's name", max_length=64)]
 

@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import Provide
+from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from model_manager.registration import NAME_RE, check_client_path
 from model_manager.server import error_responses
-from model_manager.server.auth import BEARER_SECURITY, client_address, identity_of, require_token
-from model_manager.server.deps import Manager, Name, Symbol, json_answer, provide_manager, wait_for_models
+from model_manager.server.auth import client_address, identity_of
+from model_manager.server.deps import Manager, Name, Symbol, UnderModels, json_answer
 from model_manager.server.payload import long_poll, payload_response, record_payload
 
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
@@ -63,13 +62,8 @@ class ModelPayload:
     payload: PayloadContent
 
 
-class ModelsController(Controller):
-    path = "/api/models"
+class ModelsController(UnderModels):
     tags = ["models"]
-    guards = [require_token]
-    security = BEARER_SECURITY
-    before_request = wait_for_models
-    dependencies = {"manager": Provide(provide_manager, sync_to_thread=False)}
 
     @get("", summary="List registered models", skip_compression=True, responses=error_responses(401))
     async def list_models(self, request: Request, manager: Manager) -> Response[dict[str, Any]]:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
+from litestar import Request, delete, get, post
 from litestar.params import Body, Parameter
 from msgspec import Meta, Struct
 
 from model_manager.server import error_responses
-from model_manager.server.auth import BEARER_SECURITY, client_address, require_token
-from model_manager.server.deps import Manager, Name, Symbol, provide_manager, wait_for_models
+from model_manager.server.auth import client_address
+from model_manager.server.deps import Manager, Name, Symbol, UnderModels
 
 Reason = Annotated[str, Meta(max_length=1000, description="Why: kept in the audit trail")]
 
@@ -34,13 +33,8 @@ OptionalReason = Annotated[ReasonBody | None, Body(description="An optional reas
 QueryReason = Annotated[str, Parameter(query="reason", default="", max_length=1000, description="Why: kept in the audit trail")]
 
 
-class VersionsController(Controller):
-    path = "/api/models"
+class VersionsController(UnderModels):
     tags = ["versions"]
-    guards = [require_token]
-    security = BEARER_SECURITY
-    before_request = wait_for_models
-    dependencies = {"manager": Provide(provide_manager, sync_to_thread=False)}
 
     @get("/{name:str}/symbols/{symbol:str}/versions", summary="Every version of a symbol's model, newest first",
          sync_to_thread=True, responses=error_responses(401, 404))
