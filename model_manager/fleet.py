@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from model_manager.clock import iso_from_timestamp
 from model_manager.store import Store
@@ -32,8 +33,7 @@ class LiveGroup:
         return later[0] if later else (self.live_starts[-1] if self.live_starts else None)
 
 
-@dataclass(frozen=True)
-class Sighting:
+class Sighting(NamedTuple):  # a tuple: made on the payload path, it must be cheap
     version: int
     address: str | None
     fetched_at: float | None
@@ -47,15 +47,14 @@ class Fleet:
         self._dirty: dict[Key, Sighting] = {}
 
     def record(self, model: str, client: str, group_key: str, version: int, address: str | None, confirmed: bool) -> None:
-        """A payload answer: 200 (`confirmed=False`) or 304 (`confirmed=True`) of `version`."""
+        """A payload answer: 200 (`confirmed=False`) or 304 (`confirmed=True`) of `version`. On the
+        payload path: a tuple and two dict assignments."""
         key = (model, client, group_key)
         now = time.time()
         old = self._seen.get(key)
-        if confirmed:
-            fetched = old.fetched_at if old is not None and old.version == version else None
-            sighting = Sighting(version, address, fetched, now)
-        else:
-            sighting = Sighting(version, address, now, old.confirmed_at if old is not None and old.version == version else None)
+        same = old is not None and old.version == version
+        sighting = Sighting(version, address, old.fetched_at if same else None, now) if confirmed else \
+            Sighting(version, address, now, old.confirmed_at if same else None)
         self._seen[key] = self._dirty[key] = sighting
 
     def flush(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -22,33 +22,28 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter("model_manager_http_requests", "HTTP requests answered, by route and status",
-                                ["route", "status"], registry=r)
-        self.bytes_sent = Counter("model_manager_http_response_bytes", "Response body bytes sent", registry=r)
-        self.payloads = Counter("model_manager_payload_responses", "Model payload answers, by model and result "
-                                "(gzip: 200 gzip-encoded, identity: 200 plain, not_modified: 304)", ["model", "result"], registry=r)
+        # counted on the event loop only (the payload path among them): plain ints, read at scrape time
+        self._payloads: dict[tuple[str, str], int] = {}
+        self._requests: dict[tuple[str, int], int] = {}
+        self._bytes_sent = 0
+        r.register(_HotCounters(self))
         self.versions = Counter("model_manager_versions_recorded", "Versions recorded, by model", ["model"], registry=r)
         self.refreshes = Counter("model_manager_refreshes", "Directory and group refreshes, by outcome "
                                  "(ok, partial: some groups kept their previous payload or failed, refused, failed)",
                                  ["outcome"], registry=r)
         self.refresh_seconds = Histogram("model_manager_refresh_duration_seconds", "Time to re-read a directory or groups",
                                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
-        self._payload_children: dict[tuple[str, str], object] = {}
-        self._request_children: dict[tuple[str, int], object] = {}
 
     def payload(self, model: str, result: str) -> None:
-        child = self._payload_children.get((model, result))
-        if child is None:
-            child = self._payload_children[(model, result)] = self.payloads.labels(model, result)
-        child.inc()
+        """A payload answer (called on the event loop: an int increment, no lock)."""
+        key = (model, result)
+        self._payloads[key] = self._payloads.get(key, 0) + 1
 
     def request(self, route: str, status: int, body_bytes: int) -> None:
-        child = self._request_children.get((route, status))
-        if child is None:
-            child = self._request_children[(route, status)] = self.requests.labels(route, str(status))
-        child.inc()
-        if body_bytes:
-            self.bytes_sent.inc(body_bytes)
+        """An answered request (called on the event loop: an int increment, no lock)."""
+        key = (route, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        self._bytes_sent += body_bytes
 
     def watch_state(self, read: Callable[[], dict]) -> None:
         """Expose the gauges `read()` returns at scrape time (see `StateCollector`)."""
@@ -79,3 +74,29 @@ class StateCollector(Collector):
                           ("long_polls_waiting", "Payload requests parked by a long poll"),
                           ("event_streams_open", "Open event streams")):
             yield GaugeMetricFamily(f"model_manager_{name}", doc, value=state.get(name, 0))
+
+
+class _HotCounters(Collector):
+    """The per-request counters, kept as plain ints by `Metrics` and turned into counters when scraped:
+    a prometheus_client Counter takes a lock per increment, which showed on the payload path."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        requests = CounterMetricFamily("model_manager_http_requests", "HTTP requests answered, by route and status",
+                                       labels=["route", "status"])
+        for (route, status), n in sorted(dict(m._requests).items()):
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        yield CounterMetricFamily("model_manager_http_response_bytes", "Response body bytes sent", value=m._bytes_sent)
+        payloads = CounterMetricFamily("model_manager_payload_responses", "Model payload answers, by model and result "
+                                       "(gzip: 200 gzip-encoded, identity: 200 plain, not_modified: 304)",
+                                       labels=["model", "result"])
+        for (model, result), n in sorted(dict(m._payloads).items()):
+            payloads.add_metric([model, result], n)
+        yield payloads
