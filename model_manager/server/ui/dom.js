@@ -244,3 +244,18 @@ function formatCell(value) {
   if (value === null || value === undefined || value === "") return "—";
   return String(value);
 }
+
+/** Fill `box` with `render(await fetch())`; when loading fails, an inline error naming `what` instead.
+ * Nothing happens once the box has left the page (the user moved on) or the session expired. */
+export async function loadInto(box, fetch, render, what) {
+  try {
+    const data = await fetch();
+    if (!box.isConnected) return;
+    replaceContent(box, render(data));
+  } catch (err) {
+    if (err.sessionExpired || !box.isConnected) return;
+    const msg = messageEl("error");
+    showMessage(msg, `Could not load the ${what}: ${err.message}`);
+    replaceContent(box, msg);
+  }
+}

@@ -1,7 +1,7 @@
 // Keys view: the API keys trading engines use (scope, created, expires, last used, revoked), a form
 // that creates one and shows it once with a copy button, and revoke buttons that ask first.
 import { endpoints } from "../api.js";
-import { field, formatTimestamp, h, loadingEl, messageEl, replaceContent, showMessage, timeEl } from "../dom.js";
+import { field, formatTimestamp, h, loadingEl, loadInto, messageEl, replaceContent, showMessage, timeEl } from "../dom.js";
 
 export async function renderKeys(main, ctx) {
   const listBox = h("div", { class: "table-wrap", id: "keys-list" }, loadingEl("Loading keys…"));
@@ -35,16 +35,7 @@ export async function renderKeys(main, ctx) {
   if (ctx.focus) heading.focus({ preventScroll: true });
 
   async function load() {
-    try {
-      const { keys } = await endpoints.keys();
-      if (!listBox.isConnected) return;
-      replaceContent(listBox, keys.length ? keysTable(keys, { load, listMessage }) : emptyState());
-    } catch (err) {
-      if (err.sessionExpired || !listBox.isConnected) return;
-      const msg = messageEl("error");
-      showMessage(msg, `Could not load the keys: ${err.message}`);
-      replaceContent(listBox, msg);
-    }
+    await loadInto(listBox, endpoints.keys, ({ keys }) => (keys.length ? keysTable(keys, { load, listMessage }) : emptyState()), "keys");
   }
   await load();
 }

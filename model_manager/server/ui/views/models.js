@@ -1,7 +1,7 @@
 // Models view: the registered model directories, register / refresh / hold / release / unregister, and
 // the access card.
 import { endpoints } from "../api.js";
-import { field, h, loadingEl, messageEl, plural, replaceContent, showMessage, statusBadge, timeEl } from "../dom.js";
+import { field, h, loadingEl, loadInto, messageEl, plural, replaceContent, showMessage, statusBadge, timeEl } from "../dom.js";
 import { links } from "../routes.js";
 import { accessCard } from "./access.js";
 
@@ -37,16 +37,7 @@ export async function renderModels(main, ctx) {
   if (ctx.focus) heading.focus({ preventScroll: true });
 
   async function load() {
-    try {
-      const { models } = await endpoints.models();
-      if (!listBox.isConnected) return;
-      replaceContent(listBox, models.length ? modelsTable(models, { load, listMessage }) : emptyState());
-    } catch (err) {
-      if (err.sessionExpired || !listBox.isConnected) return;
-      const msg = messageEl("error");
-      showMessage(msg, `Could not load the models: ${err.message}`);
-      replaceContent(listBox, msg);
-    }
+    await loadInto(listBox, endpoints.models, ({ models }) => (models.length ? modelsTable(models, { load, listMessage }) : emptyState()), "models");
   }
   await load();
 }
