@@ -6,7 +6,6 @@ takes hours to build or hash. So model files and info.pkl from a model directory
 a short-lived child forked from a small helper process (`check_model`, `check_info`), with a time
 limit and a memory limit (MODEL_MANAGER_CHECK_MEMORY_MB, on top of what the child starts with): a
 crash, a hang or a memory bomb costs that child and becomes an issue on the group, never the server.
-(Just over 400 lines: the request side, the helper process and the child are one protocol.)
 """
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-import numpy as np
 
 from model_manager.checkwork import work as _work
 from model_manager.conversion import ModelInfo
@@ -268,7 +265,6 @@ def _serve_checks(fd: int, memory_mb: int = 4096) -> None:
 
     import model_manager.jsonsafe  # noqa: F401
 
-    _warm_up()
     control = socket.socket(fileno=fd)
     while True:
         try:
@@ -299,25 +295,6 @@ def _serve_checks(fd: int, memory_mb: int = 4096) -> None:
             finally:
                 os._exit(status)
         os.close(fds[0])
-
-
-def _warm_up() -> None:
-    """Check a tiny model of our own once, so what XGBoost, pickle and the checks set up on first use
-    (lazy imports, caches, the global config) is set up here, before the fork, and not again in every
-    child: it cut a small model's check from ~45 to ~30 ms."""
-    import pickle
-
-    import xgboost as xgb
-
-    from model_manager.checkwork import work
-
-    try:
-        rows = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=np.float32)
-        booster = xgb.train({"max_depth": 1, "nthread": 1}, xgb.DMatrix(rows, label=[0.0, 1.0, 1.0, 0.0]), 1)
-        work({"kind": "model", "source": "pkl", "name": "warm-up"}, pickle.dumps(booster))
-        work({"kind": "info", "name": "warm-up"}, pickle.dumps({"dim": 2}))
-    except Exception:  # a warm-up only: the checks work without it
-        pass
 
 
 def _limit_memory(memory_mb: int) -> None:
