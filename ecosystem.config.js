@@ -26,6 +26,7 @@ const defaults = {
   MODEL_MANAGER_MAX_BODY_KB: "64",
   MODEL_MANAGER_CORS_ORIGINS: "",
   MODEL_MANAGER_LOAD_WORKERS: "0",
+  MODEL_MANAGER_WORKERS: "0", // server processes sharing the port: 0 = one per core (at most 4)
 };
 
 const env = { PYTHONUNBUFFERED: "1" };

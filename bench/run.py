@@ -179,9 +179,9 @@ class Target:
     token: str = ""
 
 
-MODES = {"gzip": ("model_manager", "model_manager_warning", "previous_release", "nginx"),
+MODES = {"gzip": ("model_manager", "model_manager_warning", "model_manager_one", "previous_release", "nginx"),
          "identity": ("model_manager", "nginx"),
-         "not_modified": ("model_manager", "model_manager_warning", "previous_release", "nginx")}
+         "not_modified": ("model_manager", "model_manager_warning", "model_manager_one", "previous_release", "nginx")}
 
 
 def measure_throughput(cfg: Config, wrk: str, targets: dict[str, Target], symbols: list[str], scratch: Path) -> dict:
@@ -335,12 +335,13 @@ def run(cfg: Config) -> tuple[dict, list[dict], str]:
 
     log("warm restart: the same data dir, conversion cache present")
     servers = {"model_manager": Server(data_dir, logs / "serve-warm.log")}
-    nginx = Nginx(bins["nginx"], run_dir / "nginx-root", run_dir / "nginx")
+    nginx = None
     try:
         server = servers["model_manager"]
         f["warm_restart_s"] = server.start()
         f["rss_after_load_bytes"] = server.rss()[0]
-        log(f"  {f['warm_restart_s']:.2f} s, RSS {f['rss_after_load_bytes'] / MB:.0f} MB")
+        f["workers"] = len(server.pids()) - 1 or 1
+        log(f"  {f['warm_restart_s']:.2f} s, memory {f['rss_after_load_bytes'] / MB:.0f} MB, {f['workers']} worker processes")
         token = bootstrap(server)
         client = Client(server.port, token)
         exported = export_payloads(client, symbols, run_dir / "nginx-root")
@@ -348,9 +349,13 @@ def run(cfg: Config) -> tuple[dict, list[dict], str]:
         f.update(payload_gzip_bytes=exported["gzip_bytes"], payload_raw_bytes=exported["raw_bytes"])
         servers["model_manager_warning"] = Server(data_dir, logs / "serve-warning.log", log_level="warning")
         servers["model_manager_warning"].start()
-        if cfg.previous:
+        if cfg.previous:  # the previous release runs one process: compared with one worker of ours
+            servers["model_manager_one"] = Server(data_dir, logs / "serve-one.log", log_level="warning",
+                                                  extra=("--workers", "1"))
+            servers["model_manager_one"].start()
             servers["previous_release"] = start_previous(cfg, main_dir, logs)
         (run_dir / "nginx").mkdir()
+        nginx = Nginx(bins["nginx"], run_dir / "nginx-root", run_dir / "nginx", workers=f["workers"])
         nginx.start()
         mm_path = f"/api/models/{MODEL_NAME}/model/{{symbol}}"
         targets = {"model_manager": Target(server.url, mm_path, exported["etags"], token)}
@@ -366,7 +371,8 @@ def run(cfg: Config) -> tuple[dict, list[dict], str]:
     finally:
         for s in servers.values():
             s.stop()
-        nginx.stop()
+        if nginx is not None:
+            nginx.stop()
 
     f["refresh"] = []
     for n in cfg.refresh_sizes:

@@ -94,6 +94,14 @@ def rss_bytes(pid: int) -> tuple[int, int]:
     return values.get("VmRSS", 0), values.get("VmHWM", 0)
 
 
+def pss_bytes(pid: int) -> int:
+    """The proportional set size of a process in bytes (shared pages divided among their sharers)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -200,13 +208,35 @@ class Server:
         found = re.findall(r"One-time setup code: (?:\[bold\])?([A-Z0-9-]+)", self.log_path.read_text(errors="replace"))
         return found[-1] if found else None
 
-    def cpu(self) -> float:
+    def pids(self) -> list[int]:
+        """The server's processes: `serve` and, with several workers, each worker (its children that
+        run `serve`; not the model check helpers, whose work is counted apart)."""
         assert self.proc is not None
-        return cpu_seconds(self.proc.pid)
+        found = [self.proc.pid]
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return found
+        for child in map(int, children):
+            try:
+                if b" serve " in Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" "):
+                    found.append(child)
+            except OSError:
+                pass
+        return found
+
+    def cpu(self) -> float:
+        """CPU-seconds used so far by the server's processes (see `pids`)."""
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def rss(self) -> tuple[int, int]:
-        assert self.proc is not None
-        return rss_bytes(self.proc.pid)
+        """(memory, peak) of the server in bytes: one process's VmRSS and VmHWM; with several workers,
+        the sum of their proportional set sizes (PSS: pages the workers share counted once) and the
+        sum of their peaks."""
+        pids = self.pids()
+        if len(pids) == 1:
+            return rss_bytes(pids[0])
+        return sum(pss_bytes(pid) for pid in pids), sum(rss_bytes(pid)[1] for pid in pids)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -273,10 +303,11 @@ def bootstrap(server: Server, password: str = "bench-password-123") -> str:
 
 # -- nginx --------------------------------------------------------------------------------------
 class Nginx:
-    """nginx serving `root` (files under root/p/) on a free port, from a private prefix directory."""
+    """nginx serving `root` (files under root/p/) on a free port, from a private prefix directory, with
+    as many worker processes as the model-manager server it is compared with."""
 
-    def __init__(self, binary: str, root: Path, work: Path):
-        self.binary, self.root, self.work = binary, root, work
+    def __init__(self, binary: str, root: Path, work: Path, workers: int = 1):
+        self.binary, self.root, self.work, self.workers = binary, root, work, workers
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -286,7 +317,7 @@ class Nginx:
         user_line = f"user {_user_name()};" if os.geteuid() == 0 else ""
         conf = NGINX_TEMPLATE.read_text()
         for key, value in {"user_line": user_line, "work": str(self.work), "root": str(self.root),
-                           "port": str(self.port)}.items():
+                           "port": str(self.port), "workers": str(self.workers)}.items():
             conf = conf.replace("{" + key + "}", value)
         conf_path = self.work / "nginx.conf"
         conf_path.write_text(conf)

@@ -26,6 +26,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,50 +201,88 @@ class LoginThrottle:
     delay (capped); after `global_free_failures` failures from anyone, everyone is blocked the same
     way, so guesses spread over many addresses (an IPv6 /64 holds 2**64) do not multiply. IPv6
     clients are counted per /64. A success resets its client; failures are forgotten after
-    `forget_after` seconds without one."""
+    `forget_after` seconds without one.
+
+    With a `store`, the counts live in sqlite (table `throttle`, rows of this `kind`), so every server
+    process of a data dir — the workers of `serve --workers N` — counts the same failures, and a
+    restart forgets none. `check(shared=True)` (blocking) reads them; a plain `check` answers from what
+    this process has seen (cheap enough for the event loop: the early refusal of a blocked client)."""
 
     GLOBAL = "*"
 
     def __init__(self, free_failures: int = 5, base_delay: float = 2.0, max_delay: float = 300.0,
-                 forget_after: float = 900.0, max_clients: int = 10_000, global_free_failures: int = 30):
+                 forget_after: float = 900.0, max_clients: int = 10_000, global_free_failures: int = 30,
+                 store: Store | None = None, kind: str = "login"):
         self.free_failures = free_failures
         self.global_free_failures = global_free_failures
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.forget_after = forget_after
         self.max_clients = max_clients
+        self.store = store
+        self.kind = kind
         self._clients: dict[str, tuple[int, float, float]] = {}  # client -> (failures, blocked_until, last_failure)
         self._lock = threading.Lock()
 
-    def check(self, client: str) -> None:
-        """Raise ThrottledError while the client (or everyone) is blocked."""
-        now = time.monotonic()
-        for key, whom in ((client_key(client), "this address"), (self.GLOBAL, "this server")):
+    def check(self, client: str, *, shared: bool = False) -> None:
+        """Raise ThrottledError while the client (or everyone) is blocked. `shared`: as every process
+        sharing the store counted (blocking: a sqlite read)."""
+        now = time.time()
+        keys = (client_key(client), self.GLOBAL)
+        if shared and self.store is not None:
+            self._pull(keys)
+        for key, whom in zip(keys, ("this address", "this server")):
             with self._lock:
                 _failures, blocked_until, _last = self._clients.get(key, (0, 0.0, 0.0))
             if blocked_until > now:
                 wait = max(1, math.ceil(blocked_until - now))
                 raise ThrottledError(f"too many failed attempts on {whom}: try again in {wait} s", retry_after=wait)
 
+    def _pull(self, keys: tuple[str, ...]) -> None:
+        rows = {key: (failures, blocked, last) for key, failures, blocked, last in self.store.query(
+            "SELECT key, failures, blocked_until, last_failure FROM throttle WHERE kind = ? AND key IN (?, ?)",
+            (self.kind, *keys))}
+        with self._lock:
+            for key in keys:
+                if key in rows:
+                    self._clients[key] = rows[key]
+                else:  # reset by a success elsewhere, or never failed
+                    self._clients.pop(key, None)
+
     def failure(self, client: str) -> None:
-        now = time.monotonic()
+        now = time.time()
+        counted = ((client_key(client), self.free_failures), (self.GLOBAL, self.global_free_failures))
         with self._lock:
             if len(self._clients) >= self.max_clients:
                 self._clients = {k: v for k, v in self._clients.items() if now - v[2] < self.forget_after}
-            self._count(client_key(client), self.free_failures, now)
-            self._count(self.GLOBAL, self.global_free_failures, now)
+            if self.store is None:
+                for key, free in counted:
+                    self._clients[key] = self._counted(self._clients.get(key), free, now)
+                return
+            with self.store.transaction() as db:
+                db.execute("DELETE FROM throttle WHERE kind = ? AND last_failure < ?", (self.kind, now - self.forget_after))
+                for key, free in counted:
+                    row = db.execute("SELECT failures, blocked_until, last_failure FROM throttle WHERE kind = ? AND key = ?",
+                                     (self.kind, key)).fetchone()
+                    self._clients[key] = state = self._counted(row, free, now)
+                    db.execute("INSERT OR REPLACE INTO throttle (kind, key, failures, blocked_until, last_failure) "
+                               "VALUES (?, ?, ?, ?, ?)", (self.kind, key, *state))
 
-    def _count(self, key: str, free: int, now: float) -> None:
-        failures, _, last = self._clients.get(key, (0, 0.0, 0.0))
+    def _counted(self, old: tuple[int, float, float] | None, free: int, now: float) -> tuple[int, float, float]:
+        failures, _, last = old or (0, 0.0, 0.0)
         if last and now - last > self.forget_after:
             failures = 0
         failures += 1
         blocked_until = now + min(self.base_delay * 2 ** (failures - free), self.max_delay) if failures >= free else 0.0
-        self._clients[key] = (failures, blocked_until, now)
+        return failures, blocked_until, now
 
     def success(self, client: str) -> None:
+        key = client_key(client)
         with self._lock:
-            self._clients.pop(client_key(client), None)
+            self._clients.pop(key, None)
+        if self.store is not None:
+            with self.store.transaction() as db:
+                db.execute("DELETE FROM throttle WHERE kind = ? AND key = ?", (self.kind, key))
 
 
 def client_key(client: str) -> str:
@@ -260,16 +299,19 @@ def client_key(client: str) -> str:
 
 
 class Authenticator:
-    """The password, tokens, throttling and first-run setup code of one server process."""
+    """The password, tokens, throttling and first-run setup code of one server process (throttling
+    and everything but the setup code itself are shared with the other processes through the store)."""
 
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, setup_code: str | None = None):
         self.settings = settings
         self.store = store
         self.tokens = TokenCache(store)
-        self.throttle = LoginThrottle()
+        self.throttle = LoginThrottle(store=store)
         # 5 wrong setup codes from anywhere and every bootstrap waits: the code is the only secret then
-        self.setup_throttle = LoginThrottle(free_failures=5, global_free_failures=5)
-        self.setup_code: str | None = None if store.is_initialized() else new_setup_code()
+        self.setup_throttle = LoginThrottle(free_failures=5, global_free_failures=5, store=store, kind="setup")
+        # `setup_code`: the one every worker of a server shares (the supervisor printed it)
+        self.setup_code: str | None = None if store.is_initialized() else (setup_code or new_setup_code())
+        self.changed: Callable[[], None] = lambda: None  # after a revocation (the server's workers follow at once)
 
     def token_object(self) -> dict[str, Any]:
         token, expires = self.store.create_token(self.settings.token_ttl)
@@ -292,7 +334,7 @@ class Authenticator:
     def bootstrap(self, password: str, setup_code: str | None, client: str | None) -> dict[str, Any]:
         """Set the first password and return a token object."""
         key = client or "unknown"
-        self.setup_throttle.check(key)
+        self.setup_throttle.check(key, shared=True)
         if self.store.is_initialized():
             self.setup_code = None
             raise ConflictError("a password is already set: log in with POST /api/auth/login")
@@ -317,7 +359,7 @@ class Authenticator:
     def login(self, password: str, client: str | None) -> dict[str, Any]:
         """Check the password (throttled per client) and return a token object."""
         key = client or "unknown"
-        self.throttle.check(key)
+        self.throttle.check(key, shared=True)
         if not self.store.is_initialized():
             raise ConflictError("no password is set yet: set one with POST /api/auth/bootstrap "
                                 "or `model-manager password init`")
@@ -337,11 +379,12 @@ class Authenticator:
                                   f"DELETE /api/keys/{identity.client} or `model-manager keys revoke {identity.client}`")
         self.store.revoke_token(token, client=client)
         self.tokens.forget(hash_token(token))
+        self.changed()
 
     def change_password(self, token: str, current: str, new: str, client: str | None) -> None:
         """Replace the password; every token but `token` is revoked."""
         key = client or "unknown"
-        self.throttle.check(key)
+        self.throttle.check(key, shared=True)
         if not self.store.verify_password(current):
             self.throttle.failure(key)
             self.store.audit("password_change_failed", client=client)
@@ -350,6 +393,7 @@ class Authenticator:
         check_password_strength(new)
         self.store.set_password(new, keep_token=token, client=client)
         self.tokens.clear(keep=hash_token(token))
+        self.changed()
 
 
 def new_setup_code() -> str:

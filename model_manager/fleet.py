@@ -40,6 +40,17 @@ class Sighting(NamedTuple):  # a tuple: made on the payload path, it must be che
     confirmed_at: float | None
 
 
+# Several processes flush sightings of the same client (the workers of one server): the newest
+# sighting wins, and two of the same version keep the latest fetch and the latest confirmation.
+_LAST = "max(coalesce({0}.fetched_at, 0), coalesce({0}.confirmed_at, 0))"
+_KEEP = "CASE WHEN excluded.version = fleet.version THEN nullif(max(coalesce(excluded.{0}, 0), coalesce(fleet.{0}, 0)), 0) " \
+        "ELSE excluded.{0} END"
+_UPSERT = ("INSERT INTO fleet (model, client, group_key, version, address, fetched_at, confirmed_at) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, client, group_key) DO UPDATE SET "
+           f"version = excluded.version, address = excluded.address, fetched_at = {_KEEP.format('fetched_at')}, "
+           f"confirmed_at = {_KEEP.format('confirmed_at')} WHERE {_LAST.format('excluded')} >= {_LAST.format('fleet')}")
+
+
 class Fleet:
     def __init__(self, store: Store):
         self.store = store
@@ -64,19 +75,22 @@ class Fleet:
             return 0
         with self.store.transaction() as db:
             db.executemany(
-                "INSERT INTO fleet (model, client, group_key, version, address, fetched_at, confirmed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, client, group_key) DO UPDATE SET "
-                "version = excluded.version, address = excluded.address, fetched_at = excluded.fetched_at, "
-                "confirmed_at = excluded.confirmed_at",
+                _UPSERT,
                 [(*key, s.version, s.address, s.fetched_at, s.confirmed_at) for key, s in dirty.items()])
         return len(dirty)
 
     def load(self, model: str | None = None) -> None:
-        """Read what the store knows (at start; newer sightings in memory win), of one model or all."""
+        """Read what the store knows (at start; sightings already in memory win), of one model or all."""
         where, args = (" WHERE model = ?", (model,)) if model is not None else ("", ())
         rows = self.store.query("SELECT model, client, group_key, version, address, fetched_at, confirmed_at FROM fleet" + where, args)
         for name, client, group_key, version, address, fetched, confirmed in rows:
             self._seen.setdefault((name, client, group_key), Sighting(version, address, fetched, confirmed))
+
+    def merged(self, model: str) -> Fleet:
+        """A model's sightings as every process sharing the store has them — the workers of one
+        server — after flushing this process's own (blocking)."""
+        self.flush()
+        return Fleet.stored(self.store, model)
 
     @classmethod
     def stored(cls, store: Store, model: str | None = None) -> Fleet:

@@ -7,7 +7,10 @@ service when Prometheus scrapes, so they cost nothing in between.
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -51,6 +54,98 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def families(self) -> list[dict]:
+        """Every metric of this process as plain data (what a worker leaves for the others)."""
+        return [{"name": m.name, "type": m.type, "doc": m.documentation,
+                 "samples": [[x.name, x.labels, x.value] for x in m.samples]} for m in self.registry.collect()]
+
+
+# Gauges that add up across workers (each worker's own connections); the others describe state all
+# workers share (groups, the fleet), so the largest value stands for all of them.
+SUMMED_GAUGES = {"model_manager_long_polls_waiting", "model_manager_event_streams_open", "model_manager_watcher_queue"}
+PER_PROCESS = ("process_", "python_")  # the process collectors: one series per worker, labelled `worker`
+
+
+class SharedMetrics:
+    """The metrics of every worker of one server (see workers.py), answered by whichever one is scraped.
+
+    Each worker writes its metrics to `directory/worker-INDEX-PID.json` (`publish`, every second or
+    two, and before it answers a scrape). `render` adds them up: counters and histograms summed —
+    including those of workers that have died, whose last file stays, so a restart never makes a
+    counter go down — the process metrics per worker, and gauges from the live workers only."""
+
+    def __init__(self, metrics: Metrics, directory: Path, index: int):
+        self.metrics = metrics
+        self.directory = Path(directory)
+        self.index = index
+        self.path = self.directory / f"worker-{index}-{os.getpid()}.json"
+
+    def publish(self) -> None:
+        """Write this worker's metrics (atomically: readers never see half a file)."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.metrics.families(), separators=(",", ":")))
+        os.replace(tmp, self.path)
+
+    def render(self) -> bytes:
+        """Every worker's metrics combined, in the Prometheus text format (blocking: file reads)."""
+        self.publish()
+        merged: dict[str, Metric] = {}
+        values: dict[tuple, float] = {}
+        for path in sorted(self.directory.glob("worker-*.json")):
+            try:
+                index, pid = (int(x) for x in path.stem.split("-")[1:3])
+                families = json.loads(path.read_text())
+            except (OSError, ValueError):  # a worker's file being replaced, or damaged: skip it this once
+                continue
+            alive = pid == os.getpid() or _alive(pid)
+            for family in families:
+                _merge(merged, values, family, index, alive)
+        for (name, sample, labels), value in values.items():
+            merged[name].add_sample(sample, dict(labels), value)
+        return generate_latest(_Fixed(list(merged.values())))
+
+
+def _merge(merged: dict[str, Metric], values: dict[tuple, float], family: dict, index: int, alive: bool) -> None:
+    name, kind = family["name"], family["type"]
+    per_worker = name.startswith(PER_PROCESS)
+    if not alive and (kind == "gauge" or per_worker):
+        return
+    if name not in merged:
+        merged[name] = Metric(name, family["doc"], kind)
+    for sample, labels, value in family["samples"]:
+        if per_worker:
+            labels = {**labels, "worker": str(index)}
+        key = (name, sample, tuple(sorted(labels.items())))
+        old = values.get(key)
+        if old is None or per_worker:
+            values[key] = value
+        elif sample.endswith("_created"):
+            values[key] = min(old, value)
+        elif kind != "gauge" or name in SUMMED_GAUGES:
+            values[key] = old + value
+        else:
+            values[key] = max(old, value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Fixed:
+    """What `generate_latest` needs of a registry: metrics to collect."""
+
+    def __init__(self, metrics: list[Metric]):
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
 
 
 class StateCollector(Collector):

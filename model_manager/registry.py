@@ -47,6 +47,7 @@ from model_manager.isolation import set_check_memory, start_checker
 from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
+from model_manager.versionrecords import content_sha256
 from model_manager.versions import Recorded, StoredPayload, VersionStore, candidate
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Registry:
         self.cache = cache
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
+        self._pending: dict[str, set[str]] = {}  # changed groups the primary worker has not recorded yet (see _follow_files_of)
         self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
@@ -127,6 +129,7 @@ class Registry:
                 built[group.group_key] = self._build_payload(model_name, group, root)
             elif group.model_json is not None:
                 self._stash_json(group)
+                self._write_record(root, group)  # other workers then restore the group instead of checking it
         return hook, built
 
     def _stash_json(self, group: GroupSnapshot) -> None:
@@ -205,12 +208,13 @@ class Registry:
         return changed
 
     def _load(self, model: LoadedModel, only: set[str] | None, *, raise_duplicates: bool = False,
-              client: str | None = None) -> None:
+              client: str | None = None, recorded: dict[str, GroupSnapshot] | None = None) -> None:
         """Parse the directory (or the groups in `only`) and install the result, unless it would put a
-        symbol in several groups or the directory is unusable (then the previous state stays)."""
+        symbol in several groups or the directory is unusable (then the previous state stays).
+        `recorded`: the groups of `only` as another worker parsed them (nothing is parsed here)."""
         started, outcome = time.monotonic(), "failed"
         try:
-            outcome = self._reload(model, only, raise_duplicates, client)
+            outcome = self._reload(model, only, raise_duplicates, client, recorded)
         except DuplicateSymbolError:
             outcome = "refused"
             raise
@@ -219,17 +223,21 @@ class Registry:
                 self.metrics.refreshes.labels(outcome).inc()
                 self.metrics.refresh_seconds.observe(time.monotonic() - started)
 
-    def _reload(self, model: LoadedModel, only: set[str] | None, raise_duplicates: bool, client: str | None) -> str:
+    def _reload(self, model: LoadedModel, only: set[str] | None, raise_duplicates: bool, client: str | None,
+                recorded: dict[str, GroupSnapshot] | None) -> str:
         with model.lock:
             try:
                 root = check_directory(model.path)
                 scanned, _ = scan_directory(root)
-                restored = self._restore(model, root, scanned) if only is None and not model.groups else {}
-                hook, built = self.payload_hook(model.name, str(root))
-                snap = load_directory(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
-                                      executor=self.executor, only=set(scanned) - set(restored) if restored else only,
-                                      scanned=scanned, prepare=hook)
-                snap.groups.update(restored)
+                if recorded is not None:
+                    snap, built = DirectorySnapshot(str(root), dict(recorded)), {}
+                else:
+                    restored = self._restore(model, root, scanned) if only is None and not model.groups else {}
+                    hook, built = self.payload_hook(model.name, str(root))
+                    snap = load_directory(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
+                                          executor=self.executor, only=set(scanned) - set(restored) if restored else only,
+                                          scanned=scanned, prepare=hook)
+                    snap.groups.update(restored)
             except PathError as exc:
                 model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
@@ -331,21 +339,65 @@ class Registry:
             log.warning("%s/%s: %s", model_name, group_key, exc)
 
     # -- live versions changed elsewhere (pins, holds, releases) ------------------------------------
-    def follow_live(self, name: str | None = None) -> bool:
+    def follow_live(self, name: str | None = None, *, files: bool = False) -> bool:
         """Serve each group's live version where it differs from what is served (one model, or every
-        model when the versions changed in any process since the last look). True if anything moved."""
+        model when the versions changed in any process since the last look). With `files` (a worker
+        that does not watch the directories), first install the groups another worker re-read (see
+        `_follow_files_of`). True if anything moved."""
         if name is None:
             seq = self.versions.state_seq()
             if seq == self._live_seq:
-                return False
+                return self._follow_pending() if files else False
             self._live_seq = seq
         names = [name] if name is not None else list(self.models)
         moved = False
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
+                if files:
+                    moved |= self._follow_files_of(model, self.changed_groups(model.name))
                 moved |= self._follow_model(model)
         return moved
+
+    # -- a worker that does not watch: groups the primary worker re-read ------------------------------
+    def _follow_pending(self) -> bool:
+        """Look again at the groups `_follow_files_of` left waiting."""
+        moved = False
+        for name, keys in list(self._pending.items()):
+            model = self.models.get(name)
+            if model is None:
+                self._pending.pop(name, None)
+            else:
+                moved |= self._follow_files_of(model, keys)
+        return moved
+
+    def _follow_files_of(self, model: LoadedModel, keys: set[str]) -> bool:
+        """Install the groups among `keys` (whose files changed) that the primary worker has re-read:
+        from its parse record and its recorded version only, never a check or a version of our own. A
+        group whose record or version is not written yet (the primary is at it, or the new files are
+        broken) is kept as it is and looked at again on the next call. True if anything was installed."""
+        self._pending.pop(model.name, None)
+        if not keys:
+            return False
+        try:
+            root = check_directory(model.path)
+            scanned, _ = scan_directory(root)
+        except PathError:
+            return False  # the primary records the directory's trouble; we keep serving meanwhile
+        present = {k: scanned[k] for k in keys if k in scanned}
+        ready = {k: g for k, g in self._restore(model, root, present).items() if self._is_recorded(model.name, g)}
+        gone = {k for k in keys if k not in scanned and k in model.groups}
+        waiting = set(present) - set(ready)
+        if waiting:
+            self._pending[model.name] = waiting
+        if not ready and not gone:
+            return False
+        self._load(model, set(ready) | gone, recorded=ready)
+        return True
+
+    def _is_recorded(self, model_name: str, group: GroupSnapshot) -> bool:
+        head = self.versions.history_head(model_name, group.group_key)
+        return head is not None and not group.errors and head.content_sha256 == content_sha256(model_name, group)
 
     def _follow_model(self, model: LoadedModel) -> bool:
         with model.install_lock:  # not `model.lock`: an emergency rollback must not wait for a long re-read

@@ -33,7 +33,8 @@ from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManag
 from model_manager.files import private_dir
 from model_manager.fleet import Fleet, LiveGroup
 from model_manager.keys import KeyStore
-from model_manager.metrics import Metrics
+from model_manager.metrics import Metrics, SharedMetrics
+from model_manager.peers import Peers
 from model_manager.registration import check_name, normalize_path
 from model_manager.registry import Registry
 from model_manager.settings import Settings
@@ -41,6 +42,7 @@ from model_manager.state import LoadedModel, PayloadBytes
 from model_manager.store import ModelRow, Store
 from model_manager.versioncommands import VersionCommands
 from model_manager.versions import VersionStore, candidate
+from model_manager.workers import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,9 @@ class Registration:
 class ModelManager(VersionCommands):
     """One data dir and everything done with it. `close()` (or `with`) when done."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None):
+    def __init__(self, settings: Settings, *, store: Store | None = None, role: WorkerRole | None = None):
         self.settings = settings
+        self.role = role or WorkerRole()  # serving: which worker of `serve --workers N` this is
         self._store = store
         self._owns_store = store is None
         self._cache: CacheDir | None = None
@@ -86,6 +89,9 @@ class ModelManager(VersionCommands):
         self._versions: VersionStore | None = None
         self._fleet: Fleet | None = None
         self.metrics: Metrics | None = None
+        self.shared_metrics: SharedMetrics | None = None
+        self.peers: Peers | None = None  # the other workers of this server (see peers.py)
+        self._follow_lock = threading.Lock()
         self.registry: Registry | None = None
         self.watcher = None
         self._register_lock = threading.Lock()
@@ -126,7 +132,7 @@ class ModelManager(VersionCommands):
     @property
     def auth(self) -> Authenticator:
         if self._auth is None:
-            self._auth = Authenticator(self.settings, self.store)
+            self._auth = Authenticator(self.settings, self.store, setup_code=self.role.setup_code)
         return self._auth
 
     def has_database(self) -> bool:
@@ -179,6 +185,7 @@ class ModelManager(VersionCommands):
                 model = None
                 self._record_first_versions(name, snap)
         self._watch_set_changed()
+        self._changed()
         return Registration(name, abspath, True, snap, model)
 
     def _record_first_versions(self, name: str, snap: DirectorySnapshot) -> None:
@@ -212,6 +219,7 @@ class ModelManager(VersionCommands):
             self.registry.drop(name)
         self.fleet.forget_model(name)
         self._watch_set_changed()
+        self._changed()
 
     def registered(self) -> list[ModelRow]:
         return self.store.list_models()
@@ -219,6 +227,12 @@ class ModelManager(VersionCommands):
     def _watch_set_changed(self) -> None:
         if self.watcher is not None:
             self.watcher.models_changed()
+
+    def _changed(self) -> None:
+        """After a change made through this worker: every other worker of the server serves it
+        before we answer (see peers.py; blocking)."""
+        if self.peers is not None:
+            self.peers.sync()
 
     # -- password and audit ------------------------------------------------------------------------
     def init_password(self, password: str, *, client: str | None = None) -> None:
@@ -253,6 +267,7 @@ class ModelManager(VersionCommands):
         record, revoked = KeyStore(self.store).revoke(name, client=client, by=by)
         if self._auth is not None:
             self._auth.tokens.forget(record.digest)
+        self._changed()
         return revoked
 
     # -- offline work --------------------------------------------------------------------------------
@@ -293,6 +308,8 @@ class ModelManager(VersionCommands):
         if self.registry is None:
             self.metrics = Metrics()
             self.metrics.watch_state(self._gauges)
+            if self.role.shared and self.role.shared_dir is not None:
+                self.shared_metrics = SharedMetrics(self.metrics, self.role.shared_dir, self.role.index)
             self.registry = Registry(self.settings, self.store, self.cache, self.versions, self.metrics)
         return self.registry
 
@@ -308,27 +325,54 @@ class ModelManager(VersionCommands):
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.registry.warm_up)
         try:
+            await loop.run_in_executor(None, self.role.wait_for_primary)
             await loop.run_in_executor(None, self.fleet.load)
             await loop.run_in_executor(None, self.registry.load_registered)
         finally:
             self.registry.ready.set()
-        self.watcher = Watcher(self.registry, self.settings)
-        await self.watcher.start()
+            self.role.primary_loaded()
+        if self.role.primary:  # the other workers follow what the primary records (see _follow)
+            self.watcher = Watcher(self.registry, self.settings)
+            await self.watcher.start()
+        if self.role.shared and self.role.shared_dir is not None:
+            self.peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
+            self.peers.start()
+            self.auth.changed = self._changed
         self._following = asyncio.create_task(self._follow_loop(), name="mm-follow-live")
 
     async def _follow_loop(self) -> None:
-        """Serve live versions changed by other processes (a pin set with the CLI) within a second,
-        and write the fleet's new sightings to the store."""
+        """Every FOLLOW_INTERVAL, in a worker thread: `_follow`."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
             try:
-                await loop.run_in_executor(None, self.registry.follow_live)
-                await loop.run_in_executor(None, self.fleet.flush)
+                await loop.run_in_executor(None, self._follow_now, False)
             except Exception:  # keep following whatever one look hit
                 log.exception("following live versions failed")
 
+    def _follow_now(self, asked: bool = True) -> None:
+        """`_follow`, one at a time. `asked`: another worker made a change (a key revoked, a logout) and
+        waits: forget the cached token checks too, so a revoked one is refused at once."""
+        with self._follow_lock:
+            self._follow()
+        if asked and self._auth is not None:
+            self._auth.tokens.clear()
+
+    def _follow(self) -> None:
+        """Serve live versions changed by other processes (a pin set with the CLI) within a second,
+        and write the fleet's new sightings to the store. Of several workers, each also follows
+        registrations made through another, a worker other than the primary serves the groups the
+        primary re-read, and each leaves its metrics for the others."""
+        if self.role.shared and self.registry.sync_registrations():
+            self._watch_set_changed()
+        self.registry.follow_live(files=not self.role.primary)
+        self.fleet.flush()
+        if self.shared_metrics is not None:
+            self.shared_metrics.publish()
+
     async def stop_serving(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
         if self.registry is not None:  # open event streams and long polls end now, not at their timeout
             self.registry.events.close()
             self.registry.waiters.wake_all()
@@ -353,7 +397,9 @@ class ModelManager(VersionCommands):
 
     def refresh(self, name: str, *, client: str | None = None) -> dict[str, Any]:
         """Re-read a model directory now; the model object (SPEC `model`)."""
-        return self.serving.refresh(name, client=client).to_dict()
+        model = self.serving.refresh(name, client=client)
+        self._changed()
+        return model.to_dict()
 
     # -- in-memory reads (no I/O: fine on the event loop) ---------------------------------------------
     def models(self) -> list[dict[str, Any]]:
@@ -391,6 +437,21 @@ class ModelManager(VersionCommands):
     def payload(self, name: str, symbol: str) -> PayloadBytes:
         return self.serving.payload(name, symbol)
 
+    def caught_up_payload(self, name: str, symbol: str) -> PayloadBytes:
+        """The payload after following the store's live versions of the model now (blocking): of
+        several workers, a client may hold an ETag that another one served a moment before this one
+        followed the change; answering it from here would hand it the version it just left."""
+        self.serving.follow_live(name)
+        return self.payload(name, symbol)
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text of this server, of all its workers (blocking: they exchange files)."""
+        if self.shared_metrics is not None:
+            return self.shared_metrics.render()
+        if self.metrics is None:
+            raise RuntimeError("the service is not serving: call start_serving() first")
+        return self.metrics.render()
+
     def fleet_view(self, name: str) -> dict[str, Any]:
         """Which client received which version of each group, and who is behind the live one
         (serving: this process's sightings and live versions; reads the live periods from sqlite)."""
@@ -399,7 +460,8 @@ class ModelManager(VersionCommands):
         groups = {k: LiveGroup(s.snapshot.symbol, s.payload.version if s.payload else None,
                                stored[k].live_starts if k in stored else ())
                   for k, s in view.groups.items()}
-        return self.fleet.view(name, groups)
+        fleet = self.fleet.merged(name) if self.role.shared else self.fleet  # the other workers' sightings too
+        return fleet.view(name, groups)
 
     def fleet_report(self, name: str) -> dict[str, Any]:
         """The fleet object of a model, offline: what every server sharing the data dir has flushed
@@ -420,8 +482,9 @@ class ModelManager(VersionCommands):
                 groups[(model.name, state.snapshot.status)] = groups.get((model.name, state.snapshot.status), 0) + 1
                 if state.payload is not None:
                     live[(model.name, key)] = state.payload.version
+        fleet = Fleet.stored(self.store) if self.role.shared else self.fleet  # flushed every second by each worker
         return {"groups": groups, "watcher_queue": self.watcher.queue_length() if self.watcher else 0,
-                "fleet_clients_behind": self.fleet.behind(live), "long_polls_waiting": registry.waiters.count(),
+                "fleet_clients_behind": fleet.behind(live), "long_polls_waiting": registry.waiters.count(),
                 "event_streams_open": registry.events.subscribers()}
 
 

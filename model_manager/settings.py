@@ -34,6 +34,9 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected 1/0/true/false, got {text!r}")
 
 
+MAX_WORKERS = 64
+AUTO_WORKERS = 4  # `workers = 0` runs one process per core, but no more than this
+
 # field name -> (env var, parser, help)
 ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "host": ("MODEL_MANAGER_HTTP_HOST", str, "Interface the HTTP server binds to."),
@@ -47,7 +50,9 @@ ENV_TABLE: dict[str, tuple[str, type | object, str]] = {
     "max_artifact_mb": ("MODEL_MANAGER_MAX_ARTIFACT_MB", float, "Artifact files larger than this are refused."),
     "max_body_kb": ("MODEL_MANAGER_MAX_BODY_KB", int, "Largest accepted request body in KiB."),
     "cors_origins": ("MODEL_MANAGER_CORS_ORIGINS", str, "Comma-separated origins allowed by CORS (empty: no CORS)."),
-    "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Processes used to parse and convert models (0: one per core)."),
+    "load_workers": ("MODEL_MANAGER_LOAD_WORKERS", int, "Threads that parse and convert models (0: one per core)."),
+    "workers": ("MODEL_MANAGER_WORKERS", int,
+                "Server processes sharing the port (0: one per core, at most 4; 1: a single process)."),
     "trusted_proxies": ("MODEL_MANAGER_TRUSTED_PROXIES", str,
                         "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)."),
     "metrics_public": ("MODEL_MANAGER_METRICS_PUBLIC", _bool, "Serve /metrics without a token or key."),
@@ -75,6 +80,7 @@ class Settings:
     max_body_kb: int = 64
     cors_origins: str = ""
     load_workers: int = 0
+    workers: int = 0
     trusted_proxies: str = ""
     keep_versions: int = 20
     metrics_public: bool = False
@@ -111,6 +117,8 @@ class Settings:
             raise UsageError("MODEL_MANAGER_TOKEN_TTL must be a positive number of seconds")
         if self.watch_interval <= 0 or self.watch_debounce < 0:
             raise UsageError("watch interval must be > 0 and debounce >= 0 seconds")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise UsageError(f"MODEL_MANAGER_WORKERS must be between 0 (one per core) and {MAX_WORKERS}")
         if self.keep_versions < 1:
             raise UsageError("MODEL_MANAGER_KEEP_VERSIONS must be at least 1")
         if not 0 < self.events_keepalive <= 3600:
@@ -126,6 +134,18 @@ class Settings:
                 raise UsageError(f"MODEL_MANAGER_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR "
                                  "(e.g. 127.0.0.1,10.0.0.0/8)") from None
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """How many server processes `serve` runs: `workers`, or one per core this process may use (at
+        most `AUTO_WORKERS`: each worker holds every payload in memory)."""
+        if self.workers:
+            return self.workers
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, AUTO_WORKERS))
 
     @property
     def proxy_list(self) -> list[str]:

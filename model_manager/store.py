@@ -130,6 +130,14 @@ CREATE TABLE IF NOT EXISTS version_state (  -- bumped by every change of what is
     seq INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO version_state (id, seq) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS throttle (       -- failed logins and setup codes, per client key (see auth.LoginThrottle)
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    blocked_until REAL NOT NULL,
+    last_failure REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 CREATE TABLE IF NOT EXISTS fleet (          -- per client and group: the version it last received (see fleet.py)
     model        TEXT NOT NULL,
     client       TEXT NOT NULL,

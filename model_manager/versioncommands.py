@@ -1,7 +1,8 @@
 """The version operations of the service (SPEC §6), mixed into `service.ModelManager`: history, pin,
 unpin, rollback, hold, release, diff and the bytes of any kept version. Each resolves a symbol to its
 group, calls `versions.VersionStore` and, when the service is serving, serves the new live version
-at once (other server processes follow within a second, see `Registry.follow_live`)."""
+at once (the other workers of the server before the change is answered, other server processes
+within a second: see `Registry.follow_live`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +12,7 @@ from model_manager.state import PayloadBytes
 
 
 class VersionCommands:
-    """Needs `self.store`, `self.versions`, `self.registry` and `self.serving` (see ModelManager)."""
+    """Needs `self.store`, `self.versions`, `self.registry`, `self.serving` and `self._changed` (see ModelManager)."""
 
     def group_key(self, name: str, symbol: str) -> str:
         """The group a symbol of a registered model is in (from memory when serving, else its versions)."""
@@ -74,6 +75,7 @@ class VersionCommands:
         """The model object once a hold or release is served (offline: from the store)."""
         if self.registry is not None:
             self.registry.follow_live(name)
+            self._changed()
             return self.registry.get(name).to_dict()
         row, hold = self.store.get_model(name), self.versions.hold_info(name)
         return {"name": row.name, "path": row.path, "registered_at": row.registered_at, "held": hold is not None, "hold": hold}
@@ -83,4 +85,5 @@ class VersionCommands:
         `versions.state_seq` within a second)."""
         if self.registry is not None:
             self.registry.follow_live(name)
+            self._changed()
         return answer

@@ -207,15 +207,18 @@ def wait_for(check, timeout: float = 20, interval: float = 0.1, what: str = "the
 
 
 class ServerProcess:
-    """A real `model-manager serve` on 127.0.0.1 and a free port, stopped with SIGINT on exit."""
+    """A real `model-manager serve` on 127.0.0.1 and a free port (one worker process unless `workers`
+    says otherwise), stopped with SIGINT on exit."""
 
     def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
                  env: dict | None = None, startup_timeout: float = 60, log_file: Path | None = None,
-                 preexec_fn=None):
+                 preexec_fn=None, workers: int | None = 1):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.extra_args = tuple(extra_args)
+        # one process unless a test asks for more (None: the default, one per core): most tests look
+        # at one process; tests/test_workers.py runs several
+        self.extra_args = (*(("--workers", str(workers)) if workers is not None else ()), *extra_args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.startup_timeout = startup_timeout
         self.preexec_fn = preexec_fn  # runs in the child before `serve` starts (e.g. to drop privileges)

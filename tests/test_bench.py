@@ -37,11 +37,12 @@ def test_quick_bench_runs(tmp_path):
     f = result["figures"]
     assert result["mode"] == "quick" and result["groups"] == 20
     # every figure was measured, in the same run
-    # the default configuration (as ./start.sh runs it) and nginx for every mode; --log-level warning
-    # and the previous release beside them for gzip and 304
+    # the default configuration (as ./start.sh runs it: one worker per core) and nginx (as many workers)
+    # for every mode; --log-level warning, one worker, and the previous release beside them for gzip and 304
+    assert f["workers"] == min(len(os.sched_getaffinity(0)), 4)
     for mode in ("gzip", "identity", "not_modified"):
         whos = ("model_manager", "nginx") if mode == "identity" else \
-            ("model_manager", "model_manager_warning", "previous_release", "nginx")
+            ("model_manager", "model_manager_warning", "model_manager_one", "previous_release", "nginx")
         assert set(f["throughput"][mode]) == set(whos), mode
         for who in whos:
             r = f["throughput"][mode][who]

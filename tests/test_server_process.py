@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import socket
 
 import numpy as np
 import xgboost as xgb
@@ -51,3 +52,59 @@ def test_serve_demo_on_a_fresh_data_dir(tmp_path):
     with ServerProcess(tmp_path / "data", extra_args=("--demo", "--no-watch")) as srv:
         status, _, body = srv.get("/api/models", token=token)
         assert status == 200 and len(json.loads(body)["models"]) == 1
+
+
+# -- payload polls answered by the HTTP protocol itself (server/protocol.py) -------------------------------
+
+def _exchange(port: int, requests: list[bytes], answers: int) -> list[tuple[bytes, dict, bytes]]:
+    """Send `requests` at once on one connection (pipelined) and read `answers` responses back:
+    [(status line, headers without `date`, body)]."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"".join(requests))
+        reader = sock.makefile("rb")
+        out = []
+        for _ in range(answers):
+            status = reader.readline().rstrip()
+            headers = {}
+            while (line := reader.readline().rstrip()) != b"":
+                name, _, value = line.partition(b": ")
+                headers[name.lower()] = value
+            body = reader.read(int(headers.get(b"content-length", b"0")))
+            headers.pop(b"date")
+            out.append((status, headers, body))
+        return out
+
+
+def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, demo_dir):
+    """The common poll is answered before uvicorn makes an ASGI request of it; the same request
+    with `?version=N` (the live one) goes through the Litestar route. Both must give the same
+    bytes, in order, also when requests are pipelined and the two ways alternate."""
+    with ServerProcess(tmp_path / "data", extra_args=("--no-watch", "--demo")) as srv:
+        token = srv.login()
+        _, headers, _ = srv.get("/api/models/demo/model/SOLUSDT", token=token)  # the token is now known
+        version = json.loads(srv.get("/api/models/demo/symbols/SOLUSDT/versions", token=token)[2])["live_version"]
+
+        def get(path: str, *extra: bytes) -> bytes:
+            return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+                    + b"\r\n" + b"".join(h + b"\r\n" for h in extra) + b"\r\n")
+
+        fast, route = "/api/models/demo/model/SOLUSDT", f"/api/models/demo/model/SOLUSDT?version={version}"
+        inm = b"If-None-Match: " + headers["etag"].encode()
+        for extra in ((b"Accept-Encoding: gzip",), (), (inm,)):  # gzip, identity, 304
+            answers = _exchange(srv.port, [get(fast, *extra), get(route, *extra), get(fast, *extra)], 3)
+            assert answers[0] == answers[1] == answers[2], extra
+        status, got, body = answers[0]
+        assert status == b"HTTP/1.1 304 Not Modified" and body == b"" and got[b"etag"] == headers["etag"].encode()
+        assert got[b"x-content-type-options"] == b"nosniff" and b"content-security-policy" in got
+        # the metrics count both ways alike
+        _, _, raw = srv.get("/metrics", token=token)
+        counted = [line for line in raw.decode().splitlines()
+                   if line.startswith('model_manager_payload_responses_total{model="demo",result="not_modified"}')]
+        assert counted and float(counted[0].split()[-1]) >= 3
+        # a poll asking to close the connection is the route's: answered, then closed
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            sock.sendall(get(fast, inm, b"Connection: close"))
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 304") and b"connection: close" in reply

@@ -32,7 +32,9 @@ def served(tmp_path, models):
     write_group(directory, GROUP, model=models["regressor"])
     write_group(directory, "BTCUSDT_mid_chg_1m", model=models["booster"])
     prepare_data_dir(tmp_path / "data", PASSWORD, {MODEL: directory})
-    with ServerProcess(tmp_path / "data", extra_args=("--watch-debounce", "0.3")) as server:
+    # two workers, as on a two-core machine by default: the engine's polls land on either, and the page
+    # shows what both of them saw
+    with ServerProcess(tmp_path / "data", workers=2, extra_args=("--watch-debounce", "0.3")) as server:
         yield server, directory
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import shlex
 import signal
@@ -16,11 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from model_manager import __version__
+from model_manager.auth import new_setup_code
 from model_manager.commands import DataDirOption, app
-from model_manager.errors import ModelManagerError, UsageError
+from model_manager.errors import ModelManagerError
 from model_manager.service import ModelManager
 from model_manager.settings import ENV_TABLE, Settings
 from model_manager.store import Store
+from model_manager.workers import WorkerRole, bind_socket, probe_port, shared_dir, supervise
 
 GRACEFUL_SHUTDOWN_SECONDS = 0.3  # in-flight requests get this long after SIGINT/SIGTERM
 
@@ -54,6 +55,7 @@ def serve(
     token_ttl: int = typer.Option(None, "--token-ttl", help=_help("token_ttl")),
     header_timeout: float = typer.Option(None, "--header-timeout", help=_help("header_timeout")),
     demo: bool = typer.Option(False, "--demo", help="Generate (once) and register a demo model directory named 'demo'."),
+    workers: int = typer.Option(None, "--workers", "-w", min=0, max=64, help=_help("workers")),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
                                        help="info logs one line per request; warning keeps only problems."),
 ) -> None:
@@ -67,34 +69,73 @@ def serve(
     settings = Settings.from_env().replace(
         host=host, port=port, data_dir=data_dir, watch_enabled=watch, watch_interval=watch_interval,
         watch_debounce=watch_debounce, watch_polling=watch_polling, token_ttl=token_ttl,
-        header_timeout=header_timeout,
+        header_timeout=header_timeout, workers=workers,
     )
     _configure_logging(log_level.value)
-    sock = bind_socket(settings.host, settings.port)
-    try:
-        store = Store(settings.db_path)
+    count = settings.worker_count
+    if count == 1:
+        sock = bind_socket(settings.host, settings.port)
         try:
-            if demo:
-                path = ModelManager(settings, store=store).ensure_demo()
-                logging.getLogger("model_manager.serve").info("demo model directory %s registered as 'demo'", path)
-            _run(settings, store, sock)
+            store = Store(settings.db_path)
+            try:
+                _demo(settings, store, demo)
+                stopped = _run(settings, store, sock, WorkerRole())
+            finally:
+                store.close()
         finally:
-            store.close()
+            sock.close()
+    else:
+        stopped = _supervise(settings, count, demo, log_level.value)
+    Console().print(f"model-manager stopped{f' ({stopped})' if stopped else ''}", highlight=False)
+
+
+def _demo(settings: Settings, store: Store, demo: bool) -> None:
+    if demo:
+        path = ModelManager(settings, store=store).ensure_demo()
+        logging.getLogger("model_manager.serve").info("demo model directory %s registered as 'demo'", path)
+
+
+def _supervise(settings: Settings, count: int, demo: bool, level: str) -> str | None:
+    """Run `count` workers (see workers.py); the supervisor itself serves nothing. Returns the name of
+    the signal that stopped them."""
+    probe_port(settings.host, settings.port)
+    store = Store(settings.db_path)
+    try:
+        _demo(settings, store, demo)
+        setup_code = None if store.is_initialized() else new_setup_code()
     finally:
-        sock.close()
+        store.close()  # no database connection may cross a fork
+    _banner(settings, setup_code, count)
+    _raise_open_files()
+
+    def run_worker(role: WorkerRole, sock: socket.socket) -> int:
+        _configure_logging(level, f"[worker {role.index}] ")
+        worker_store = Store(settings.db_path)
+        try:
+            _run(settings, worker_store, sock, role)
+        finally:
+            worker_store.close()
+            sock.close()
+        return 0
+
+    role = WorkerRole(count=count, setup_code=setup_code, shared_dir=shared_dir())
+    status, stopped = supervise(count, settings.host, settings.port, run_worker, role)
+    if status:
+        raise ModelManagerError("a worker kept failing at start: see the errors above")
+    return signal.Signals(stopped).name if stopped else None
 
 
-def _run(settings: Settings, store: Store, sock: socket.socket) -> None:
+def _run(settings: Settings, store: Store, sock: socket.socket, role: WorkerRole) -> str | None:
+    """Serve on `sock` until a stop signal; returns the signal's name (None: uvicorn stopped by itself)."""
     import uvicorn
 
     from model_manager.server.app import create_app
-    from model_manager.server.protocol import http_protocol, raise_open_files_limit
+    from model_manager.server.protocol import http_protocol
 
-    application = create_app(settings, store=store)
-    _banner(settings, application.state.auth.setup_code)
-    before, after = raise_open_files_limit()
-    if after != before:
-        logging.getLogger("model_manager.serve").info("open-files limit raised from %d to %d", before, after)
+    application = create_app(settings, store=store, role=role)
+    if not role.shared:
+        _banner(settings, application.state.auth.setup_code, 1)
+        _raise_open_files()
     config = uvicorn.Config(
         application,
         loop="uvloop" if _importable("uvloop") else "auto",
@@ -123,35 +164,24 @@ def _run(settings: Settings, store: Store, sock: socket.socket) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    name = signal.Signals(stopped_by[0]).name if stopped_by else None
-    Console().print(f"model-manager stopped{f' ({name})' if name else ''}", highlight=False)
+    return signal.Signals(stopped_by[0]).name if stopped_by else None
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening address now, so a taken port is one clear error before anything starts."""
-    host = host.strip("[]")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise UsageError(f"cannot listen on {host!r} ({exc.strerror}): check --host or MODEL_MANAGER_HTTP_HOST") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart right after a stop (TIME_WAIT)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise UsageError(f"port {port} on {host} is already in use: stop the other server or choose another --port") from None
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port") from None
-    return sock
+def _raise_open_files() -> None:
+    from model_manager.server.protocol import raise_open_files_limit
+
+    before, after = raise_open_files_limit()
+    if after != before:
+        logging.getLogger("model_manager.serve").info("open-files limit raised from %d to %d", before, after)
 
 
-def _banner(settings: Settings, setup_code: str | None) -> None:
+def _banner(settings: Settings, setup_code: str | None, workers: int) -> None:
     console = Console(highlight=False, soft_wrap=True)
     local = settings.host in ("0.0.0.0", "::", "")
     shown = "127.0.0.1" if local else (f"[{settings.host}]" if ":" in settings.host else settings.host)
     url = f"http://{shown}:{settings.port}"
     console.print(f"model-manager {__version__} serving [bold]{url}/[/bold]  (API {url}/api, docs {url}/schema)")
+    console.print(f"{workers} worker processes sharing the port" if workers > 1 else "one worker process")
     if local:
         console.print(f"listening on all interfaces ({settings.host or '0.0.0.0'}:{settings.port})")
     console.print(f"data dir: {settings.data_dir}")
@@ -181,9 +211,9 @@ class _ShutdownCancellation(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, prefix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
     handler.addFilter(_ShutdownCancellation())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -42,6 +42,7 @@ from model_manager.server.versions import VersionsController
 from model_manager.service import ModelManager
 from model_manager.settings import Settings
 from model_manager.store import Store
+from model_manager.workers import WorkerRole
 
 log = logging.getLogger("model_manager.server")
 
@@ -68,17 +69,21 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 @get("/healthz", sync_to_thread=False, tags=["health"])
-def healthz(request: Request) -> dict[str, str | bool]:
+def healthz(request: Request) -> dict[str, str | bool | int]:
     """Liveness probe, no authentication. `models_loaded` turns true once the registered models are
-    loaded; model requests made before that wait for it."""
-    return {"status": "ok", "models_loaded": request.app.state.manager.serving.ready.is_set()}
+    loaded; model requests made before that wait for it. `worker`: which of the server's `workers`
+    processes answered (0 to workers - 1)."""
+    manager = request.app.state.manager
+    return {"status": "ok", "models_loaded": manager.serving.ready.is_set(), "worker": manager.role.index,
+            "workers": manager.role.count}
 
 
-@get("/metrics", tags=["health"], include_in_schema=True, media_type=CONTENT_TYPE, sync_to_thread=False,
+@get("/metrics", tags=["health"], include_in_schema=True, media_type=CONTENT_TYPE, sync_to_thread=True,
      guards=[require_token_unless_public], responses=error_responses(401))
 def metrics(request: Request) -> Response[bytes]:
-    """Prometheus metrics (text format). Needs a token or key unless MODEL_MANAGER_METRICS_PUBLIC=1."""
-    return Response(request.app.state.manager.metrics.render(), media_type=CONTENT_TYPE)
+    """Prometheus metrics (text format) of the whole server, every worker process summed. Needs a token
+    or key unless MODEL_MANAGER_METRICS_PUBLIC=1."""
+    return Response(request.app.state.manager.metrics_text(), media_type=CONTENT_TYPE)
 
 
 class ModelManagerApp(Litestar):
@@ -97,9 +102,10 @@ class ModelManagerApp(Litestar):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
-    """The application for these settings; opens (and on shutdown closes) the store unless given one."""
-    manager = ModelManager(settings, store=store)
+def create_app(settings: Settings, *, store: Store | None = None, role: WorkerRole | None = None) -> Litestar:
+    """The application for these settings; opens (and on shutdown closes) the store unless given one.
+    `role`: which worker of `serve --workers N` it is (default: the only one)."""
+    manager = ModelManager(settings, store=store, role=role)
     registry = manager.serve()
     hooks = ResponseHooks(manager.metrics)
 
@@ -140,7 +146,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Litestar:
     app.state.registry = registry
     app.state.auth = manager.auth
     app.state.fast_path = app.fast_path = PayloadFastPath(registry, manager.auth.tokens, manager.fleet, manager.metrics,
-                                                          hooks)
+                                                          hooks, shared=manager.role.shared)
     return app
 
 

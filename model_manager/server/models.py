@@ -19,7 +19,7 @@ from model_manager.registration import NAME_RE, check_client_path
 from model_manager.server import error_responses
 from model_manager.server.auth import client_address, identity_of
 from model_manager.server.deps import Manager, Name, Symbol, UnderModels, json_answer
-from model_manager.server.payload import long_poll, payload_response, record_payload
+from model_manager.server.payload import etag_matches, long_poll, payload_response, record_payload
 
 GroupKey = Annotated[str | None, QueryParameter(description="Pick the group when a symbol is in several", max_length=512)]
 MetricParam = Annotated[str, QueryParameter(description="An IC column (kendall_tau, ic, …) or gain, total_gain, cover, weight",
@@ -127,8 +127,10 @@ class ModelsController(UnderModels):
         inm, encodings = request.headers.get("if-none-match"), request.headers.get("accept-encoding")
         waited = None
         if version is None:
-            payload, waited = await long_poll(manager, name, symbol, manager.payload(name, symbol), inm,
-                                              request.headers.get("prefer"))
+            payload = manager.payload(name, symbol)
+            if manager.role.shared and inm and not etag_matches(inm, payload.etag):
+                payload = await anyio.to_thread.run_sync(manager.caught_up_payload, name, symbol)
+            payload, waited = await long_poll(manager, name, symbol, payload, inm, request.headers.get("prefer"))
         else:
             payload = await anyio.to_thread.run_sync(manager.version_payload, name, symbol, version)
         answer = payload_response(payload, inm, encodings, manager.serving.plain_body_cached)

@@ -104,7 +104,8 @@ class PayloadFastPath:
     WANTED = {b"authorization": "authorization", b"if-none-match": "if-none-match",
               b"accept-encoding": "accept-encoding", b"prefer": "prefer"}
 
-    def __init__(self, registry, tokens, fleet, metrics, hooks) -> None:
+    def __init__(self, registry, tokens, fleet, metrics, hooks, *, shared: bool = False) -> None:
+        self.shared = shared  # one of several workers: an ETag it does not serve goes to the route
         self.registry = registry
         self.tokens = tokens
         self.fleet = fleet
@@ -112,18 +113,27 @@ class PayloadFastPath:
         self.hooks = hooks
 
     async def handle(self, scope, send) -> bool:
-        """Answer the request if it is the common case (True), else leave it alone (False). The
-        headers `ResponseHooks` adds to every API answer are added here too, and the answer is
-        counted the way the hooks count the route's (metrics, the access log's payload summary)."""
-        answer = self.answer(scope)
+        """Answer the request if it is the common case (True), else leave it alone (False)."""
+        answer = self.direct(scope)
         if answer is None:
             return False
         status, headers, body = answer
-        headers.extend(HEADERS_UI_AND_API)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.hooks.payload_answered(scope, status, len(body))
         return True
+
+    def direct(self, scope) -> tuple[int, Headers, bytes] | None:
+        """The complete answer to send — with the headers `ResponseHooks` adds to every API answer,
+        and counted the way the hooks count the route's (metrics, the access log's payload summary) —
+        or None. The HTTP protocol (server/protocol.py) calls it before uvicorn makes an ASGI request
+        of the bytes; `handle` for what reaches the app."""
+        answer = self.answer(scope)
+        if answer is None:
+            return None
+        status, headers, body = answer
+        headers.extend(HEADERS_UI_AND_API)
+        self.hooks.payload_answered(scope, status, len(body))
+        return status, headers, body
 
     def answer(self, scope) -> tuple[int, Headers, bytes] | None:
         """The response for this request when it is the common case, else None."""
@@ -152,8 +162,10 @@ class PayloadFastPath:
             payload = self.registry.payload(parts[3], parts[5])
         except ModelManagerError:
             return None
-        answer = payload_response(payload, found.get("if-none-match"), found.get("accept-encoding"),
-                                  self.registry.plain_body_cached)
+        inm = found.get("if-none-match")
+        if self.shared and inm and not etag_matches(inm, payload.etag):
+            return None  # perhaps another worker's newer version: the route catches up first
+        answer = payload_response(payload, inm, found.get("accept-encoding"), self.registry.plain_body_cached)
         if answer is not None:
             client, identity = scope.get("client"), self.tokens.identity(digest)
             record_payload(self.fleet, self.metrics, parts[3], identity.client if identity else "session",

@@ -34,8 +34,30 @@ _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: ap
               b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY))
 
 
+class _HeadSweeper:
+    """The clock of one event loop's head timeouts: every `interval` seconds it closes the connections
+    whose request head is overdue. A request arms and disarms its timeout with an attribute write,
+    not a timer of its own: a timer per request cost the payload polls several per cent."""
+
+    def __init__(self, loop: Any, interval: float):
+        self.loop = loop
+        self.interval = interval
+        self.now = loop.time()
+        self.guarded: set = set()
+        loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self.now = now = self.loop.time()
+        for protocol in [p for p in self.guarded if p._head_since is not None and now - p._head_since >= p.head_timeout]:
+            protocol._head_timed_out()
+        self.loop.call_later(self.interval, self._sweep)
+
+
+_sweepers: dict[int, _HeadSweeper] = {}  # by id(loop): one server, one loop, in practice one entry
+
+
 class HeadGuard:
-    """The timer and the byte count of the request head being received (mixed into a protocol)."""
+    """The timeout and the byte count of the request head being received (mixed into a protocol)."""
 
     head_timeout: float = 10.0
     max_head_bytes: int = MAX_HEAD_BYTES
@@ -46,19 +68,27 @@ class HeadGuard:
         self._awaiting_head = True   # the next bytes belong to a request head
         self._head_bytes = 0
         self._head_tail = b""        # the last bytes seen, to find a head end split between reads
-        self._head_timer: Any = None
+        self._head_since: float | None = None  # when the head being awaited started (the sweeper's clock)
+        sweeper = _sweepers.get(id(self.loop))
+        if sweeper is None or sweeper.loop is not self.loop:
+            sweeper = _sweepers[id(self.loop)] = _HeadSweeper(self.loop, min(1.0, self.head_timeout / 4))
+        self._sweeper = sweeper
+        sweeper.guarded.add(self)
 
     def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        # the sweeper's clock lags by at most its interval: a head gets at least `head_timeout`
+        if self._head_since is None:
+            self._head_since = self._sweeper.now
 
     def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_since = None
+
+    def _guard_end(self) -> None:
+        self._head_since = None
+        self._sweeper.guarded.discard(self)
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
+        self._head_since = None
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -72,7 +102,7 @@ class HeadGuard:
 
     def _head_too_large(self, data: bytes) -> bool:
         """Count the head bytes in `data` (not the body bytes after the head's end)."""
-        buffer = self._head_tail + data
+        buffer = self._head_tail + data if self._head_tail else data
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             self._head_bytes += len(data)
@@ -96,9 +126,11 @@ class HeadGuard:
 
 
 def _httptools_class() -> type:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
+        _answered = False  # the request being received was answered by `_answer_directly`
+
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._guard_start()
@@ -110,14 +142,49 @@ def _httptools_class() -> type:
 
         def on_headers_complete(self) -> None:
             self._head_complete()
-            super().on_headers_complete()
+            if not self._answer_directly():
+                super().on_headers_complete()
 
         def on_message_complete(self) -> None:
+            if self._answered:  # no ASGI cycle was started for it: finish it as uvicorn finishes one
+                self._answered = False
+                self._next_head()
+                self.on_response_complete()
+                return
             super().on_message_complete()
             self._next_head()
 
+        def _answer_directly(self) -> bool:
+            """Answer a payload poll here, before uvicorn builds an ASGI scope, a request cycle and a
+            task for it, when the app's `PayloadFastPath` takes it (see its `direct`): a plain
+            keep-alive HTTP/1.1 GET, nothing of this connection's still in flight, its writes not
+            paused. The bytes are those uvicorn would send for the same answer."""
+            fast = getattr(self.app, "fast_path", None)  # None behind uvicorn's proxy-headers middleware
+            if fast is None or (self.cycle is not None and not self.cycle.response_complete) \
+                    or self.flow.write_paused or self.parser.get_method() != b"GET" \
+                    or self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive() \
+                    or self.parser.should_upgrade():
+                return False
+            scope = {"type": "http", "method": "GET", "path": self.url.decode("latin-1"), "query_string": b"",
+                     "headers": self.headers, "client": self.client}
+            if b"?" in self.url or b"%" in self.url:
+                return False
+            answer = fast.direct(scope)
+            if answer is None:
+                return False
+            status, headers, body = answer
+            head = [STATUS_LINE[status]]
+            for name, value in (*self.server_state.default_headers, *headers):
+                head += (name, b": ", value, b"\r\n")
+            head.append(b"\r\n")
+            self.transport.write(b"".join(head))
+            if body:
+                self.transport.write(body)
+            self._answered = True
+            return True
+
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_timer()
+            self._guard_end()
             super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol
@@ -143,7 +210,7 @@ def _h11_class() -> type:
                 self._head_complete()  # h11 took the request line and headers
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_timer()
+            self._guard_end()
             super().connection_lost(exc)
 
     return GuardedH11Protocol

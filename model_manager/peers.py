@@ -1,0 +1,123 @@
+"""Read-your-writes across the workers of one server (see workers.py).
+
+Every worker follows the sqlite store on its own every second, which is enough for changes made by
+the CLI. A change made through the HTTP API must not take that long: a client that registers a model
+and then asks for its symbols may be answered by another worker. So the worker that made a change
+asks every other worker to follow the store at once and waits for each to confirm (`Peers.sync`)
+before it answers the request that made the change.
+
+The workers talk over Unix datagram sockets in the server's private run directory (see
+`workers.shared_dir`): a worker listens
+on `peer-INDEX.sock` (a thread of its own); `sync` sends from a socket of its own and collects one
+reply per worker. A worker that is not running (being restarted) is skipped: it loads everything
+from the store when it starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SYNC_TIMEOUT = 30.0  # seconds a change waits for the other workers to serve it (a big registration takes a while)
+_SYNC, _DONE = b"sync", b"done"
+
+
+class Peers:
+    """This worker's end: `start` listens for the others' requests (running `follow` for each), `sync`
+    asks the others to follow now and waits for them."""
+
+    def __init__(self, directory: Path, index: int, count: int, follow: Callable[[], None]):
+        self.directory = Path(directory)
+        self.index = index
+        self.count = count
+        self.follow = follow
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count()
+
+    def _path(self, index: int) -> str:
+        return str(self.directory / f"peer-{index}.sock")
+
+    def start(self) -> None:
+        path = self._path(self.index)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by this worker's previous life
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(path)
+        threading.Thread(target=self._serve, name="mm-peers", daemon=True).start()
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(self.index))
+            sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            sock = self._sock
+            if sock is None:
+                return
+            try:
+                message, sender = sock.recvfrom(64)
+            except OSError:
+                return  # closed: the worker is stopping
+            if not message.startswith(_SYNC):
+                continue
+            try:
+                self.follow()
+            except Exception:  # the request still gets its answer; the next look may do better
+                log.exception("following a change made by another worker failed")
+            with contextlib.suppress(OSError):
+                sock.sendto(_DONE + message[len(_SYNC):], sender)
+
+    def sync(self, timeout: float = SYNC_TIMEOUT) -> int:
+        """Have every other running worker follow the store now; returns how many confirmed. Blocking:
+        call it from a worker thread, after the change is committed."""
+        if self.count < 2:
+            return 0
+        token = f":{os.getpid()}:{next(self._ids)}".encode()
+        reply_path = str(self.directory / f"reply-{os.getpid()}-{threading.get_native_id()}.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(reply_path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(reply_path)
+            try:
+                waiting = 0
+                for index in range(self.count):
+                    if index == self.index:
+                        continue
+                    try:
+                        sock.sendto(_SYNC + token, self._path(index))
+                        waiting += 1
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        pass  # not running now: it reads everything from the store when it starts
+                return self._collect(sock, token, waiting, timeout)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(reply_path)
+
+    @staticmethod
+    def _collect(sock: socket.socket, token: bytes, waiting: int, timeout: float) -> int:
+        confirmed, deadline = 0, time.monotonic() + timeout
+        while confirmed < waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%d of %d other workers did not confirm a change within %.0f s; they serve it "
+                            "when they next look", waiting - confirmed, waiting, timeout)
+                break
+            sock.settimeout(left)
+            try:
+                message = sock.recv(64)
+            except TimeoutError:
+                continue
+            if message == _DONE + token:
+                confirmed += 1
+        return confirmed

@@ -1,0 +1,236 @@
+"""`serve --workers N`: several server processes on one port, agreeing through the store.
+
+Each request below opens a new connection, so the kernel spreads them over the workers; a check is
+made many times in a row so that every worker answers some of them."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import xgboost as xgb
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import CLI, PASSWORD, ServerProcess, http, replace_file, training_data, wait_for
+
+TRIES = 24  # fresh connections per check: both workers answer some of them (1 in 2**23 that one answers all)
+
+
+def workers_seen(server: ServerProcess, tries: int = 60) -> set[int]:
+    seen = set()
+    for _ in range(tries):
+        _, _, raw = server.get("/healthz")
+        seen.add(json.loads(raw)["worker"])
+    return seen
+
+
+def all_answers(server: ServerProcess, path: str, token: str | None = None, headers: dict | None = None,
+                tries: int = TRIES) -> list[tuple[int, dict, bytes]]:
+    return [server.get(path, token=token, headers=headers) for _ in range(tries)]
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    server = ServerProcess(tmp_path / "data", workers=2, env={"MODEL_MANAGER_WATCH_DEBOUNCE": "0.3"})
+    server.start()
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.output()
+
+
+def bootstrap(server: ServerProcess) -> str:
+    code = server.setup_code()
+    assert code and server.output().count("One-time setup code") == 1  # one code, printed once, for every worker
+    status, _, raw = server.post("/api/auth/bootstrap", {"password": PASSWORD, "setup_code": "ABCD-EFGH"})
+    assert status == 403, raw
+    status, _, raw = server.post("/api/auth/bootstrap", {"password": PASSWORD, "setup_code": code})
+    assert status == 201, raw
+    return json.loads(raw)["token"]
+
+
+def retrain(directory, group_key: str, trees: int) -> None:
+    x, y = training_data()
+    model = xgb.XGBRegressor(n_estimators=trees, max_depth=2, n_jobs=1).fit(x, y)
+    replace_file(directory / f"{group_key}_model.pkl", pickle.dumps(model))
+
+
+def test_every_worker_serves_what_any_worker_changed(two_workers, model_dir):
+    server = two_workers
+    assert workers_seen(server) == {0, 1}
+    assert "2 worker processes" in server.output()
+    token = bootstrap(server)
+    assert {s for s, _, _ in all_answers(server, "/api/models", token)} == {200}  # the token is known everywhere
+
+    # a registration is served by every worker once its request is answered
+    status, _, raw = server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)
+    assert status == 201, raw
+    answers = all_answers(server, "/api/models/m/symbols", token)
+    assert {s for s, _, _ in answers} == {200}
+    first = {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/SOLUSDT", token)}
+    assert len(first) == 1
+
+    # a retrain seen by the primary's watcher reaches every worker: the payload and the detail
+    retrain(model_dir, "SOLUSDT_mid_chg_1m", trees=7)
+
+    def everywhere_new():
+        etags = {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/SOLUSDT", token, tries=12)}
+        return len(etags) == 1 and etags != first and etags
+
+    second = wait_for(everywhere_new, timeout=30, what="every worker serving the retrained model")
+    details = [json.loads(raw) for _, _, raw in all_answers(server, "/api/models/m/symbols/SOLUSDT", token)]
+    assert len({d["served_updated_at"] for d in details}) == 1
+
+    # a rollback through any worker is served by all of them when it is answered
+    status, _, raw = server.post("/api/models/m/symbols/SOLUSDT/rollback", {"reason": "bad retrain"}, token=token)
+    assert status == 200, raw
+    assert {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/SOLUSDT", token)} == first
+    # an engine holding the newer ETag is not handed the version it just left by a worker that lags
+    etag_new = next(iter(second))
+    status, _, _ = server.get("/api/models/m/model/SOLUSDT", token=token, headers={"If-None-Match": etag_new})
+    assert status == 200
+
+    # unregistering: gone everywhere
+    status, _, _ = http("DELETE", server.url + "/api/models/m", token=token)
+    assert status == 204
+    assert {s for s, _, _ in all_answers(server, "/api/models/m/symbols", token)} == {404}
+
+
+def test_long_polls_on_every_worker_wake_on_a_change(two_workers, model_dir):
+    server = two_workers
+    token = bootstrap(server)
+    assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
+    _, headers, _ = server.get("/api/models/m/model/SOLUSDT", token=token)
+    etag = headers["etag"]
+    results: list = []
+
+    def poll() -> None:
+        results.append(server.get("/api/models/m/model/SOLUSDT", token=token, timeout=60,
+                                  headers={"If-None-Match": etag, "Prefer": "wait=30"}))
+
+    polls = [threading.Thread(target=poll) for _ in range(16)]
+    for thread in polls:
+        thread.start()
+    wait_for(lambda: _long_polls_waiting(server, token) == 16, timeout=20, what="16 parked long polls")
+    retrain(model_dir, "SOLUSDT_mid_chg_1m", trees=9)
+    started = time.monotonic()
+    for thread in polls:
+        thread.join(40)
+    assert len(results) == 16 and {s for s, _, _ in results} == {200}
+    assert len({h["etag"] for _, h, _ in results}) == 1 and results[0][1]["etag"] != etag
+    assert time.monotonic() - started < 20
+
+
+def _long_polls_waiting(server: ServerProcess, token: str) -> float:
+    _, _, raw = server.get("/metrics", token=token)
+    for family in text_string_to_metric_families(raw.decode()):
+        if family.name == "model_manager_long_polls_waiting":
+            return family.samples[0].value
+    return 0
+
+
+def test_revocations_and_throttling_hold_on_every_worker(two_workers, model_dir):
+    server = two_workers
+    token = bootstrap(server)
+    assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
+    status, _, raw = server.post("/api/keys", {"name": "engine-1", "scope": "read"}, token=token)
+    assert status == 201, raw
+    key = json.loads(raw)["key"]
+    assert {s for s, _, _ in all_answers(server, "/api/models/m/model/SOLUSDT", key)} == {200}
+    assert http("DELETE", server.url + "/api/keys/engine-1", token=token)[0] in (200, 204)
+    assert {s for s, _, _ in all_answers(server, "/api/models/m/model/SOLUSDT", key)} == {401}
+
+    # a logout is honoured by every worker at once
+    _, _, raw = server.post("/api/auth/login", {"password": PASSWORD})
+    session = json.loads(raw)["token"]
+    assert server.post("/api/auth/logout", token=session)[0] == 204
+    assert {s for s, _, _ in all_answers(server, "/api/models", session)} == {401}
+
+    # failed logins are counted across workers: after the free ones, every worker refuses
+    for _ in range(5):
+        assert server.post("/api/auth/login", {"password": "not the password"})[0] == 401
+    answers = [server.post("/api/auth/login", {"password": PASSWORD}) for _ in range(TRIES)]
+    assert {s for s, _, _ in answers} == {429}
+
+
+def test_metrics_and_fleet_cover_every_worker(two_workers, model_dir):
+    server = two_workers
+    token = bootstrap(server)
+    assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
+    status, _, raw = server.post("/api/keys", {"name": "engine-1", "scope": "read"}, token=token)
+    key = json.loads(raw)["key"]
+    for _ in range(40):
+        assert server.get("/healthz")[0] == 200
+    for _ in range(TRIES):
+        assert server.get("/api/models/m/model/SOLUSDT", token=key)[0] == 200
+
+    def healthz_and_payloads() -> tuple[float, float, set[str]]:
+        _, _, raw = server.get("/metrics", token=key)
+        health = payloads = 0.0
+        workers = set()
+        for family in text_string_to_metric_families(raw.decode()):
+            for sample in family.samples:
+                if sample.name == "model_manager_http_requests_total" and sample.labels["route"] == "/healthz":
+                    health += sample.value
+                if sample.name == "model_manager_payload_responses_total":
+                    payloads += sample.value
+                if sample.name == "process_cpu_seconds_total":
+                    workers.add(sample.labels["worker"])
+        return health, payloads, workers
+
+    # every worker's counts, whichever one is scraped (each leaves its own within a second or two)
+    health, payloads, workers = wait_for(lambda: (r := healthz_and_payloads())[0] >= 40 and r[1] >= TRIES and r,
+                                         timeout=10, what="metrics of both workers")
+    assert workers == {"0", "1"}
+    fleet = json.loads(server.get("/api/models/m/fleet", token=token)[2])
+    (client,) = [c for c in fleet["clients"] if c["client"] == "engine-1"]
+    assert [g["symbol"] for g in client["groups"]] == ["SOLUSDT"] and client["behind"] == 0
+
+
+def test_a_worker_that_dies_is_started_again(two_workers):
+    server = two_workers
+    pids = _worker_pids(server.proc.pid)
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)
+    # (a connection the kernel queued for the killed worker in the moment it died is reset: a client
+    # retries it; new connections go to the workers that are listening)
+    wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}/fd/0"), timeout=10, what="the killed worker gone")
+    time.sleep(0.2)
+    for _ in range(20):  # the other worker answers meanwhile
+        assert server.get("/healthz", timeout=10)[0] == 200
+    wait_for(lambda: len(_worker_pids(server.proc.pid)) == 2 and pids[0] not in _worker_pids(server.proc.pid),
+             timeout=30, what="a new worker")
+    wait_for(lambda: workers_seen(server, 30) == {0, 1}, timeout=30, what="both workers answering")
+    assert "exited with status -9; starting it again" in server.output()
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The supervisor's worker processes (its children running `serve`, not the model check helpers)."""
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if " serve " in line]
+
+
+def test_stopping_stops_every_worker_and_a_taken_port_is_one_clear_error(tmp_path):
+    with ServerProcess(tmp_path / "data", workers=2) as server:
+        pids = _worker_pids(server.proc.pid)
+        assert len(pids) == 2
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = subprocess.run([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+                                   "--data-dir", str(tmp_path / "other")], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "already in use" in done.stderr and "Traceback" not in done.stderr
+        # a second server on the same port is refused too: workers share a port only with each other
+        done = subprocess.run([*CLI, "serve", "--host", "127.0.0.1", "--port", str(server.port), "--workers", "2",
+                               "--data-dir", str(tmp_path / "other")], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "already in use" in done.stderr
+        assert server.stop() == 0
+    assert "model-manager stopped (SIGINT)" in server.output()
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
