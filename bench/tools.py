@@ -175,7 +175,7 @@ class Server:
 
     def start(self, timeout: float = 900) -> float:
         """Start and wait until /healthz says `models_loaded` (every registered model loaded and its
-        payloads prebuilt); returns the seconds from spawn to then."""
+        payloads prebuilt) from every worker process; returns the seconds from spawn to then."""
         cmd = [sys.executable, "-m", "model_manager", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), *self.args]
         log = open(self.log_path, "ab")
@@ -186,6 +186,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.release or REPO)
         log.close()
         deadline = self.started_at + timeout
+        loaded: set[int] = set()  # the workers that said `models_loaded` (each connection may reach another)
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise BenchError(f"model-manager serve exited with {self.proc.returncode}; see {self.log_path}")
@@ -195,8 +196,11 @@ class Server:
                 resp = conn.getresponse()
                 body = resp.read()
                 conn.close()
-                if resp.status == 200 and json.loads(body).get("models_loaded", True):
-                    return time.perf_counter() - self.started_at
+                health = json.loads(body) if resp.status == 200 else {}
+                if health.get("models_loaded", resp.status == 200):
+                    loaded.add(health.get("worker", 0))
+                    if len(loaded) >= health.get("workers", 1):
+                        return time.perf_counter() - self.started_at
             except OSError:
                 pass
             time.sleep(0.02)

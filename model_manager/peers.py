@@ -75,8 +75,18 @@ class Peers:
                 self.follow()
             except Exception:  # the request still gets its answer; the next look may do better
                 log.exception("following a change made by another worker failed")
-            with contextlib.suppress(OSError):
-                sock.sendto(_DONE + message[len(_SYNC):], sender)
+            if sender:  # a `poke` has no address to answer to
+                with contextlib.suppress(OSError):
+                    sock.sendto(_DONE + message[len(_SYNC):], sender)
+
+    def poke(self) -> None:
+        """Have every other running worker follow the store now, without waiting for them (after
+        the primary installed what its watcher found: no request waits on it)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            for index in range(self.count):
+                if index != self.index:
+                    with contextlib.suppress(OSError):
+                        sock.sendto(_SYNC, self._path(index))
 
     def sync(self, timeout: float = SYNC_TIMEOUT) -> int:
         """Have every other running worker follow the store now; returns how many confirmed. Blocking:

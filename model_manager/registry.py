@@ -76,6 +76,7 @@ class Registry:
         self.lock = threading.RLock()  # held while the set of models changes
         self.plain_bodies = PlainBodies(cache)
         self.ready = asyncio.Event()  # set once the registered models are loaded
+        self.on_reloaded: Callable[[], None] | None = None  # after a re-read is installed (tells the other workers)
         set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
     # -- the first load ------------------------------------------------------------------------
@@ -266,6 +267,8 @@ class Registry:
             # is served now, and a hold set by another process is announced
             self._follow_model(model)
             self.events.publish(model.name, "model", {"event": "refreshed"})
+            if self.on_reloaded is not None:
+                self.on_reloaded()
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")

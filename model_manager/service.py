@@ -338,6 +338,8 @@ class ModelManager(VersionCommands):
             self.peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
             self.peers.start()
             self.auth.changed = self._changed
+            if self.role.primary:  # what the watcher re-read: the others follow at once, not at their next look
+                self.registry.on_reloaded = self.peers.poke
         self._following = asyncio.create_task(self._follow_loop(), name="mm-follow-live")
 
     async def _follow_loop(self) -> None:
