@@ -431,3 +431,26 @@ def test_a_burst_of_parallel_guesses_is_cut_off(settings):
     anyio.run(burst)
     assert len(outcomes) == 20 and set(outcomes) <= {"throttled", "verified"}, outcomes
     assert outcomes.count("verified") <= app.state.auth.throttle.free_failures + 1, outcomes
+
+
+def test_throttle_in_the_store_is_shared_by_processes(tmp_path):
+    """Two throttles on one database (two server processes): failures seen by one block the other."""
+    from model_manager.store import Store
+
+    first, second = Store(tmp_path / "db.sqlite3"), Store(tmp_path / "db.sqlite3")
+    try:
+        a = LoginThrottle(free_failures=2, base_delay=30, store=first)
+        b = LoginThrottle(free_failures=2, base_delay=30, store=second)
+        a.failure("10.0.0.1")
+        a.check("10.0.0.1", shared=True)  # one failure is free
+        b.failure("10.0.0.1")  # the second, counted by the other process, blocks
+        with pytest.raises(ThrottledError):
+            a.check("10.0.0.1", shared=True)
+        with pytest.raises(ThrottledError):
+            b.check("10.0.0.1", shared=True)
+        a.check("10.0.0.2", shared=True)  # another address is not blocked
+        a.success("10.0.0.1")
+        b.check("10.0.0.1", shared=True)  # the success reset it for every process
+    finally:
+        first.close()
+        second.close()

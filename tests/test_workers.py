@@ -234,3 +234,31 @@ def test_stopping_stops_every_worker_and_a_taken_port_is_one_clear_error(tmp_pat
     assert "model-manager stopped (SIGINT)" in server.output()
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+
+
+def test_metrics_of_workers_add_up_and_a_dead_workers_counts_stay(tmp_path):
+    """SharedMetrics on its own: three workers' files, one of a process that is gone."""
+    from model_manager.metrics import Metrics, SharedMetrics
+
+    def worker(requests: int, polls: int) -> Metrics:
+        metrics = Metrics()
+        for _ in range(requests):
+            metrics.request("/healthz", 200, 10)
+        metrics.watch_state(lambda: {"groups": {("m", "ok"): 3}, "long_polls_waiting": polls})
+        return metrics
+
+    ours = SharedMetrics(worker(2, 1), tmp_path, 0)
+    alive = SharedMetrics(worker(3, 4), tmp_path, 1)
+    alive.path = tmp_path / f"worker-1-{os.getppid()}.json"  # a process that is running
+    dead = SharedMetrics(worker(5, 7), tmp_path, 1)
+    dead.path = tmp_path / "worker-1-999999999.json"  # no such process: it died and was replaced
+    alive.publish()
+    dead.publish()
+    text = ours.render().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("model_manager_http_requests_total", (("route", "/healthz"), ("status", "200")))] == 10
+    assert samples[("model_manager_long_polls_waiting", ())] == 5  # live workers only
+    assert samples[("model_manager_groups", (("model", "m"), ("status", "ok")))] == 3  # shared state: once
+    assert {labels for name, labels in samples if name == "process_cpu_seconds_total"} == \
+        {(("worker", "0"),), (("worker", "1"),)}
