@@ -7,13 +7,16 @@ group's live payload to change. Both are fed from the registry's worker threads 
 event loop: publishing is thread-safe and costs nothing when nobody listens, and a waiting request
 is a parked future — no thread, no polling.
 
-Event ids grow across restarts: they start at the process's start time in milliseconds, so a client
-reconnecting with the `Last-Event-ID` of an earlier process gets every event of this one.
+Event ids are the time of the event in milliseconds (one more than the last id when two fall in the
+same millisecond), so they grow across restarts — a client reconnecting with the `Last-Event-ID` of an
+earlier process gets every event of this one — and mean the same in every worker of a server: a
+client that reconnects to another worker gets what that worker published from `replay_margin`
+milliseconds before its last event on (set for several workers: a change it already had may come
+again; one that another worker published a moment earlier is not missed).
 """
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 from collections import deque
@@ -37,7 +40,8 @@ class EventBus:
     def __init__(self, keep: int = 1000, idle: float = 15.0):
         self.idle = idle  # seconds without an event before `subscribe` yields None (a keep-alive)
         self._events: deque[Event] = deque(maxlen=keep)
-        self._ids = itertools.count(int(time.time() * 1000))
+        self._last_id = 0
+        self.replay_margin = 0  # ms: replay from this much before a Last-Event-ID (several workers)
         self._lock = threading.Lock()
         self._subscribers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
         self._closed = False
@@ -45,7 +49,8 @@ class EventBus:
     def publish(self, model: str, kind: str, data: dict) -> Event:
         """Record an event and hand it to the model's subscribers (from any thread)."""
         with self._lock:
-            event = Event(next(self._ids), model, kind, data)
+            self._last_id = max(self._last_id + 1, int(time.time() * 1000))
+            event = Event(self._last_id, model, kind, data)
             self._events.append(event)
             listeners = list(self._subscribers.get(model, ()))
         for loop, queue in listeners:
@@ -55,7 +60,7 @@ class EventBus:
     def since(self, model: str, last_id: int | None) -> list[Event]:
         """The buffered events of a model newer than `last_id` (all of them for None)."""
         with self._lock:
-            return [e for e in self._events if e.model == model and (last_id is None or e.id > last_id)]
+            return [e for e in self._events if e.model == model and (last_id is None or e.id > last_id - self.replay_margin)]
 
     async def subscribe(self, model: str, last_id: int | None = None) -> AsyncIterator[Event | None]:
         """The model's events after `last_id` (replayed from the buffer), then new ones as they come;
@@ -64,7 +69,8 @@ class EventBus:
         queue: asyncio.Queue = asyncio.Queue()
         entry = (asyncio.get_running_loop(), queue)
         with self._lock:
-            backlog = [e for e in self._events if e.model == model and last_id is not None and e.id > last_id]
+            backlog = [e for e in self._events
+                       if e.model == model and last_id is not None and e.id > last_id - self.replay_margin]
             self._subscribers.setdefault(model, set()).add(entry)
             closed = self._closed
         try:

@@ -100,10 +100,16 @@ class Fleet:
         return fleet
 
     def forget_model(self, model: str) -> None:
-        for key in [k for k in self._seen if k[0] == model]:
-            self._seen.pop(key, None)
+        """An unregistered model: its sightings go, from memory and the store."""
+        self.forget_memory(model)
         with self.store.transaction() as db:
             db.execute("DELETE FROM fleet WHERE model = ?", (model,))
+
+    def forget_memory(self, model: str) -> None:
+        """A model unregistered through another process: what this one saw of it is not flushed."""
+        for seen in (self._seen, self._dirty):
+            for key in [k for k in seen if k[0] == model]:
+                seen.pop(key, None)
 
     def view(self, model: str, groups: dict[str, LiveGroup]) -> dict:
         """The SPEC fleet object of a model (`groups`: its groups and what each serves). Added to the

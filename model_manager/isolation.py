@@ -62,15 +62,20 @@ def start_checker(memory_mb: int | None = None) -> None:
     _CheckServer.get()
 
 
+def stop_checker() -> None:
+    """End the model check process, if one runs (a process that forks servers must not keep it)."""
+    with _CheckServer._lock:
+        old, _CheckServer._instance = _CheckServer._instance, None
+    if old is not None:
+        old.close()
+
+
 def set_check_memory(memory_mb: int) -> None:
     """What one check may allocate from now on, in MiB; a helper running with another limit is replaced."""
     global _memory_mb
     if memory_mb != _memory_mb:
         _memory_mb = memory_mb
-        with _CheckServer._lock:
-            old, _CheckServer._instance = _CheckServer._instance, None
-        if old is not None:
-            old.close()
+        stop_checker()
 
 
 def _check_memory_mb() -> int:

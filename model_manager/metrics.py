@@ -8,7 +8,9 @@ service when Prometheus scrapes, so they cost nothing in between.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -80,16 +84,21 @@ class SharedMetrics:
         self.directory = Path(directory)
         self.index = index
         self.path = self.directory / f"worker-{index}-{os.getpid()}.json"
+        self._lock = threading.Lock()  # one writer at a time (the follow loop, concurrent scrapes)
 
     def publish(self) -> None:
         """Write this worker's metrics (atomically: readers never see half a file)."""
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.metrics.families(), separators=(",", ":")))
-        os.replace(tmp, self.path)
+        with self._lock:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.metrics.families(), separators=(",", ":")))
+            os.replace(tmp, self.path)
 
     def render(self) -> bytes:
         """Every worker's metrics combined, in the Prometheus text format (blocking: file reads)."""
-        self.publish()
+        try:
+            self.publish()
+        except OSError as exc:  # a full disk: the other workers' last files and our previous one still count
+            log.warning("metrics of this worker not written: %s", exc)
         merged: dict[str, Metric] = {}
         values: dict[tuple, float] = {}
         for path in sorted(self.directory.glob("worker-*.json")):

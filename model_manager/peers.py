@@ -10,7 +10,9 @@ The workers talk over Unix datagram sockets in the server's private run director
 `workers.shared_dir`): a worker listens
 on `peer-INDEX.sock` (a thread of its own); `sync` sends from a socket of its own and collects one
 reply per worker. A worker that is not running (being restarted) is skipped: it loads everything
-from the store when it starts.
+from the store when it starts. A worker that does not answer within SYNC_TIMEOUT (stuck, or killed
+while following) is not waited for any longer: it follows the store on its own within a second of
+coming back.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SYNC_TIMEOUT = 30.0  # seconds a change waits for the other workers to serve it (a big registration takes a while)
+SYNC_TIMEOUT = 10.0  # seconds a change waits for the other workers to serve it (then they do it on their own)
 _SYNC, _DONE = b"sync", b"done"
 
 
@@ -85,8 +87,8 @@ class Peers:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             for index in range(self.count):
                 if index != self.index:
-                    with contextlib.suppress(OSError):
-                        sock.sendto(_SYNC, self._path(index))
+                    with contextlib.suppress(OSError):  # not running, or stuck with a full queue: it looks on its own
+                        sock.sendto(_SYNC, socket.MSG_DONTWAIT, self._path(index))
 
     def sync(self, timeout: float = SYNC_TIMEOUT) -> int:
         """Have every other running worker follow the store now; returns how many confirmed. Blocking:
@@ -105,10 +107,10 @@ class Peers:
                     if index == self.index:
                         continue
                     try:
-                        sock.sendto(_SYNC + token, self._path(index))
+                        sock.sendto(_SYNC + token, socket.MSG_DONTWAIT, self._path(index))
                         waiting += 1
-                    except (FileNotFoundError, ConnectionRefusedError):
-                        pass  # not running now: it reads everything from the store when it starts
+                    except OSError:  # not running now (it reads everything from the store when it starts),
+                        pass         # or stuck with a full queue: not waited for
                 return self._collect(sock, token, waiting, timeout)
             finally:
                 with contextlib.suppress(FileNotFoundError):

@@ -77,6 +77,7 @@ class Registry:
         self.plain_bodies = PlainBodies(cache)
         self.ready = asyncio.Event()  # set once the registered models are loaded
         self.on_reloaded: Callable[[], None] | None = None  # after a re-read is installed (tells the other workers)
+        self.on_dropped: Callable[[str], None] | None = None  # a model is no longer served (forgets its fleet)
         set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
     # -- the first load ------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class Registry:
             changed = False
             for name in list(self.models):
                 if name not in rows or rows[name].path != self.models[name].path:
-                    self.models.pop(name)
+                    self._dropped(name, self.models.pop(name))
                     changed = True
             for name, row in rows.items():
                 if name not in self.models:
@@ -155,9 +156,15 @@ class Registry:
         with self.lock:
             model = self.models.pop(name, None)
         if model is not None:
-            for key in model.groups:
-                self.waiters.changed(name, key)
-            self.events.publish(name, "model", {"event": "unregistered"})
+            self._dropped(name, model)
+
+    def _dropped(self, name: str, model: LoadedModel) -> None:
+        """A model is no longer served: its long polls answer now (404) and its event streams hear it."""
+        for key in model.groups:
+            self.waiters.changed(name, key)
+        self.events.publish(name, "model", {"event": "unregistered"})
+        if self.on_dropped is not None:
+            self.on_dropped(name)
 
     def get(self, name: str) -> LoadedModel:
         model = self.models.get(name)
@@ -301,6 +308,7 @@ class Registry:
         next start (see `_restore`)."""
         if group.errors:
             group.model_json = None
+            self._write_record(root, group)  # the other workers show the trouble too (a restart re-reads it)
             return None, None
         in_memory, sha = group.model_json, group.model_sha256
 
@@ -342,24 +350,27 @@ class Registry:
             log.warning("%s/%s: %s", model_name, group_key, exc)
 
     # -- live versions changed elsewhere (pins, holds, releases) ------------------------------------
-    def follow_live(self, name: str | None = None, *, files: bool = False) -> bool:
+    def follow_live(self, name: str | None = None, *, files: bool = False, look: bool = False) -> bool:
         """Serve each group's live version where it differs from what is served (one model, or every
-        model when the versions changed in any process since the last look). With `files` (a worker
-        that does not watch the directories), first install the groups another worker re-read (see
-        `_follow_files_of`). True if anything moved."""
+        model when the versions changed in any process since the last look, or `look` says so). With
+        `files` (a worker that does not watch the directories), first install the groups the primary
+        worker re-read (see `_follow_files_of`). True if anything moved."""
+        seq = None
         if name is None:
             seq = self.versions.state_seq()
-            if seq == self._live_seq:
+            if seq == self._live_seq and not look:
                 return self._follow_pending() if files else False
-            self._live_seq = seq
         names = [name] if name is not None else list(self.models)
         moved = False
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
-                if files:
-                    moved |= self._follow_files_of(model, self.changed_groups(model.name))
+                if files:  # (a directory in trouble: every group, to see it come back)
+                    keys = set(model.groups) if model.error else self.changed_groups(model.name)
+                    moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
+        if seq is not None:
+            self._live_seq = seq  # only once followed: a look that failed half-way is made again
         return moved
 
     # -- a worker that does not watch: groups the primary worker re-read ------------------------------
@@ -380,15 +391,18 @@ class Registry:
         group whose record or version is not written yet (the primary is at it, or the new files are
         broken) is kept as it is and looked at again on the next call. True if anything was installed."""
         self._pending.pop(model.name, None)
-        if not keys:
+        if not keys and not model.error:
             return False
         try:
             root = check_directory(model.path)
             scanned, _ = scan_directory(root)
-        except PathError:
-            return False  # the primary records the directory's trouble; we keep serving meanwhile
+        except PathError as exc:  # as the primary says it (it re-reads the directory when it returns)
+            model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
+            return False
+        model.error = None
         present = {k: scanned[k] for k in keys if k in scanned}
-        ready = {k: g for k, g in self._restore(model, root, present).items() if self._is_recorded(model.name, g)}
+        restored = self._restore(model, root, present, broken=True)
+        ready = {k: g for k, g in restored.items() if self._is_recorded(model.name, g)}
         gone = {k for k in keys if k not in scanned and k in model.groups}
         waiting = set(present) - set(ready)
         if waiting:
@@ -399,8 +413,12 @@ class Registry:
         return True
 
     def _is_recorded(self, model_name: str, group: GroupSnapshot) -> bool:
+        """Whether the primary has finished with a group's parse: its version is recorded, or it is
+        broken (a broken group makes no version; its previous payload stays served)."""
+        if group.errors:
+            return True
         head = self.versions.history_head(model_name, group.group_key)
-        return head is not None and not group.errors and head.content_sha256 == content_sha256(model_name, group)
+        return head is not None and head.content_sha256 == content_sha256(model_name, group)
 
     def _follow_model(self, model: LoadedModel) -> bool:
         with model.install_lock:  # not `model.lock`: an emergency rollback must not wait for a long re-read
@@ -448,17 +466,19 @@ class Registry:
         except (OSError, TypeError, ValueError) as exc:  # a full disk or an odd value: the next start re-parses
             log.debug("parse record of %s not written: %s", group.group_key, exc)
 
-    def _restore(self, model: LoadedModel, root: Path, scanned: dict[str, dict[str, str]]) -> dict[str, GroupSnapshot]:
+    def _restore(self, model: LoadedModel, root: Path, scanned: dict[str, dict[str, str]], *,
+                 broken: bool = False) -> dict[str, GroupSnapshot]:
         """{group_key: snapshot} for the groups whose files are exactly those of their parse record
         (names, sizes, mtimes and inodes: the signature the watcher trusts). Used for a model's first
         load in this process, so a restart reads a small record instead of unpickling, hashing and
-        parsing again; its version (unchanged content makes none) then gives the bytes to serve."""
+        parsing again; its version (unchanged content makes none) then gives the bytes to serve.
+        A broken group's record (`broken`) only serves the other workers: a start checks it again."""
         def one(key: str) -> GroupSnapshot | None:
             fields = self.cache.read_record(str(root), key)
             group = snapshot_from_record(fields) if fields is not None else None
             if group is None or group.files != scanned[key] or group.signature != file_signature(root, scanned[key]):
                 return None
-            return group
+            return group if broken or not group.errors else None  # a start re-checks broken files
 
         keys = list(scanned)
         found = self.executor.map(one, keys)

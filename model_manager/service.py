@@ -20,6 +20,7 @@ import json
 import logging
 import shlex
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ from model_manager.workers import WorkerRole
 log = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL = 1.0  # seconds between looks at versions changed by other processes
+FLEET_GAUGE_SECONDS = 10.0  # how stale the fleet gauge of several workers may be
+REPLAY_MARGIN_MS = 2000  # several workers: an event stream resumes from this long before its Last-Event-ID
 
 # Every event the audit trail records (the CLI checks `audit -e` against it).
 AUDIT_EVENTS = ("bootstrap", "bootstrap_refused", "login", "login_failed", "logout", "password_changed",
@@ -92,6 +95,7 @@ class ModelManager(VersionCommands):
         self.shared_metrics: SharedMetrics | None = None
         self.peers: Peers | None = None  # the other workers of this server (see peers.py)
         self._follow_lock = threading.Lock()
+        self._behind: tuple[float, int] | None = None  # (when, clients behind): see _clients_behind
         self.registry: Registry | None = None
         self.watcher = None
         self._register_lock = threading.Lock()
@@ -230,9 +234,12 @@ class ModelManager(VersionCommands):
 
     def _changed(self) -> None:
         """After a change made through this worker: every other worker of the server serves it
-        before we answer (see peers.py; blocking)."""
+        before we answer (see peers.py; blocking). The change is made: trouble here is only logged."""
         if self.peers is not None:
-            self.peers.sync()
+            try:
+                self.peers.sync()
+            except Exception:  # the others follow the store on their own within a second
+                log.exception("the other workers were not told of a change")
 
     # -- password and audit ------------------------------------------------------------------------
     def init_password(self, password: str, *, client: str | None = None) -> None:
@@ -311,6 +318,9 @@ class ModelManager(VersionCommands):
             if self.role.shared and self.role.shared_dir is not None:
                 self.shared_metrics = SharedMetrics(self.metrics, self.role.shared_dir, self.role.index)
             self.registry = Registry(self.settings, self.store, self.cache, self.versions, self.metrics)
+            self.registry.on_dropped = self.fleet.forget_memory
+            if self.role.shared:  # event ids of another worker are a moment off ours (see events.py)
+                self.registry.events.replay_margin = REPLAY_MARGIN_MS
         return self.registry
 
     async def start_serving(self) -> None:
@@ -323,7 +333,8 @@ class ModelManager(VersionCommands):
         from model_manager.watcher import Watcher
 
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, self.registry.warm_up)
+        if self.role.primary:  # the others check files only when asked to through the API: they start it then
+            loop.run_in_executor(None, self.registry.warm_up)
         try:
             await loop.run_in_executor(None, self.role.wait_for_primary)
             await loop.run_in_executor(None, self.fleet.load)
@@ -335,12 +346,21 @@ class ModelManager(VersionCommands):
             self.watcher = Watcher(self.registry, self.settings)
             await self.watcher.start()
         if self.role.shared and self.role.shared_dir is not None:
-            self.peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
-            self.peers.start()
-            self.auth.changed = self._changed
-            if self.role.primary:  # what the watcher re-read: the others follow at once, not at their next look
-                self.registry.on_reloaded = self.peers.poke
+            self._start_peers()
         self._following = asyncio.create_task(self._follow_loop(), name="mm-follow-live")
+
+    def _start_peers(self) -> None:
+        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
+        try:
+            peers.start()
+        except OSError as exc:
+            log.error("worker %d cannot reach the other workers (%s): changes made through them reach it "
+                      "within a second instead of before they are answered", self.role.index, exc)
+            return
+        self.peers = peers
+        self.auth.changed = self._changed
+        if self.role.primary:  # what the watcher re-read: the others follow at once, not at their next look
+            self.registry.on_reloaded = peers.poke
 
     async def _follow_loop(self) -> None:
         """Every FOLLOW_INTERVAL, in a worker thread: `_follow`."""
@@ -353,21 +373,22 @@ class ModelManager(VersionCommands):
                 log.exception("following live versions failed")
 
     def _follow_now(self, asked: bool = True) -> None:
-        """`_follow`, one at a time. `asked`: another worker made a change (a key revoked, a logout) and
-        waits: forget the cached token checks too, so a revoked one is refused at once."""
+        """`_follow`, one at a time. `asked`: another worker made a change (a key revoked, a logout, a
+        broken file found) and waits: look at everything, and forget the cached token checks too, so
+        a revoked one is refused at once."""
         with self._follow_lock:
-            self._follow()
+            self._follow(look=asked)
         if asked and self._auth is not None:
             self._auth.tokens.clear()
 
-    def _follow(self) -> None:
+    def _follow(self, look: bool = False) -> None:
         """Serve live versions changed by other processes (a pin set with the CLI) within a second,
         and write the fleet's new sightings to the store. Of several workers, each also follows
         registrations made through another, a worker other than the primary serves the groups the
         primary re-read, and each leaves its metrics for the others."""
         if self.role.shared and self.registry.sync_registrations():
             self._watch_set_changed()
-        self.registry.follow_live(files=not self.role.primary)
+        self.registry.follow_live(files=not self.role.primary, look=look)
         self.fleet.flush()
         if self.shared_metrics is not None:
             self.shared_metrics.publish()
@@ -474,6 +495,16 @@ class ModelManager(VersionCommands):
             raise NotFoundError(f"no model named {name!r} is registered (see model-manager register --list)")
         return Fleet.stored(self.store, name).view(name, self.versions.live_groups(name))
 
+    def _clients_behind(self, live: dict[tuple[str, str], int]) -> int:
+        """The fleet gauge: of this process, or of every worker (from the store, read at most every
+        FLEET_GAUGE_SECONDS: each worker publishes its metrics every second)."""
+        if not self.role.shared:
+            return self.fleet.behind(live)
+        now = time.monotonic()
+        if self._behind is None or now - self._behind[0] > FLEET_GAUGE_SECONDS:
+            self._behind = (now, Fleet.stored(self.store).behind(live))
+        return self._behind[1]
+
     def _gauges(self) -> dict[str, Any]:
         """The state metrics read at scrape time (see metrics.StateCollector)."""
         registry = self.serving
@@ -484,9 +515,8 @@ class ModelManager(VersionCommands):
                 groups[(model.name, state.snapshot.status)] = groups.get((model.name, state.snapshot.status), 0) + 1
                 if state.payload is not None:
                     live[(model.name, key)] = state.payload.version
-        fleet = Fleet.stored(self.store) if self.role.shared else self.fleet  # flushed every second by each worker
         return {"groups": groups, "watcher_queue": self.watcher.queue_length() if self.watcher else 0,
-                "fleet_clients_behind": fleet.behind(live), "long_polls_waiting": registry.waiters.count(),
+                "fleet_clients_behind": self._clients_behind(live), "long_polls_waiting": registry.waiters.count(),
                 "event_streams_open": registry.events.subscribers()}
 
 

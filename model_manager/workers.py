@@ -104,16 +104,42 @@ def probe_port(host: str, port: int) -> None:
 
 def shared_dir() -> Path:
     """A new private directory for what the workers of one `serve` exchange (their metrics, the
-    sockets they sync through). It is in the temporary directory, not the data dir, because a Unix
-    socket's path may not be longer than about 100 bytes; the supervisor removes it when it stops."""
-    return Path(tempfile.mkdtemp(prefix="model-manager-"))
+    sockets they sync through). It is in the temporary directory (or /tmp when that path is long), not
+    the data dir, because a Unix socket's path may not be longer than about 100 bytes. The supervisor
+    removes it when it stops; what a killed supervisor left is removed by the next one."""
+    base = Path(tempfile.gettempdir())
+    if len(str(base)) > 40:
+        base = Path("/tmp")
+    for stale in base.glob("model-manager-*-*"):
+        pid = stale.name.split("-")[2]
+        try:
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists() and stale.owner() == _user():
+                shutil.rmtree(stale, ignore_errors=True)
+        except (OSError, KeyError):  # gone meanwhile, or an owner without a name
+            continue
+    return Path(tempfile.mkdtemp(prefix=f"model-manager-{os.getpid()}-", dir=base))
 
 
-def supervise(count: int, host: str, port: int, run_worker: Callable[[WorkerRole, socket.socket], int],
-              role: WorkerRole) -> tuple[int, int | None]:
-    """Run `count` workers (forked; `run_worker(role, sock)` returns the worker's exit status) until a
-    SIGINT or SIGTERM, which is passed on to them; a worker that dies is started again. Returns the
-    server's exit status (0, or 1 when a worker kept dying at start) and the stop signal."""
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def worker_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """The workers' sockets, bound at once after checking that nothing listens on the port (so a
+    second server started at the same moment cannot slip in between and share the port)."""
+    probe_port(host, port)
+    return [bind_socket(host, port, reuse_port=True) for _ in range(count)]
+
+
+def supervise(sockets: list[socket.socket], host: str, port: int,
+              run_worker: Callable[[WorkerRole, socket.socket], int], role: WorkerRole) -> tuple[int, int | None]:
+    """Run a worker per socket of `worker_sockets` (forked; `run_worker(role, sock)` returns its exit
+    status) until a SIGINT, SIGTERM or SIGHUP, which is passed on to them; a worker that dies is
+    started again on a new socket. Returns the server's exit status (0, or 1 when a worker kept dying
+    at start) and the stop signal."""
+    count = len(sockets)
     ready = multiprocessing.get_context("fork").Event()
     roles = [WorkerRole(i, count, role.setup_code, ready, role.shared_dir) for i in range(count)]
     stopping: list[int] = []
@@ -125,17 +151,17 @@ def supervise(count: int, host: str, port: int, run_worker: Callable[[WorkerRole
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     started: dict[int, float] = {}
     deaths = [0] * count
 
-    def start(index: int) -> None:
-        children[_fork(roles[index], host, port, run_worker)] = index
+    def start(index: int, sock: socket.socket | None = None) -> None:
+        children[_fork(roles[index], sock or bind_socket(host, port, reuse_port=True), run_worker)] = index
         started[index] = time.monotonic()
 
     try:
-        for index in range(count):
-            start(index)
+        for index, sock in enumerate(sockets):
+            start(index, sock)
         while children:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -176,8 +202,7 @@ def _reap(children: dict[int, int]) -> None:
         children.pop(pid, None)
 
 
-def _fork(role: WorkerRole, host: str, port: int, run_worker: Callable[[WorkerRole, socket.socket], int]) -> int:
-    sock = bind_socket(host, port, reuse_port=True)
+def _fork(role: WorkerRole, sock: socket.socket, run_worker: Callable[[WorkerRole, socket.socket], int]) -> int:
     pid = os.fork()
     if pid:
         sock.close()

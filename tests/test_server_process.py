@@ -101,6 +101,16 @@ def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, 
         counted = [line for line in raw.decode().splitlines()
                    if line.startswith('model_manager_payload_responses_total{model="demo",result="not_modified"}')]
         assert counted and float(counted[0].split()[-1]) >= 3
+        # a slow request pipelined behind a direct answer is not cut off by the keep-alive timeout
+        # (5 s) that the direct answer's end started
+        slow = get(fast, inm, b"Prefer: wait=7")
+        answers = _exchange(srv.port, [get(fast, b"Accept-Encoding: gzip"), slow], 2)
+        assert answers[0][0] == b"HTTP/1.1 200 OK" and answers[1][0] == b"HTTP/1.1 304 Not Modified"
+        assert answers[1][1][b"preference-applied"] == b"wait=7"
+        # a GET with a body is the route's (which reads the body): one answer, nothing after it
+        with_body = get(fast, b"Accept-Encoding: gzip", b"Content-Length: 2")[:-2] + b"\r\n{}"
+        answers = _exchange(srv.port, [with_body, get(fast, inm)], 2)
+        assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 304 Not Modified"]
         # a poll asking to close the connection is the route's: answered, then closed
         with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
             sock.sendall(get(fast, inm, b"Connection: close"))

@@ -37,7 +37,11 @@ def all_answers(server: ServerProcess, path: str, token: str | None = None, head
 
 @pytest.fixture
 def two_workers(tmp_path):
-    server = ServerProcess(tmp_path / "data", workers=2, env={"MODEL_MANAGER_WATCH_DEBOUNCE": "0.3"})
+    # a temporary directory whose path is too long for a Unix socket: the workers meet in /tmp instead
+    long_tmp = tmp_path / ("t" * 60) / ("u" * 40)
+    long_tmp.mkdir(parents=True)
+    server = ServerProcess(tmp_path / "data", workers=2,
+                           env={"MODEL_MANAGER_WATCH_DEBOUNCE": "0.3", "TMPDIR": str(long_tmp)})
     server.start()
     yield server
     assert server.stop() == 0
@@ -125,6 +129,35 @@ def test_long_polls_on_every_worker_wake_on_a_change(two_workers, model_dir):
     assert len({h["etag"] for _, h, _ in results}) == 1 and results[0][1]["etag"] != etag
     assert time.monotonic() - started < 20
 
+    # unregistering through one worker answers the long polls parked on every worker (404) at once
+    etag = results[0][1]["etag"]
+    results.clear()
+    polls = [threading.Thread(target=poll) for _ in range(8)]
+    for thread in polls:
+        thread.start()
+    wait_for(lambda: _long_polls_waiting(server, token) == 8, timeout=20, what="8 parked long polls")
+    assert http("DELETE", server.url + "/api/models/m", token=token)[0] == 204
+    started = time.monotonic()
+    for thread in polls:
+        thread.join(40)
+    assert [s for s, _, _ in results] == [404] * 8 and time.monotonic() - started < 10
+
+
+def test_broken_files_show_on_every_worker(two_workers, model_dir):
+    server = two_workers
+    token = bootstrap(server)
+    assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
+    _, headers, _ = server.get("/api/models/m/model/ETHUSDT", token=token)
+    replace_file(model_dir / "ETHUSDT_mid_chg_5m_model.json", b'{"learner": ')  # a retrain cut off
+
+    def broken_everywhere():
+        details = [json.loads(raw) for _, _, raw in all_answers(server, "/api/models/m/symbols/ETHUSDT", token, tries=12)]
+        return all(d["stale"] and d["status"] == "error" for d in details)
+
+    wait_for(broken_everywhere, timeout=30, what="every worker reporting the broken file")
+    # and every worker still serves the last good payload
+    assert {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/ETHUSDT", token)} == {headers["etag"]}
+
 
 def _long_polls_waiting(server: ServerProcess, token: str) -> float:
     _, _, raw = server.get("/metrics", token=token)
@@ -187,6 +220,15 @@ def test_metrics_and_fleet_cover_every_worker(two_workers, model_dir):
     health, payloads, workers = wait_for(lambda: (r := healthz_and_payloads())[0] >= 40 and r[1] >= TRIES and r,
                                          timeout=10, what="metrics of both workers")
     assert workers == {"0", "1"}
+    # scrapes at the same moment (each worker writes its file before answering one)
+    answers: list[int] = []
+    scrapers = [threading.Thread(target=lambda: answers.extend(server.get("/metrics", token=key)[0] for _ in range(15)))
+                for _ in range(6)]
+    for thread in scrapers:
+        thread.start()
+    for thread in scrapers:
+        thread.join(60)
+    assert answers == [200] * 90
     fleet = json.loads(server.get("/api/models/m/fleet", token=token)[2])
     (client,) = [c for c in fleet["clients"] if c["client"] == "engine-1"]
     assert [g["symbol"] for g in client["groups"]] == ["SOLUSDT"] and client["behind"] == 0

@@ -18,10 +18,11 @@ from model_manager import __version__
 from model_manager.auth import new_setup_code
 from model_manager.commands import DataDirOption, app
 from model_manager.errors import ModelManagerError
+from model_manager.isolation import stop_checker
 from model_manager.service import ModelManager
 from model_manager.settings import ENV_TABLE, Settings
 from model_manager.store import Store
-from model_manager.workers import WorkerRole, bind_socket, probe_port, shared_dir, supervise
+from model_manager.workers import WorkerRole, bind_socket, shared_dir, supervise, worker_sockets
 
 GRACEFUL_SHUTDOWN_SECONDS = 0.3  # in-flight requests get this long after SIGINT/SIGTERM
 
@@ -98,13 +99,14 @@ def _demo(settings: Settings, store: Store, demo: bool) -> None:
 def _supervise(settings: Settings, count: int, demo: bool, level: str) -> str | None:
     """Run `count` workers (see workers.py); the supervisor itself serves nothing. Returns the name of
     the signal that stopped them."""
-    probe_port(settings.host, settings.port)
+    sockets = worker_sockets(settings.host, settings.port, count)
     store = Store(settings.db_path)
     try:
         _demo(settings, store, demo)
         setup_code = None if store.is_initialized() else new_setup_code()
     finally:
         store.close()  # no database connection may cross a fork
+        stop_checker()  # nor the demo's model check process: each worker starts its own when needed
     _banner(settings, setup_code, count)
     _raise_open_files()
 
@@ -119,7 +121,7 @@ def _supervise(settings: Settings, count: int, demo: bool, level: str) -> str | 
         return 0
 
     role = WorkerRole(count=count, setup_code=setup_code, shared_dir=shared_dir())
-    status, stopped = supervise(count, settings.host, settings.port, run_worker, role)
+    status, stopped = supervise(sockets, settings.host, settings.port, run_worker, role)
     if status:
         raise ModelManagerError("a worker kept failing at start: see the errors above")
     return signal.Signals(stopped).name if stopped else None

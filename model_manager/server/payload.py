@@ -102,7 +102,8 @@ class PayloadFastPath:
     """
 
     WANTED = {b"authorization": "authorization", b"if-none-match": "if-none-match",
-              b"accept-encoding": "accept-encoding", b"prefer": "prefer"}
+              b"accept-encoding": "accept-encoding", b"prefer": "prefer",
+              b"content-length": "content-length", b"transfer-encoding": "transfer-encoding"}
 
     def __init__(self, registry, tokens, fleet, metrics, hooks, *, shared: bool = False) -> None:
         self.shared = shared  # one of several workers: an ETag it does not serve goes to the route
@@ -154,6 +155,8 @@ class PayloadFastPath:
                 found[name] = value.decode("latin-1")
         if "prefer" in found:
             return None  # a long poll: the route parks it
+        if "transfer-encoding" in found or found.get("content-length", "0") != "0":
+            return None  # a GET with a body: the route reads (and ignores) it
         token = parse_bearer(found.get("authorization"))
         digest = hash_token(token) if token is not None else None
         if digest is None or not isinstance(self.tokens.fresh(digest, claim=False), float):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import weakref
 from typing import Any
 
 from model_manager.settings import Settings
@@ -35,19 +36,18 @@ _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: ap
 
 
 class _HeadSweeper:
-    """The clock of one event loop's head timeouts: every `interval` seconds it closes the connections
-    whose request head is overdue. A request arms and disarms its timeout with an attribute write,
-    not a timer of its own: a timer per request cost the payload polls several per cent."""
+    """The head timeouts of one event loop: every `interval` seconds it closes the connections whose
+    request head is overdue. A request arms and disarms its timeout with an attribute write, not a
+    timer of its own: a timer per request cost the payload polls several per cent."""
 
     def __init__(self, loop: Any, interval: float):
         self.loop = loop
         self.interval = interval
-        self.now = loop.time()
-        self.guarded: set = set()
+        self.guarded: weakref.WeakSet = weakref.WeakSet()  # weak: an upgraded connection never says it is gone
         loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        self.now = now = self.loop.time()
+        now = self.loop.time()
         for protocol in [p for p in self.guarded if p._head_since is not None and now - p._head_since >= p.head_timeout]:
             protocol._head_timed_out()
         self.loop.call_later(self.interval, self._sweep)
@@ -76,9 +76,8 @@ class HeadGuard:
         sweeper.guarded.add(self)
 
     def _arm_head_timer(self) -> None:
-        # the sweeper's clock lags by at most its interval: a head gets at least `head_timeout`
-        if self._head_since is None:
-            self._head_since = self._sweeper.now
+        if self._head_since is None:  # closed by the sweep between head_timeout and head_timeout + its interval
+            self._head_since = self.loop.time()
 
     def _disarm_head_timer(self) -> None:
         self._head_since = None
@@ -142,6 +141,9 @@ def _httptools_class() -> type:
 
         def on_headers_complete(self) -> None:
             self._head_complete()
+            # a request pipelined behind a directly answered one arrives in the same read: uvicorn's
+            # keep-alive timer, armed when that one finished, must not close the connection under it
+            self._unset_keepalive_if_required()
             if not self._answer_directly():
                 super().on_headers_complete()
 
@@ -157,18 +159,18 @@ def _httptools_class() -> type:
         def _answer_directly(self) -> bool:
             """Answer a payload poll here, before uvicorn builds an ASGI scope, a request cycle and a
             task for it, when the app's `PayloadFastPath` takes it (see its `direct`): a plain
-            keep-alive HTTP/1.1 GET, nothing of this connection's still in flight, its writes not
-            paused. The bytes are those uvicorn would send for the same answer."""
+            keep-alive HTTP/1.1 GET without a body, nothing of this connection's still in flight, its
+            writes not paused. The bytes are those uvicorn would send for the same answer."""
             fast = getattr(self.app, "fast_path", None)  # None behind uvicorn's proxy-headers middleware
             if fast is None or (self.cycle is not None and not self.cycle.response_complete) \
                     or self.flow.write_paused or self.parser.get_method() != b"GET" \
                     or self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive() \
                     or self.parser.should_upgrade():
                 return False
-            scope = {"type": "http", "method": "GET", "path": self.url.decode("latin-1"), "query_string": b"",
-                     "headers": self.headers, "client": self.client}
             if b"?" in self.url or b"%" in self.url:
                 return False
+            scope = {"type": "http", "method": "GET", "path": self.url.decode("latin-1"), "query_string": b"",
+                     "headers": self.headers, "client": self.client}
             answer = fast.direct(scope)
             if answer is None:
                 return False
