@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_manager.errors import ArtifactError
+from model_manager.modelsummary import model_summary
 from model_manager.safepickle import safe_loads
 
 
@@ -157,8 +158,6 @@ def model_importance(booster) -> dict[str, dict[str, float]]:
 
 
 def model_info(booster, json_bytes: bytes, warnings_: list[str] | None = None) -> ModelInfo:
-    from model_manager.modelsummary import model_summary
-
     names = booster.feature_names
     return ModelInfo(booster.num_features(), list(names) if names else None, sha256(json_bytes), list(warnings_ or []),
                      model_digest(booster), model_importance(booster), model_summary(json_bytes))

@@ -3,7 +3,8 @@
 XGBoost's C++ loaders can crash the whole process on a corrupt file (a segfault, seen with fuzzed
 JSON models and fuzzed Booster bytes inside pickles), and a tiny pickle can describe a value that
 takes hours to build or hash. So model files and info.pkl from a model directory are decoded only in
-a short-lived child forked from a small helper process (`check_model`, `check_info`), with a time
+a short-lived child forked from a small helper process (`check_model`, `check_info`; many files in one
+child: checkbatch.py), with a time
 limit and a memory limit (MODEL_MANAGER_CHECK_MEMORY_MB, on top of what the child starts with): a
 crash, a hang or a memory bomb costs that child and becomes an issue on the group, never the server.
 """
