@@ -99,9 +99,12 @@ class _Checked:
         data_and_answer = self.answers.get(id(data))
         if data_and_answer is None or data_and_answer[0] is not data:
             return None
-        if isinstance(data_and_answer[1], ArtifactError):
-            raise data_and_answer[1]
-        return data_and_answer[1]
+        answer = data_and_answer[1]
+        if isinstance(answer, ArtifactError):
+            # a new exception each time: raising the stored one would tie it to this frame (and the
+            # file's bytes) in a reference cycle that only the garbage collector frees
+            raise ArtifactError(str(answer), code=answer.code) from None
+        return answer
 
     def info(self, data: bytes, name: str) -> dict:
         answer = self._answer(data)
