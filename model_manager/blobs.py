@@ -23,6 +23,7 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = private_dir(root)
+        self._made: set[str] = set()
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -35,8 +36,14 @@ class BlobStore:
         target = self.path(digest)
         if self._intact(target, digest):
             return digest
-        target.parent.mkdir(exist_ok=True, mode=0o700)
-        atomic_write(target, data, durable=True)
+        if target.parent.name not in self._made:  # 256 subdirectories at most: made once each
+            target.parent.mkdir(exist_ok=True, mode=0o700)
+            self._made.add(target.parent.name)
+        try:
+            atomic_write(target, data, durable=True)
+        except FileNotFoundError:  # the subdirectory was removed behind our back
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(target, data, durable=True)
         os.chmod(target, 0o600)  # payloads are as private as the db (a brief 0644 window holds no secret)
         _fsync_dir(target.parent)
         return digest

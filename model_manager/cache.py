@@ -12,12 +12,13 @@ directories whenever they are missing; `sweep` deletes what the loaded models no
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_manager import __version__
@@ -62,7 +63,8 @@ class CacheDir:
             jpath = self.root / "json" / f"{info.json_sha256}.json"
             if not jpath.exists():
                 atomic_write(jpath, json_bytes, durable=False)
-        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(asdict(info)).encode(), durable=False)
+        fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}  # no deep copy, as asdict makes
+        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(fields).encode(), durable=False)
 
     def has_json(self, json_sha: str) -> bool:
         path = self.root / "json" / f"{json_sha}.json"

@@ -26,12 +26,6 @@ def work(header: dict, data: bytes) -> tuple[dict, bytes]:
     name = header["name"]
     if header["kind"] == "info":
         return _info(data, name)
-    if header["kind"] == "group":  # info.pkl and the model of one group: one round trip
-        (size,) = struct.unpack("<Q", data[:8])
-        info, info_json = _info(data[8:8 + size], header["info_name"])
-        model = _check(data[8 + size:], header["source"], name)
-        model_json = model.pop("json", None) or b""
-        return {"status": "ok", "info": info, "model": model, "info_size": len(info_json)}, info_json + model_json
     if header["kind"] == "compare":
         return _compare(data, int(header["dim"]), name), b""
     result = _check(data, header["source"], name, bool(header.get("verify")))

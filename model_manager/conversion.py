@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_manager.errors import ArtifactError
+from model_manager.modelsummary import model_summary
 from model_manager.safepickle import safe_loads
 
 
@@ -29,6 +30,8 @@ class ModelInfo:
     digest: str | None = None  # `model_digest`: the same for one model saved as JSON, UBJSON or a pickle
     # `model_importance`: {importance type: {dimension (as text): value}}; None when not computed
     importance: dict[str, dict[str, float]] | None = None
+    # `modelsummary.model_summary` of the JSON (what a version record keeps for diffs); None when not made
+    summary: dict | None = None
 
 
 def sha256(data: bytes | bytearray | memoryview) -> str:
@@ -157,7 +160,7 @@ def model_importance(booster) -> dict[str, dict[str, float]]:
 def model_info(booster, json_bytes: bytes, warnings_: list[str] | None = None) -> ModelInfo:
     names = booster.feature_names
     return ModelInfo(booster.num_features(), list(names) if names else None, sha256(json_bytes), list(warnings_ or []),
-                     model_digest(booster), model_importance(booster))
+                     model_digest(booster), model_importance(booster), model_summary(json_bytes))
 
 
 def verify_predictions(original, restored, *, rows: int = 1000, seed: int = 0) -> tuple[bool, str]:

@@ -3,7 +3,8 @@
 XGBoost's C++ loaders can crash the whole process on a corrupt file (a segfault, seen with fuzzed
 JSON models and fuzzed Booster bytes inside pickles), and a tiny pickle can describe a value that
 takes hours to build or hash. So model files and info.pkl from a model directory are decoded only in
-a short-lived child forked from a small helper process (`check_model`, `check_info`), with a time
+a short-lived child forked from a small helper process (`check_model`, `check_info`; many files in one
+child: checkbatch.py), with a time
 limit and a memory limit (MODEL_MANAGER_CHECK_MEMORY_MB, on top of what the child starts with): a
 crash, a hang or a memory bomb costs that child and becomes an issue on the group, never the server.
 """
@@ -96,23 +97,6 @@ def check_info(data: bytes, name: str, *, timeout: int = INFO_TIMEOUT) -> dict:
     """
     _result, payload = _run_isolated({"kind": "info", "name": name}, data, timeout, "the unpickler")
     return json.loads(payload)
-
-
-def check_group(info: bytes, model: bytes, source: str, info_name: str, model_name: str, *,
-                timeout: int = CHECK_TIMEOUT + INFO_TIMEOUT) -> tuple[dict | ArtifactError, tuple | ArtifactError]:
-    """`check_info` and `check_model` of one group in one child process: one round trip instead of
-    two. Returns each one's result or its ArtifactError. When the child crashes or hangs, which
-    file did it is unknown: ArtifactError, and the caller checks each file alone."""
-    data = struct.pack("<Q", len(info)) + bytes(info) + bytes(model)
-    header = {"kind": "group", "name": model_name, "info_name": info_name, "source": source}
-    result, payload = _run_isolated(header, data, timeout, "the checks of its group")
-    info_size = int(result["info_size"])
-    info_out: dict | ArtifactError = json.loads(payload[:info_size]) if result["info"]["status"] == "ok" else \
-        ArtifactError(result["info"]["message"], code=result["info"]["code"])
-    m = result["model"]
-    model_out: tuple | ArtifactError = (ModelInfo(**m["info"]), payload[info_size:] or bytes(model), m.get("verification")) \
-        if m["status"] == "ok" else ArtifactError(m["message"], code=m["code"])
-    return info_out, model_out
 
 
 def compare_predictions(model_a: bytes, model_b: bytes, dim: int, name: str, *,
@@ -325,6 +309,9 @@ def _answer(sock: socket.socket, memory_mb: int) -> None:
             if not chunk:
                 raise EOFError("peer closed the connection") from None
             left -= len(chunk)
+    if header["kind"] == "batch":
+        _answer_batch(sock, header, data, memory_mb)
+        return
     sock.sendall(_STARTED)
     signal.alarm(max(1, int(header.get("timeout") or CHECK_TIMEOUT)))  # a hang, even in C code, ends here
     try:
@@ -335,6 +322,29 @@ def _answer(sock: socket.socket, memory_mb: int) -> None:
         result, payload = _out_of_memory(header["name"], memory_mb), b""
     del data
     _send_frame(sock, result, payload)
+    sock.close()
+
+
+def _answer_batch(sock: socket.socket, header: dict, data: bytearray | None, memory_mb: int) -> None:
+    """Check the files of a batch (see checkbatch.py) one after the other. Before each: its own time
+    limit and memory limit, and a start mark with the time (CLOCK_MONOTONIC, the parent's clock too),
+    so when this process dies the parent knows which file it was on and for how long."""
+    offset = 0
+    for item in header["items"]:
+        size = int(item["size"])
+        piece = memoryview(data)[offset:offset + size] if data is not None else None
+        offset += size
+        _limit_memory(memory_mb)
+        sock.sendall(_STARTED + struct.pack("<d", time.monotonic()))
+        signal.alarm(max(1, int(item["timeout"])))
+        try:
+            if piece is None:
+                raise MemoryError
+            result, payload = _work(item, bytes(piece))
+        except MemoryError:
+            result, payload = _out_of_memory(item["name"], memory_mb), b""
+        signal.alarm(0)
+        _send_frame(sock, result, payload)
     sock.close()
 
 

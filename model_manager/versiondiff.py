@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_manager.errors import ArtifactError, NotFoundError
+from model_manager.modelsummary import trees_of
 
 if TYPE_CHECKING:
     from model_manager.versionrecords import VersionInfo
@@ -25,79 +26,9 @@ PREDICTION_SEED = 20240601
 
 
 # -- what each version keeps for a diff ---------------------------------------------------------
-def model_summary(model_json: bytes) -> dict:
-    """{"num_trees": int|None, "params": {flat name: value}} from an XGBoost JSON model."""
-    try:
-        learner = json.loads(model_json)["learner"]
-    except (ValueError, KeyError, TypeError):
-        return {"num_trees": None, "params": {}}
-    booster = learner.get("gradient_booster", {})
-    params: dict[str, Any] = {"booster": booster.get("name")}
-    trees = _trees(booster)
-    for key, value in (learner.get("learner_model_param") or {}).items():
-        params[key] = value
-    objective = learner.get("objective") or {}
-    params["objective"] = objective.get("name")
-    for section, values in objective.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                params[f"{section}.{key}"] = value
-    sklearn = (learner.get("attributes") or {}).get("scikit_learn")
-    if isinstance(sklearn, str):
-        try:
-            for key, value in (json.loads(sklearn) or {}).items():
-                if not key.startswith("_") and isinstance(value, str | int | float | bool | type(None)):
-                    params[f"sklearn.{key}"] = value
-        except (ValueError, AttributeError):
-            pass
-    if trees:
-        params["max_tree_depth"] = max(_depth(t) for t in trees)  # the depth the trees really reached
-    return {"num_trees": len(trees) if trees is not None else None,
-            "params": {k: v for k, v in sorted(params.items()) if v is not None}}
-
-
-def _trees(booster: dict) -> list | None:
-    model = booster.get("model") or (booster.get("gbtree") or {}).get("model")  # gbtree / dart
-    trees = (model or {}).get("trees")
-    return trees if isinstance(trees, list) else None
-
-
-def _depth(tree: dict) -> int:
-    """The depth of a tree's deepest leaf. XGBoost numbers a node's children after it, so one pass
-    in node order gives every node's depth; a tree numbered otherwise takes the walk below."""
-    left, right = tree.get("left_children") or [], tree.get("right_children") or []
-    n = len(left)
-    if not n:
-        return 0
-    if len(right) == n:
-        depth = [0] * n
-        for node, (a, b) in enumerate(zip(left, right)):
-            if a == -1:
-                continue
-            if not (isinstance(a, int) and isinstance(b, int) and node < a < n and node < b < n):
-                return _depth_walk(left, right)
-            depth[a] = depth[b] = depth[node] + 1
-        return max(depth)
-    return _depth_walk(left, right)
-
-
-def _depth_walk(left: list, right: list) -> int:
-    deepest, stack = 0, [(0, 0)] if left else []
-    while stack:
-        node, depth = stack.pop()
-        if not (0 <= node < len(left)) or depth > len(left):  # malformed: stop, never loop
-            continue
-        deepest = max(deepest, depth)
-        if left[node] != -1:
-            stack.append((left[node], depth + 1))
-            if node < len(right):
-                stack.append((right[node], depth + 1))
-    return deepest
-
-
-def version_detail(factors: list[str], ic: dict | None, info: dict | None, dim: int | None, model_json: bytes) -> dict:
-    """The inputs of a diff that one version keeps in its record."""
-    return {"factors": list(factors), "ic": ic, "info": info, "dim": dim, **model_summary(model_json)}
+def version_detail(factors: list[str], ic: dict | None, info: dict | None, dim: int | None, summary: dict) -> dict:
+    """The inputs of a diff that one version keeps in its record (`summary`: the model's `model_summary`)."""
+    return {"factors": list(factors), "ic": ic, "info": info, "dim": dim, **summary}
 
 
 # -- the diff ------------------------------------------------------------------------------------
@@ -219,7 +150,7 @@ def prediction_inputs(model_jsons: list[bytes], dim: int, rows: int = PREDICTION
     hi = np.full(dim, -np.inf)
     for raw in model_jsons:
         try:
-            trees = _trees(json.loads(raw)["learner"]["gradient_booster"]) or []
+            trees = trees_of(json.loads(raw)["learner"]["gradient_booster"]) or []
         except (ValueError, KeyError, TypeError):
             trees = []
         for tree in trees:

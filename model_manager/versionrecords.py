@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from model_manager.artifacts import GroupSnapshot, build_payload_bytes, payload_head
 from model_manager.conversion import sha256
 from model_manager.errors import UnprocessableError
+from model_manager.modelsummary import model_summary
 from model_manager.versiondiff import version_detail
 
 
@@ -68,7 +69,7 @@ class Candidate:
     model_source: str | None
     status: str
     build: Callable[[int], bytes]   # the final body with metadata.version = N
-    detail: Callable[[], dict]      # what a diff needs (parses the model JSON: only called for a new version)
+    detail: Callable[[], dict]      # what a diff needs (only called for a new version)
 
 
 @dataclass(frozen=True)
@@ -109,4 +110,10 @@ def candidate(model_name: str, group: GroupSnapshot, model_json: bytes | Callabl
         content_sha256=content_sha256(model_name, group), model_sha256=group.model_sha256, dim=group.dim,
         factor_count=len(group.factors), model_source=group.model_source, status=group.status,
         build=lambda n: build_payload_bytes(model_name, group, load(), version=n),
-        detail=lambda: version_detail(group.factors, group.ic, group.info, group.dim, load()))
+        detail=lambda: version_detail(group.factors, group.ic, group.info, group.dim, _summary(group, load)))
+
+
+def _summary(group: GroupSnapshot, load: Callable[[], bytes]) -> dict:
+    """The model's summary: made by the check process (`ModelInfo.summary`), or, for a parse that
+    predates it, from the JSON."""
+    return group.model_summary if group.model_summary is not None else model_summary(load())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,12 @@ from model_manager.artifacts.parse import parse_factors, parse_ic, split_symbol
 from model_manager.artifacts.scan import MODEL_KINDS, MODEL_SOURCES, check_directory, file_signature, ignored_entries, near_misses, scan_directory
 from model_manager.artifacts.snapshot import DirectorySnapshot, GroupSnapshot, Issue
 from model_manager.cache import CacheDir
+from model_manager.checkbatch import CheckItem, check_files
 from model_manager.clock import iso_from_timestamp
 from model_manager.conversion import ModelInfo, sha256
 from model_manager.errors import ArtifactError
 from model_manager.files import read_artifact
-from model_manager.isolation import check_group, check_info, check_model
+from model_manager.isolation import check_info, check_model
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class _Reader:
     def __init__(self, root: Path, files: dict[str, str], issues: list[Issue], max_bytes: int):
         self.root, self.files, self.issues, self.max_bytes = root, files, issues, max_bytes
         self._read: dict[str, bytes | None] = {}  # each file is read once: what is checked is what is used
+        self._digests: dict[int, tuple[bytes, str]] = {}
 
     def read(self, kind: str) -> bytes | None:
         if kind in self._read:
@@ -48,6 +50,13 @@ class _Reader:
             data = None
         self._read[kind] = data
         return data
+
+    def digest(self, data: bytes) -> str:
+        """sha256 of bytes this reader read, computed once."""
+        found = self._digests.get(id(data))
+        if found is None or found[0] is not data:
+            found = self._digests[id(data)] = (data, sha256(data))
+        return found[1]
 
     def parse(self, kind: str, fn: Callable[[bytes, str], Any]) -> Any:
         data = self.read(kind)
@@ -65,38 +74,37 @@ class _Reader:
 
 
 class _Checked:
-    """info.pkl and the served model file of a group, checked in one child process (`check_group`)
-    when both need it; `info` and `model` then answer for exactly those bytes, and call `check_info`
-    and `check_model` for anything else (or when the combined check crashed or hung: each file is
-    then checked alone, so the issue names the file that did it)."""
+    """The answers of the batched check (see checkbatch.py) for info.pkl and the served model file of a
+    group: `info` and `model` answer for exactly those bytes, and call `check_info` and `check_model`
+    for anything else (another model file of the group)."""
 
-    def __init__(self) -> None:
-        self.answers: dict[int, tuple[bytes, Any]] = {}
+    def __init__(self, answers: dict[int, tuple[bytes, Any]] | None = None) -> None:
+        self.answers = answers or {}
 
-    @classmethod
-    def run(cls, reader: _Reader, files: dict[str, str], cache: CacheDir | None) -> _Checked:
-        out = cls()
+    @staticmethod
+    def items(reader: _Reader, files: dict[str, str], cache: CacheDir | None) -> list[CheckItem]:
+        """What of a group goes to the batched check: its info.pkl, and its served model unless the
+        cache already holds that file's check."""
+        out = []
+        info = reader.read("info.pkl") if "info.pkl" in files else None
+        if info is not None:
+            out.append(CheckItem("info", files["info.pkl"], info))
         served = next((kind for kind in MODEL_KINDS if kind in files), None)
-        if served is None or "info.pkl" not in files:
-            return out
-        info, model = reader.read("info.pkl"), reader.read(served)
-        source = MODEL_SOURCES[served]
-        if info is None or model is None or cached_info(source, sha256(model), cache, served=True) is not None:
-            return out
-        try:
-            info_out, model_out = check_group(info, model, source, files["info.pkl"], files[served])
-        except ArtifactError:
-            return out
-        out.answers = {id(info): (info, info_out), id(model): (model, model_out)}
+        model = reader.read(served) if served is not None else None
+        if model is not None and cached_info(MODEL_SOURCES[served], reader.digest(model), cache, served=True) is None:
+            out.append(CheckItem("model", files[served], model, MODEL_SOURCES[served]))
         return out
 
     def _answer(self, data: bytes) -> Any:
         data_and_answer = self.answers.get(id(data))
         if data_and_answer is None or data_and_answer[0] is not data:
             return None
-        if isinstance(data_and_answer[1], ArtifactError):
-            raise data_and_answer[1]
-        return data_and_answer[1]
+        answer = data_and_answer[1]
+        if isinstance(answer, ArtifactError):
+            # a new exception each time: raising the stored one would tie it to this frame (and the
+            # file's bytes) in a reference cycle that only the garbage collector frees
+            raise ArtifactError(str(answer), code=answer.code) from None
+        return answer
 
     def info(self, data: bytes, name: str) -> dict:
         answer = self._answer(data)
@@ -107,42 +115,69 @@ class _Checked:
         return answer if answer is not None else check_model(data, source, name)
 
 
+class _GroupLoad:
+    """One group being loaded: its files stat'ed and read, what needs the check process (`items`),
+    then `finish` with the answers."""
+
+    def __init__(self, root: Path, group_key: str, files: dict[str, str], cache: CacheDir | None, max_bytes: int):
+        self.root, self.group_key, self.files, self.cache = root, group_key, files, cache
+        self.issues: list[Issue] = []
+        self.signature = file_signature(root, files)
+        self.reader = _Reader(root, files, self.issues, max_bytes)
+        self.items = _Checked.items(self.reader, files, cache)
+
+    def finish(self, answers: list[Any]) -> GroupSnapshot:
+        """The group's snapshot, given the answers to `items` (in order). Never raises for bad artifacts."""
+        root, group_key, files, issues, reader = self.root, self.group_key, self.files, self.issues, self.reader
+        checked = _Checked({id(item.data): (item.data, answer) for item, answer in zip(self.items, answers)})
+        mtimes = {sig[0]: sig[2] for sig in self.signature if sig[2] is not None}  # no second stat: files come and go
+        info = reader.parse("info.pkl", checked.info)  # first: it may name the symbol
+        symbol, return_name, name_issue = split_symbol(group_key, info)
+        if name_issue:
+            issues.append(Issue(name_issue.severity, name_issue.code, name_issue.message, files.get("info.pkl")))
+        if not return_name:
+            issues.append(Issue("warning", "no_return_name", f"group key {group_key} has no `_return_name` part", None))
+        factors = _factors(group_key, files, reader, root)
+        ic = _ic(group_key, files, reader, factors)
+        model = read_models(files, reader.read, issues, self.cache, root, mtimes, checked.model, reader.digest)
+        if model is None:
+            issues.append(Issue("error", "missing_model", _missing(
+                root, group_key, files, f"no model file: add {group_key}_model.json, {group_key}_model.ubj or {group_key}_model.pkl"), None))
+        minfo = model.info if model else None
+        if minfo:
+            _validate_model(minfo, factors, info, issues, files, model.file)
+        servable = minfo is not None and not any(i.severity == "error" for i in issues)
+        return GroupSnapshot(
+            group_key=group_key, symbol=symbol, return_name=return_name, files=dict(sorted(files.items())),
+            factors=factors, ic=ic, info=info, importance=factor_importance(minfo, factors) if servable else None,
+            dim=minfo.num_features if minfo else None,
+            model_source=model.source if model else None, model_file=model.file if model else None,
+            model_sha256=minfo.json_sha256 if minfo else None, model_json=model.json if model else None,
+            model_summary=minfo.summary if minfo else None,
+            updated_at=iso_from_timestamp(max(mtimes.values()) / 1e9) if mtimes else None, signature=self.signature,
+            issues=issues,
+        )
+
+
+def _finished(loads: list[_GroupLoad]) -> Iterator[GroupSnapshot]:
+    """Each group's snapshot: those with nothing to check first, then the others as the check process
+    answers them (the files of all of them go to one child, see checkbatch.py)."""
+    owners = [(n, load) for load in loads for n in range(len(load.items))]
+    answers: dict[int, list[Any]] = {}
+    for load in loads:
+        if not load.items:
+            yield load.finish([])
+    for index, answer in check_files([item for load in loads for item in load.items]):
+        n, load = owners[index]
+        answers.setdefault(id(load), []).append(answer)
+        if n == len(load.items) - 1:
+            yield load.finish(answers.pop(id(load)))
+
+
 def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
                cache: CacheDir | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> GroupSnapshot:
     """Parse and validate one group. Never raises for bad artifacts: problems become issues."""
-    root = Path(directory).resolve()
-    issues: list[Issue] = []
-    signature = file_signature(root, files)
-    mtimes = {sig[0]: sig[2] for sig in signature if sig[2] is not None}  # no second stat: files come and go
-    reader = _Reader(root, files, issues, max_bytes)
-
-    # info first: it may name the symbol. Unpickled in a child process, and already JSON-safe; in the
-    # same child as the served model when that one needs checking too (one round trip, see _Checked)
-    checked = _Checked.run(reader, files, cache)
-    info = reader.parse("info.pkl", checked.info)
-    symbol, return_name, name_issue = split_symbol(group_key, info)
-    if name_issue:
-        issues.append(Issue(name_issue.severity, name_issue.code, name_issue.message, files.get("info.pkl")))
-    if not return_name:
-        issues.append(Issue("warning", "no_return_name", f"group key {group_key} has no `_return_name` part", None))
-    factors = _factors(group_key, files, reader, root)
-    ic = _ic(group_key, files, reader, factors)
-    model = read_models(files, reader.read, issues, cache, root, mtimes, checked.model)
-    if model is None:
-        issues.append(Issue("error", "missing_model", _missing(
-            root, group_key, files, f"no model file: add {group_key}_model.json, {group_key}_model.ubj or {group_key}_model.pkl"), None))
-    minfo = model.info if model else None
-    if minfo:
-        _validate_model(minfo, factors, info, issues, files, model.file)
-    servable = minfo is not None and not any(i.severity == "error" for i in issues)
-    return GroupSnapshot(
-        group_key=group_key, symbol=symbol, return_name=return_name, files=dict(sorted(files.items())),
-        factors=factors, ic=ic, info=info, importance=factor_importance(minfo, factors) if servable else None,
-        dim=minfo.num_features if minfo else None,
-        model_source=model.source if model else None, model_file=model.file if model else None,
-        model_sha256=minfo.json_sha256 if minfo else None, model_json=model.json if model else None,
-        updated_at=iso_from_timestamp(max(mtimes.values()) / 1e9) if mtimes else None, signature=signature, issues=issues,
-    )
+    return next(_finished([_GroupLoad(Path(directory).resolve(), group_key, files, cache, max_bytes)]))
 
 
 def factor_importance(minfo: ModelInfo, factors: list[str]) -> dict[str, dict[str, float]] | None:
@@ -246,11 +281,42 @@ def load_directory(path: str | os.PathLike, *, cache: CacheDir | None = None,
         ignored = ignored_entries(names, {name for files in scanned.values() for name in files.values()})
     keys = [k for k in scanned if only is None or k in only]
 
-    def one(key: str) -> GroupSnapshot:
-        group = load_group(root, key, scanned[key], cache=cache, max_bytes=max_bytes)
-        if prepare is not None:
-            prepare(group)
-        return group
+    def batch(part: list[str]) -> list[GroupSnapshot]:
+        out = []
+        for group in _finished([_GroupLoad(root, key, scanned[key], cache, max_bytes) for key in part]):
+            if prepare is not None:
+                prepare(group)
+            out.append(group)
+        return out
 
-    groups = list(executor.map(one, keys)) if executor else [one(k) for k in keys]
-    return DirectorySnapshot(root, {g.group_key: g for g in groups}, ignored)
+    parts = _batches(root, keys, scanned, getattr(executor, "_max_workers", 2) if executor else 1)
+    loaded = {g.group_key: g for part in (executor.map(batch, parts) if executor else map(batch, parts)) for g in part}
+    return DirectorySnapshot(root, {key: loaded[key] for key in keys}, ignored)
+
+
+BATCH_GROUPS = 32           # groups whose files one check process takes, at most
+BATCH_BYTES = 4 * 1024**2   # and at most this many bytes of their files (unless one group alone is more)
+
+
+def _batches(root: Path, keys: list[str], scanned: dict[str, dict[str, str]], workers: int) -> list[list[str]]:
+    """The groups in batches of consecutive keys, each checked in one child process: at most
+    BATCH_GROUPS and BATCH_BYTES, and at least two batches per worker when there are enough groups."""
+    per = max(1, min(BATCH_GROUPS, -(-len(keys) // (2 * workers)) if workers > 1 else BATCH_GROUPS))
+    out: list[list[str]] = []
+    size = 0
+    for key in keys:
+        files = scanned[key]
+        grows = sum(_size(root / files[kind]) for kind in ("info.pkl", *MODEL_KINDS) if kind in files)
+        if not out or len(out[-1]) >= per or (size + grows > BATCH_BYTES and out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(key)
+        size += grows
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

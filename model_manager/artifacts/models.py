@@ -43,12 +43,14 @@ Check = Callable[[bytes, str, str], tuple]  # check_model(data, source, name)
 
 
 def read_models(files: dict[str, str], read: Callable[[str], bytes | None], issues: list[Issue],
-                cache: CacheDir | None, root: Path, mtimes: dict[str, int], check: Check = check_model) -> ModelRead | None:
+                cache: CacheDir | None, root: Path, mtimes: dict[str, int], check: Check = check_model,
+                digest: Callable[[bytes], str] = sha256) -> ModelRead | None:
     """Check every model file of a group; return the served one (None when there is none).
 
     `read(kind)` returns a file's bytes or None (having added an issue); problems are added to
     `issues`; `mtimes` are the files' modification times (ns) by kind, to tell which file is older;
-    `check` checks a file not in the cache (`check_model`, or the answer of a check already made)."""
+    `check` checks a file not in the cache (`check_model`, or the answer of a check already made);
+    `digest` hashes a file's bytes (the caller may have done it already)."""
     present = [kind for kind in MODEL_KINDS if kind in files]
     if not present:
         return None
@@ -56,7 +58,8 @@ def read_models(files: dict[str, str], read: Callable[[str], bytes | None], issu
     for kind in present:
         data = read(kind)
         if data is not None:
-            checked[kind] = _check(kind, files[kind], data, cache, issues, served=kind == present[0], check=check)
+            checked[kind] = _check(kind, files[kind], data, cache, issues, served=kind == present[0], check=check,
+                                   digest=digest)
     _recheck_across_versions(checked, files, read, cache, issues, present[0], check)
     served = checked.get(present[0]) or ModelRead(MODEL_SOURCES[present[0]], files[present[0]])
     if served.info is not None:
@@ -80,10 +83,11 @@ def cached_info(source: str, source_sha: str, cache: CacheDir | None, served: bo
 
 
 def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: list[Issue], *,
-           served: bool, use_cache: bool = True, check: Check = check_model) -> ModelRead:
+           served: bool, use_cache: bool = True, check: Check = check_model,
+           digest: Callable[[bytes], str] = sha256) -> ModelRead:
     """One model file: from the cache (by content hash) or checked in the check process."""
     source = MODEL_SOURCES[kind]
-    source_sha = sha256(data)
+    source_sha = digest(data)
     cached = cached_info(source, source_sha, cache, served) if use_cache else None
     try:
         if cached:

@@ -52,11 +52,72 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
     The factor column may be named factor / factor_name / name (any case) or be an unnamed first
     (pandas index) column; metric names are lower-cased so `Kendall_Tau` is `kendall_tau`.
     """
-    import pandas as pd
-
     text = _decode_text(data, name)
     if not text.strip():
         raise ArtifactError(f"{name} is empty", code="empty_ic")
+    table = plain_table(text)
+    names, values, notes = (*table, []) if table is not None else _pandas_table(text, name)
+    columns = [str(c).strip() for c in names]
+    lowered = [c.lower() for c in columns]
+    factor_idx = next((lowered.index(n) for n in FACTOR_COLUMN_NAMES if n in lowered), None)
+    if factor_idx is None and columns and (columns[0] == "" or columns[0].startswith("Unnamed:")):
+        factor_idx = 0
+    if factor_idx is None:
+        raise ArtifactError(
+            f"{name} has no factor column: name it factor, factor_name or name, or make it the unnamed first column",
+            code="ic_no_factor_column")
+    metric_idx = [i for i in range(len(columns)) if i != factor_idx and not (columns[i] == "" or columns[i].startswith("Unnamed:"))]
+    out_columns = ["factor"] + [lowered[i] for i in metric_idx]
+    rows: list[list] = []
+    non_numeric: set[str] = set()
+    for raw in values:
+        factor = str(raw[factor_idx]).strip()
+        if not factor:
+            continue
+        row: list[Any] = [factor]
+        for i in metric_idx:
+            cell = "" if raw[i] is None else str(raw[i])
+            try:
+                row.append(_cell_number(cell))
+            except ValueError:
+                non_numeric.add(lowered[i])
+                row.append(None)
+        rows.append(row)
+    if non_numeric:
+        notes.append(f"{name}: non-numeric values in {', '.join(sorted(non_numeric))} were read as null")
+    return {"columns": out_columns, "rows": rows}, notes
+
+
+_PLAIN_MAX_LINE = 100_000  # under the csv module's field size limit (131,072 characters)
+
+
+def plain_table(text: str) -> tuple[list[str], list[list[str]]] | None:
+    """(column names, rows) as `_pandas_table` reads them, for a CSV text with nothing that needs
+    pandas: no quotes, no carriage return but in CRLF, no byte order mark, no line of only
+    whitespace, every row as wide as the header, and distinct column names. None for anything
+    else (then pandas reads it). About 10 × faster than pandas (0.65 against 6.2 ms for 150 rows)."""
+    if '"' in text or "\ufeff" in text:
+        return None
+    text = text.replace("\r\n", "\n")
+    if "\r" in text:
+        return None
+    lines = [line for line in text.split("\n") if line]
+    if not lines or any(len(line) > _PLAIN_MAX_LINE or not line.strip() for line in lines):
+        return None
+    # csv with skipinitialspace drops the spaces that open a field; pandas names an empty header "Unnamed: i"
+    names = [field.lstrip(" ") or f"Unnamed: {i}" for i, field in enumerate(lines[0].split(","))]
+    if len(set(names)) != len(names):
+        return None  # pandas renames repeated columns
+    rows = [line.split(",") for line in lines[1:]]
+    if any(len(row) != len(names) for row in rows):
+        return None  # pandas pads short rows and truncates long ones (with a note)
+    return names, [[field.lstrip(" ") for field in row] for row in rows]
+
+
+def _pandas_table(text: str, name: str) -> tuple[list, Any, list[str]]:
+    """(column names, rows, notes) of any CSV text, read by pandas (every cell as text)."""
+    import pandas as pd
+
     try:
         long_rows: list[int] = []
 
@@ -75,37 +136,8 @@ def parse_ic(data: bytes, name: str = "ic.csv") -> tuple[dict, list[str]]:
                 UserWarning, name, 0))
     except Exception as exc:  # pandas raises several parser error types
         raise ArtifactError(f"{name} is not a readable CSV table: {str(exc).splitlines()[0][:200]}", code="corrupt") from None
-    columns = [str(c).strip() for c in df.columns]
-    lowered = [c.lower() for c in columns]
-    factor_idx = next((lowered.index(n) for n in FACTOR_COLUMN_NAMES if n in lowered), None)
-    if factor_idx is None and columns and (columns[0] == "" or columns[0].startswith("Unnamed:")):
-        factor_idx = 0
-    if factor_idx is None:
-        raise ArtifactError(
-            f"{name} has no factor column: name it factor, factor_name or name, or make it the unnamed first column",
-            code="ic_no_factor_column")
-    notes: list[str] = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught]
-    metric_idx = [i for i in range(len(columns)) if i != factor_idx and not (columns[i] == "" or columns[i].startswith("Unnamed:"))]
-    out_columns = ["factor"] + [lowered[i] for i in metric_idx]
-    rows: list[list] = []
-    non_numeric: set[str] = set()
-    values = df.to_numpy(dtype=object)
-    for raw in values:
-        factor = str(raw[factor_idx]).strip()
-        if not factor:
-            continue
-        row: list[Any] = [factor]
-        for i in metric_idx:
-            cell = "" if raw[i] is None else str(raw[i])
-            try:
-                row.append(_cell_number(cell))
-            except ValueError:
-                non_numeric.add(lowered[i])
-                row.append(None)
-        rows.append(row)
-    if non_numeric:
-        notes.append(f"{name}: non-numeric values in {', '.join(sorted(non_numeric))} were read as null")
-    return {"columns": out_columns, "rows": rows}, notes
+    notes = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught]
+    return list(df.columns), df.to_numpy(dtype=object), notes
 
 
 def split_symbol(group_key: str, info: dict | None) -> tuple[str, str, Issue | None]:

@@ -48,6 +48,7 @@ class GroupSnapshot:
     model_file: str | None = None
     model_sha256: str | None = None
     model_json: bytes | None = None
+    model_summary: dict | None = None  # `modelsummary.model_summary` of the served JSON, when known
     updated_at: str | None = None
     signature: tuple = ()
     issues: list[Issue] = field(default_factory=list)

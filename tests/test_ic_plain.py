@@ -1,0 +1,55 @@
+"""ic.csv tables without quotes or ragged rows are read without pandas (`parse.plain_table`); every
+table that path accepts must come out exactly as pandas reads it (names, cells, no notes)."""
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model_manager.artifacts.parse import _pandas_table, parse_ic, plain_table
+
+CELLS = st.sampled_from(["", " ", "  0.1", "0.1 ", "-0.02", "1e-3", "nan", "NaN", "null", "inf", "-", "x", "ofi_1m",
+                         "Unnamed: 1", "factor", "Kendall_Tau", "ü", "\t", "a b", "\x0b", "1,5", '"q"', "0x1"])
+
+
+@st.composite
+def tables(draw) -> str:
+    """A CSV text: usually rectangular and plain, sometimes ragged, quoted, with blank or CR lines."""
+    width = draw(st.integers(1, 5))
+    rows = draw(st.lists(st.lists(CELLS, min_size=width, max_size=width), min_size=1, max_size=6))
+    if draw(st.booleans()):  # a ragged row
+        rows.append(draw(st.lists(CELLS, min_size=1, max_size=7)))
+    end = draw(st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\n \n"]))
+    text = end.join(",".join(row) for row in rows)
+    return draw(st.sampled_from(["", "\n", "\r\n"])) + text + draw(st.sampled_from(["", "\n", end]))
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables())
+def test_tables_read_without_pandas_are_read_as_pandas_reads_them(text):
+    plain = plain_table(text)
+    if plain is None:
+        return
+    names, values, notes = _pandas_table(text, "ic.csv")
+    assert plain == ([str(n) for n in names], [list(row) for row in values]) and notes == []
+    assert all(isinstance(cell, str) for row in values for cell in row)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.text(alphabet=st.sampled_from(list("ab1.-e ,\n\r\"\t\ufeffü")), min_size=1, max_size=60))
+def test_any_text_the_plain_reader_takes_reads_the_same(text):
+    plain = plain_table(text)
+    if plain is None:
+        return
+    names, values, notes = _pandas_table(text, "ic.csv")
+    assert plain == ([str(n) for n in names], [list(row) for row in values]) and notes == []
+
+
+def test_the_usual_tables_take_the_plain_path():
+    for text in ("factor,ic,rank_ic,kendall_tau\nofi_1m,0.1,0.2,0.05\nspread_bps,nan,,-0.02\n",
+                 ",ic,rank_ic,kendall_tau\r\nofi_1m,0.1,0.2,0.05\r\n\r\nspread_bps,,,-0.02\r\n",
+                 "Name, ic , rank_ic, KENDALL_TAU\n ofi_1m , 0.1, 0.2, 0.05\nspread_bps, inf, null, -0.02\n"):
+        assert plain_table(text) is not None
+        ic, notes = parse_ic(text.encode())
+        assert ic["columns"][1:] == ["ic", "rank_ic", "kendall_tau"] and notes == []
+        assert ic["rows"][0] == ["ofi_1m", 0.1, 0.2, 0.05] and ic["rows"][1][0] == "spread_bps"
+    assert plain_table('"factor","ic"\n"a","1"\n') is None  # quoted: pandas reads it
