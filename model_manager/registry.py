@@ -269,13 +269,13 @@ class Registry:
                 model.install(dict(sorted({**kept, **new_states}.items())), defer_research=True)
                 model.error = None
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
+            if self.on_reloaded is not None:  # the other workers install them too, before our research index
+                self.on_reloaded()
             model.finish_research()
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
             # is served now, and a hold set by another process is announced
             self._follow_model(model)
             self.events.publish(model.name, "model", {"event": "refreshed"})
-            if self.on_reloaded is not None:
-                self.on_reloaded()
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")
