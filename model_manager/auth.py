@@ -276,13 +276,61 @@ class LoginThrottle:
         blocked_until = now + min(self.base_delay * 2 ** (failures - free), self.max_delay) if failures >= free else 0.0
         return failures, blocked_until, now
 
+    def attempt(self, client: str) -> None:
+        """Before a slow check (the password's hash): ThrottledError while the client or everyone is
+        blocked, else count the attempt as a failure now, in one step (one transaction with a store),
+        so attempts made at the same moment — through several workers too — are each counted and no
+        more than the free ones reach the check. `success` takes the count back."""
+        now = time.time()
+        counted = ((client_key(client), self.free_failures, "this address"),
+                   (self.GLOBAL, self.global_free_failures, "this server"))
+        with self._lock:
+            if self.store is None:
+                states = {key: self._clients.get(key) for key, _, _ in counted}
+                self._refuse_if_blocked(states, counted, now)
+                for key, free, _ in counted:
+                    self._clients[key] = self._counted(states[key], free, now)
+                return
+            with self.store.transaction() as db:
+                states = {key: db.execute("SELECT failures, blocked_until, last_failure FROM throttle "
+                                          "WHERE kind = ? AND key = ?", (self.kind, key)).fetchone()
+                          for key, _, _ in counted}
+                self._refuse_if_blocked(states, counted, now)
+                for key, free, _ in counted:
+                    self._clients[key] = state = self._counted(states[key], free, now)
+                    db.execute("INSERT OR REPLACE INTO throttle (kind, key, failures, blocked_until, last_failure) "
+                               "VALUES (?, ?, ?, ?, ?)", (self.kind, key, *state))
+
+    @staticmethod
+    def _refuse_if_blocked(states: dict, counted: tuple, now: float) -> None:
+        for key, _, whom in counted:
+            blocked_until = states[key][1] if states[key] else 0.0
+            if blocked_until > now:
+                wait = max(1, math.ceil(blocked_until - now))
+                raise ThrottledError(f"too many failed attempts on {whom}: try again in {wait} s", retry_after=wait)
+
     def success(self, client: str) -> None:
+        """The client got it right: its count is reset, and the attempt `attempt` counted for
+        everyone is taken back."""
         key = client_key(client)
         with self._lock:
             self._clients.pop(key, None)
-        if self.store is not None:
+            if self.store is None:
+                self._clients[self.GLOBAL] = self._uncounted(self._clients.get(self.GLOBAL))
+                return
             with self.store.transaction() as db:
                 db.execute("DELETE FROM throttle WHERE kind = ? AND key = ?", (self.kind, key))
+                row = db.execute("SELECT failures, blocked_until, last_failure FROM throttle WHERE kind = ? AND key = ?",
+                                 (self.kind, self.GLOBAL)).fetchone()
+                if row is not None:
+                    self._clients[self.GLOBAL] = state = self._uncounted(row)
+                    db.execute("UPDATE throttle SET failures = ?, blocked_until = ? WHERE kind = ? AND key = ?",
+                               (state[0], state[1], self.kind, self.GLOBAL))
+
+    def _uncounted(self, state: tuple[int, float, float] | None) -> tuple[int, float, float]:
+        failures, blocked_until, last = state or (0, 0.0, 0.0)
+        failures = max(0, failures - 1)
+        return failures, blocked_until if failures >= self.global_free_failures else 0.0, last
 
 
 def client_key(client: str) -> str:
@@ -363,8 +411,8 @@ class Authenticator:
         if not self.store.is_initialized():
             raise ConflictError("no password is set yet: set one with POST /api/auth/bootstrap "
                                 "or `model-manager password init`")
+        self.throttle.attempt(key)  # counted before the hash is checked (see LoginThrottle.attempt)
         if not self.store.verify_password(password):
-            self.throttle.failure(key)
             self.store.audit("login_failed", client=client)
             raise AuthError("wrong password")
         self.throttle.success(key)
@@ -384,9 +432,8 @@ class Authenticator:
     def change_password(self, token: str, current: str, new: str, client: str | None) -> None:
         """Replace the password; every token but `token` is revoked."""
         key = client or "unknown"
-        self.throttle.check(key, shared=True)
+        self.throttle.attempt(key)  # counted before the hash is checked (see LoginThrottle.attempt)
         if not self.store.verify_password(current):
-            self.throttle.failure(key)
             self.store.audit("password_change_failed", client=client)
             raise AuthError("the current password is wrong")
         self.throttle.success(key)

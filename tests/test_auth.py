@@ -454,3 +454,41 @@ def test_throttle_in_the_store_is_shared_by_processes(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_attempts_at_the_same_moment_are_all_counted(tmp_path):
+    """Wrong passwords sent at once (as through several workers): each is counted before its hash is
+    checked, so no more than the free ones are checked at all; a right one afterwards takes its count
+    back (the count of everyone does not grow with successful logins)."""
+    import threading
+
+    from model_manager.auth import Authenticator
+    from model_manager.errors import AuthError
+    from model_manager.store import Store
+    from tests.support import make_settings
+
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        store.init_password(PASSWORD)
+        auth = Authenticator(make_settings(tmp_path), store)
+        outcomes: list[str] = []
+
+        def guess() -> None:
+            try:
+                auth.login("not the password at all", "10.1.1.1")
+            except ThrottledError:
+                outcomes.append("throttled")
+            except AuthError:
+                outcomes.append("checked")
+
+        threads = [threading.Thread(target=guess) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert outcomes.count("checked") == auth.throttle.free_failures and outcomes.count("throttled") == 15
+        for _ in range(40):  # successful logins from other addresses leave the global count alone
+            auth.login(PASSWORD, "10.2.2.2")
+        auth.login(PASSWORD, "10.3.3.3")
+    finally:
+        store.close()
