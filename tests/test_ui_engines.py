@@ -63,6 +63,7 @@ def test_engines_page_follows_an_engine_through_a_retrain(served, page, training
     page.goto(f"{server.url}/#/models/{MODEL}")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#server-workers")).to_have_text("2 worker processes")
     page.locator("#engines-link").click()
     expect(page).to_have_url(f"{server.url}/#/engines/{MODEL}")
     expect(page.locator("h1")).to_have_text("Engines")

@@ -112,6 +112,7 @@ const enc = encodeURIComponent;
 
 export const endpoints = {
   status: () => api("GET", "/api/auth/status", { auth: false }),
+  health: () => api("GET", "/healthz", { auth: false }),
   bootstrap: (password, setupCode) =>
     api("POST", "/api/auth/bootstrap", { auth: false, body: setupCode ? { password, setup_code: setupCode } : { password } }),
   login: (password) => api("POST", "/api/auth/login", { auth: false, body: { password } }),

@@ -163,8 +163,20 @@ async function render({ focus = false } = {}) {
   }
 }
 
+/** The footer says how many worker processes serve this page (`serve --workers`): each answers any request. */
+async function showWorkers() {
+  try {
+    const health = await endpoints.health();
+    const count = health.workers || 1;
+    document.getElementById("server-workers").textContent = count === 1 ? "1 worker process" : `${count} worker processes`;
+  } catch {
+    // the footer stays quiet: the pages report the server's trouble themselves
+  }
+}
+
 window.addEventListener("hashchange", () => render({ focus: true }));
 render();
+showWorkers();
 
 // The skip link must not change the hash (that is the router's): move focus instead.
 document.querySelector(".skip-link")?.addEventListener("click", (event) => {
