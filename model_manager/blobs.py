@@ -7,6 +7,7 @@ blob is a `DamagedDataError`, never bytes served silently. Identical bytes are s
 """
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from pathlib import Path
@@ -53,11 +54,14 @@ class BlobStore:
         if not self._intact(self.path(digest), digest):
             self.put(data)
 
-    def get(self, digest: str, what: str = "payload") -> bytes:
+    def get(self, digest: str, what: str = "payload", *, mapped: bool = False) -> bytes | memoryview:
         """The bytes of blob `digest`, checked against it: DamagedDataError when the file is missing,
-        unreadable or no longer matches its hash."""
+        unreadable or no longer matches its hash. `mapped`: the file mapped into memory (read-only)
+        instead of copied: the page cache then holds the bytes once for every worker process that
+        serves them. A blob file is never changed in place (a new one is a new file; a sweep unlinks
+        it, and a mapping outlives that), so mapped bytes never change under a reader."""
         try:
-            data = self.path(digest).read_bytes()
+            data = _mapped(self.path(digest)) if mapped else self.path(digest).read_bytes()
         except OSError as exc:
             raise DamagedDataError(f"the stored bytes of {what} cannot be read from the data dir "
                                    f"({self.path(digest).name}: {exc.strerror or exc}); pin another version") from None
@@ -101,6 +105,16 @@ class BlobStore:
             return sha256(path.read_bytes()) == digest
         except OSError:
             return False
+
+
+def _mapped(path: Path) -> bytes | memoryview:
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        try:
+            return memoryview(mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ))
+        except (OSError, ValueError):  # no mapping left (vm.max_map_count): a copy will do
+            return fh.read()
 
 
 def _fsync_dir(directory: Path) -> None:

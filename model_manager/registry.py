@@ -336,12 +336,12 @@ class Registry:
         return payload, None
 
     def _live_payload(self, recorded: Recorded) -> PayloadBytes | None:
+        """What a group serves: its live version's bytes, mapped from the blob file (a version just
+        recorded too: the worker processes of a server then share one copy in the page cache)."""
         live = recorded.live
         if live is None:
             return None
-        if recorded.payload is not None and recorded.payload.version == live.version:
-            return _payload_bytes(recorded.payload, live.group_key)  # just written: no need to read it back
-        return _payload_bytes(self.versions.payload(live.model, live.group_key), live.group_key)
+        return _payload_bytes(self.versions.payload(live.model, live.group_key, mapped=True), live.group_key)
 
     def _group_removed(self, model_name: str, group_key: str) -> None:
         try:
@@ -429,7 +429,7 @@ class Registry:
                 if number is None or (state.payload is not None and state.payload.version == number):
                     continue
                 try:
-                    payload = _payload_bytes(self.versions.payload(model.name, key, number), key)
+                    payload = _payload_bytes(self.versions.payload(model.name, key, number, mapped=True), key)
                 except ModelManagerError as exc:
                     log.warning("%s/%s: live version %s not served: %s", model.name, key, number, exc)
                     continue

@@ -38,7 +38,7 @@ def snapshot_from_record(fields: dict) -> GroupSnapshot | None:
 @dataclass(frozen=True)
 class PayloadBytes:
     etag: str      # quoted strong ETag: sha256 of the uncompressed body
-    gzip: bytes
+    gzip: bytes | memoryview  # served as they are; mapped from the version's blob file (see BlobStore.get)
     size: int      # uncompressed length
     version: int   # the group's version these bytes are (see versions.py)
     group_key: str

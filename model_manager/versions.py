@@ -100,16 +100,17 @@ class VersionStore:
         rows = self.store.query("SELECT held_at, reason FROM holds WHERE model = ?", (model,))
         return {"held_at": rows[0][0], "reason": rows[0][1]} if rows else None
 
-    def payload(self, model: str, group_key: str, version: int | None = None) -> StoredPayload:
+    def payload(self, model: str, group_key: str, version: int | None = None, *, mapped: bool = False) -> StoredPayload:
         """The bytes of a version (default: the live one). NotFoundError when unknown or pruned,
-        DamagedDataError when the stored bytes fail their hash check."""
+        DamagedDataError when the stored bytes fail their hash check. `mapped`: see `BlobStore.get`
+        (for the bytes a server keeps serving)."""
         info = self.live(model, group_key) if version is None else self.get(model, group_key, version)
         if info is None:
             raise NotFoundError(f"{model}/{group_key} has no live version")
         if info.pruned:
             raise NotFoundError(f"version {info.version} of {model}/{group_key} was pruned: its bytes are no longer "
                                 "kept (MODEL_MANAGER_KEEP_VERSIONS); its record stays in the history")
-        data = self.blobs.get(info.blob_sha256, f"version {info.version} of {model}/{group_key}")
+        data = self.blobs.get(info.blob_sha256, f"version {info.version} of {model}/{group_key}", mapped=mapped)
         return StoredPayload(info.version, info.etag, data, info.size)
 
     def versions(self, model: str, group_key: str) -> dict:

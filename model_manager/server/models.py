@@ -140,6 +140,7 @@ class ModelsController(UnderModels):
         client = request.client.host if request.client else None
         record_payload(manager.fleet, manager.metrics, name, identity_of(request).client, client, payload, answer)
         status, headers, content = answer
+        content = bytes(content)  # Litestar wants bytes; the payload may be mapped from its file
         shown = {k.decode(): v.decode("latin-1") for k, v in headers if k not in (b"content-type", b"content-length")}
         if waited is not None:
             shown["Preference-Applied"] = f"wait={waited}"
