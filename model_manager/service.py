@@ -10,7 +10,10 @@ the in-memory view of every registered model, and the `Watcher` that keeps it fr
 Everything here may block on disk or sqlite: the server calls it from worker threads, except the
 in-memory reads (`symbols`, `factors`, `detail`, `payload`), which are dict lookups.
 
-(A little over 400 lines: this is the one surface every command and route calls, one short method per
+Serving as one of several workers (`role`, see workers.py), it also follows what the others change
+(`_follow`) and tells them what it changed (`_changed`, through peers.py).
+
+(Over 400 lines: this is the one surface every command and route calls, one short method per
 operation; the rules live in the modules it composes.)
 """
 from __future__ import annotations
