@@ -49,7 +49,7 @@ class WorkerRole:
     count: int = 1
     setup_code: str | None = None       # the one-time setup code the banner printed (every worker accepts it)
     primary_ready: Any = None           # a multiprocessing Event the primary sets after its first load
-    shared_dir: Path | None = None      # where workers leave their metrics for each other
+    shared_dir: Path | None = None      # where workers leave their metrics and meet (peers.py)
 
     @property
     def primary(self) -> bool:
