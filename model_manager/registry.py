@@ -128,10 +128,11 @@ class Registry:
 
         def hook(group: GroupSnapshot) -> None:
             if record:
-                built[group.group_key] = self._build_payload(model_name, group, root)
-            elif group.model_json is not None:
+                built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
+                return
+            if group.model_json is not None:
                 self._stash_json(group)
-                self._write_record(root, group)  # other workers then restore the group instead of checking it
+            self._write_record(root, group)  # other workers then restore the group instead of checking it
         return hook, built
 
     def _stash_json(self, group: GroupSnapshot) -> None:
@@ -283,7 +284,9 @@ class Registry:
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
                 built: dict[str, Built]) -> dict[str, GroupState]:
-        futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path))
+        # groups not built by a payload hook were not parsed here (restored from their parse records, or
+        # a registration's, whose hook wrote them): their records are not written again
+        futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=False)
                    for k, g in snap.groups.items() if k not in built}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
@@ -302,13 +305,14 @@ class Registry:
                                       failure or "; ".join(i.message for i in group.errors), generation)
         return out
 
-    def _build_payload(self, model_name: str, group: GroupSnapshot, root: str) -> Built:
+    def _build_payload(self, model_name: str, group: GroupSnapshot, root: str, *, parsed: bool) -> Built:
         """Record a valid group's payload as a version (a new one only when its content changed) and
-        return what the group serves: its live version. A served group's parse is recorded for the
-        next start (see `_restore`)."""
+        return what the group serves: its live version. The parse of a group `parsed` here is recorded
+        for the next start and the other workers (see `_restore`): a served one, or a broken one."""
         if group.errors:
             group.model_json = None
-            self._write_record(root, group)  # the other workers show the trouble too (a restart re-reads it)
+            if parsed:  # the other workers show the trouble too (a restart re-reads it)
+                self._write_record(root, group)
             return None, None
         in_memory, sha = group.model_json, group.model_sha256
 
@@ -332,7 +336,8 @@ class Registry:
         except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
             log.warning("%s/%s: %s", model_name, group.group_key, exc)
             return None, str(exc)
-        self._write_record(root, group)
+        if parsed:
+            self._write_record(root, group)
         return payload, None
 
     def _live_payload(self, recorded: Recorded) -> PayloadBytes | None:
