@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,18 +57,14 @@ def build_small_directory(work: Path, groups: int) -> Path:
     """`groups` small groups with unique model bytes under `work/workload/small-N` (reused when complete)."""
     base = small_base_model(work).read_bytes()
     directory = work / "workload" / f"small-{groups}"
-    stamp = directory / ".bench-complete"
     spec = json.dumps({"version": SPEC_VERSION, "groups": groups, "trees": TREES, "features": FEATURES})
-    if stamp.exists() and stamp.read_text() == spec:
+    if workload.built_before(directory, spec):
         return directory
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
     started = time.perf_counter()
     for i in range(groups):
         workload.write_group(directory, i, workload.variant_bytes(base, workload.group_key_of(i)),
                              features=FEATURES, trees=TREES)
-    stamp.write_text(spec)
+    workload.mark_built(directory, spec)
     _log(f"built small-{groups} in {time.perf_counter() - started:.1f} s")
     return directory
 

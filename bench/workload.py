@@ -124,14 +124,10 @@ def build_directory(work: Path, groups: int, *, shared: bool = False) -> Path:
     bases = train_base_models(work)
     name = f"{'shared' if shared else 'distinct'}-{groups}"
     directory = work / "workload" / name
-    stamp = directory / ".bench-complete"
     spec = json.dumps({"version": SPEC_VERSION, "groups": groups, "shared": shared, "trees": TREES,
                        "depth": DEPTH, "features": FEATURES})
-    if stamp.exists() and stamp.read_text() == spec:
+    if built_before(directory, spec):
         return directory
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
     started = time.perf_counter()
     base_bytes = [p.read_bytes() for p in bases]
     for i in range(groups):
@@ -139,9 +135,25 @@ def build_directory(work: Path, groups: int, *, shared: bool = False) -> Path:
             write_group(directory, i, link_from=bases[i % len(bases)])
         else:
             write_group(directory, i, variant_bytes(base_bytes[i % len(bases)], group_key_of(i)))
-    stamp.write_text(spec)
+    mark_built(directory, spec)
     _log(f"built {name} ({groups} groups) in {time.perf_counter() - started:.1f} s")
     return directory
+
+
+def built_before(directory: Path, spec: str) -> bool:
+    """True when `directory` holds a complete build of `spec` (reuse it); otherwise it is made anew,
+    empty, for the caller to fill and then `mark_built`."""
+    stamp = directory / ".bench-complete"
+    if stamp.exists() and stamp.read_text() == spec:
+        return True
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return False
+
+
+def mark_built(directory: Path, spec: str) -> None:
+    (directory / ".bench-complete").write_text(spec)
 
 
 def subset_directory(source: Path, target: Path, groups: int) -> Path:
