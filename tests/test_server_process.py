@@ -5,6 +5,7 @@ import gzip
 import json
 import pickle
 import socket
+import time
 
 import numpy as np
 import xgboost as xgb
@@ -54,31 +55,40 @@ def test_serve_demo_on_a_fresh_data_dir(tmp_path):
         assert status == 200 and len(json.loads(body)["models"]) == 1
 
 
-# -- payload polls answered by the HTTP protocol itself (server/protocol.py) -------------------------------
+# -- payload polls answered by the HTTP protocol itself (server/pollprotocol.py) ---------------------------
 
-def _exchange(port: int, requests: list[bytes], answers: int) -> list[tuple[bytes, dict, bytes]]:
-    """Send `requests` at once on one connection (pipelined) and read `answers` responses back:
-    [(status line, headers without `date`, body)]."""
+def _read_answer(reader) -> tuple[bytes, dict, bytes]:
+    """One response from `reader`: (status line, headers without `date`, body)."""
+    status = reader.readline().rstrip()
+    headers = {}
+    while (line := reader.readline().rstrip()) != b"":
+        name, _, value = line.partition(b": ")
+        headers[name.lower()] = value
+    body = reader.read(int(headers.get(b"content-length", b"0")))
+    headers.pop(b"date")
+    return status, headers, body
+
+
+def _exchange(port: int, requests: list[bytes], answers: int, *, one_by_one: bool = False) -> list[tuple[bytes, dict, bytes]]:
+    """Send `requests` at once on one connection (pipelined), or each after the answer to the one
+    before (`one_by_one`), and read `answers` responses back."""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(b"".join(requests))
+        if not one_by_one:
+            sock.sendall(b"".join(requests))
         reader = sock.makefile("rb")
         out = []
-        for _ in range(answers):
-            status = reader.readline().rstrip()
-            headers = {}
-            while (line := reader.readline().rstrip()) != b"":
-                name, _, value = line.partition(b": ")
-                headers[name.lower()] = value
-            body = reader.read(int(headers.get(b"content-length", b"0")))
-            headers.pop(b"date")
-            out.append((status, headers, body))
+        for index in range(answers):
+            if one_by_one:
+                sock.sendall(requests[index])
+            out.append(_read_answer(reader))
         return out
 
 
 def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, demo_dir):
-    """The common poll is answered before uvicorn makes an ASGI request of it; the same request
-    with `?version=N` (the live one) goes through the Litestar route. Both must give the same
-    bytes, in order, also when requests are pipelined and the two ways alternate."""
+    """The common poll is answered by the HTTP protocol itself (server/pollprotocol.py) while a
+    connection sends one request at a time; the same request with `?version=N` (the live one) goes
+    through uvicorn and the Litestar route, and so do pipelined requests (through the app's fast
+    path). Every way must give the same bytes, in order."""
     with ServerProcess(tmp_path / "data", extra_args=("--no-watch", "--demo")) as srv:
         token = srv.login()
         _, headers, _ = srv.get("/api/models/demo/model/SOLUSDT", token=token)  # the token is now known
@@ -93,6 +103,8 @@ def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, 
         for extra in ((b"Accept-Encoding: gzip",), (), (inm,)):  # gzip, identity, 304
             answers = _exchange(srv.port, [get(fast, *extra), get(route, *extra), get(fast, *extra)], 3)
             assert answers[0] == answers[1] == answers[2], extra
+            by_protocol = _exchange(srv.port, [get(fast, *extra), get(fast, *extra)], 2, one_by_one=True)
+            assert by_protocol == answers[:2], extra
         status, got, body = answers[0]
         assert status == b"HTTP/1.1 304 Not Modified" and body == b"" and got[b"etag"] == headers["etag"].encode()
         assert got[b"x-content-type-options"] == b"nosniff" and b"content-security-policy" in got
@@ -118,3 +130,28 @@ def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, 
             while chunk := sock.recv(65536):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 304") and b"connection: close" in reply
+        # one connection goes back and forth between the poll protocol and uvicorn: polls, another
+        # route (uvicorn), a poll whose head comes in two reads, a poll again; idle, it is closed
+        # after the keep-alive timeout (5 s)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            reader = sock.makefile("rb")
+            poll = get(fast, inm)
+            sock.sendall(poll)
+            assert _read_answer(reader)[0] == b"HTTP/1.1 304 Not Modified"
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answer(reader)[0] == b"HTTP/1.1 200 OK"
+            sock.sendall(poll[:20])
+            time.sleep(0.3)
+            sock.sendall(poll[20:])
+            assert _read_answer(reader)[0] == b"HTTP/1.1 304 Not Modified"
+            sock.sendall(poll)
+            assert _read_answer(reader)[0] == b"HTTP/1.1 304 Not Modified"
+            # pipelined to uvicorn with the start of a third request: the connection is not handed
+            # back with those bytes in uvicorn's parser
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + poll + poll[:20])
+            time.sleep(0.3)
+            sock.sendall(poll[20:])
+            assert [_read_answer(reader)[0] for _ in range(3)] == [
+                b"HTTP/1.1 200 OK", b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 304 Not Modified"]
+            started = time.monotonic()
+            assert sock.recv(1) == b"" and time.monotonic() - started < 15

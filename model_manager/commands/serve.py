@@ -141,7 +141,8 @@ def _run(settings: Settings, store: Store, sock: socket.socket, role: WorkerRole
     config = uvicorn.Config(
         application,
         loop="uvloop" if _importable("uvloop") else "auto",
-        # a header timeout and a 16 KiB head limit (uvicorn has neither): see server/protocol.py
+        # payload polls answered without uvicorn; a header timeout and a 16 KiB head limit (uvicorn has
+        # neither): see server/pollprotocol.py and server/protocol.py
         http=http_protocol(settings),
         lifespan="on",
         log_config=None,          # logging is configured above, once, for everything

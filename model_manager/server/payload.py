@@ -37,6 +37,8 @@ def accepts_gzip(header: str | None) -> bool:
 
 
 def etag_matches(header: str, etag: str) -> bool:
+    if header == etag:  # what a polling engine sends: the one ETag it has
+        return True
     if header.strip() == "*":
         return True
     return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
@@ -60,6 +62,7 @@ def payload_response(payload: PayloadBytes, if_none_match: str | None, accept_en
     return 200, headers, body
 
 
+DIGESTS_REMEMBERED = 4096  # Authorization headers whose token digest the fast path keeps
 MAX_WAIT = 60  # seconds a long poll may ask for (RFC 7240 `Prefer: wait=N`)
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
 
@@ -112,6 +115,7 @@ class PayloadFastPath:
         self.fleet = fleet
         self.metrics = metrics
         self.hooks = hooks
+        self._digests: dict[str, str | None] = {}  # Authorization value → token digest (or None: not a bearer)
 
     async def handle(self, scope, send) -> bool:
         """Answer the request if it is the common case (True), else leave it alone (False)."""
@@ -126,7 +130,7 @@ class PayloadFastPath:
     def direct(self, scope) -> tuple[int, Headers, bytes] | None:
         """The complete answer to send — with the headers `ResponseHooks` adds to every API answer,
         and counted the way the hooks count the route's (metrics, the access log's payload summary) —
-        or None. The HTTP protocol (server/protocol.py) calls it before uvicorn makes an ASGI request
+        or None. The HTTP protocol (server/pollprotocol.py) calls it before uvicorn makes an ASGI request
         of the bytes; `handle` for what reaches the app."""
         answer = self.answer(scope)
         if answer is None:
@@ -157,8 +161,7 @@ class PayloadFastPath:
             return None  # a long poll: the route parks it
         if "transfer-encoding" in found or found.get("content-length", "0") != "0":
             return None  # a GET with a body: the route reads (and ignores) it
-        token = parse_bearer(found.get("authorization"))
-        digest = hash_token(token) if token is not None else None
+        digest = self._digest(found.get("authorization"))
         if digest is None or not isinstance(self.tokens.fresh(digest, claim=False), float):
             return None
         try:
@@ -174,6 +177,21 @@ class PayloadFastPath:
             record_payload(self.fleet, self.metrics, parts[3], identity.client if identity else "session",
                            client[0] if client else None, payload, answer)
         return answer
+
+
+    def _digest(self, authorization: str | None) -> str | None:
+        """The digest of the bearer token in `authorization`, remembered: an engine sends the same
+        header with every poll, and the hash cost more than the rest of the lookup."""
+        if authorization is None:
+            return None
+        digest = self._digests.get(authorization, False)
+        if digest is False:
+            token = parse_bearer(authorization)
+            digest = hash_token(token) if token is not None else None
+            if len(self._digests) >= DIGESTS_REMEMBERED:
+                self._digests.clear()
+            self._digests[authorization] = digest
+        return digest  # type: ignore[return-value]
 
 
 def record_payload(fleet, metrics, model: str, client: str, address: str | None, payload: PayloadBytes,

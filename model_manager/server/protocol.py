@@ -2,8 +2,8 @@
 
 uvicorn (0.54) waits forever for a request head and, with httptools, accepts heads of any size: a few
 hundred idle or trickling connections use up the descriptors and `/healthz` stops answering. So
-`serve` runs uvicorn with a protocol class of its own (`http_protocol(settings)`), a subclass of
-uvicorn's that
+`serve` runs uvicorn with protocol classes of its own (`http_protocol(settings)`: payload polls are
+answered by `pollprotocol.PollProtocol`, everything else by a subclass of uvicorn's) that
 
 - closes a connection that has not sent a complete request head within `header_timeout` seconds of
   connecting, or of the first byte of its next request (an idle keep-alive connection between
@@ -48,7 +48,7 @@ class _HeadSweeper:
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for protocol in [p for p in self.guarded if p._head_since is not None and now - p._head_since >= p.head_timeout]:
+        for protocol in [p for p in self.guarded if p._overdue(now)]:
             protocol._head_timed_out()
         self.loop.call_later(self.interval, self._sweep)
 
@@ -85,6 +85,9 @@ class HeadGuard:
     def _guard_end(self) -> None:
         self._head_since = None
         self._sweeper.guarded.discard(self)
+
+    def _overdue(self, now: float) -> bool:
+        return self._head_since is not None and now - self._head_since >= self.head_timeout
 
     def _head_timed_out(self) -> None:
         self._head_since = None
@@ -125,10 +128,11 @@ class HeadGuard:
 
 
 def _httptools_class() -> type:
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
-        _answered = False  # the request being received was answered by `_answer_directly`
+        hand_back_to: Any = None  # the PollProtocol that handed this connection over (see pollprotocol.py)
+        _in_message = False       # the parser has taken bytes of a request it has not seen the end of
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -139,51 +143,30 @@ def _httptools_class() -> type:
             if self._guard_data(data):
                 super().data_received(data)
 
+        def on_message_begin(self) -> None:
+            self._in_message = True
+            super().on_message_begin()
+
         def on_headers_complete(self) -> None:
             self._head_complete()
-            # a request pipelined behind a directly answered one arrives in the same read: uvicorn's
-            # keep-alive timer, armed when that one finished, must not close the connection under it
-            self._unset_keepalive_if_required()
-            if not self._answer_directly():
-                super().on_headers_complete()
+            super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            if self._answered:  # no ASGI cycle was started for it: finish it as uvicorn finishes one
-                self._answered = False
-                self._next_head()
-                self.on_response_complete()
-                return
+            self._in_message = False
             super().on_message_complete()
             self._next_head()
 
-        def _answer_directly(self) -> bool:
-            """Answer a payload poll here, before uvicorn builds an ASGI scope, a request cycle and a
-            task for it, when the app's `PayloadFastPath` takes it (see its `direct`): a plain
-            keep-alive HTTP/1.1 GET without a body, nothing of this connection's still in flight, its
-            writes not paused. The bytes are those uvicorn would send for the same answer."""
-            fast = getattr(self.app, "fast_path", None)  # None behind uvicorn's proxy-headers middleware
-            if fast is None or (self.cycle is not None and not self.cycle.response_complete) \
-                    or self.flow.write_paused or self.parser.get_method() != b"GET" \
-                    or self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive() \
-                    or self.parser.should_upgrade():
-                return False
-            if b"?" in self.url or b"%" in self.url:
-                return False
-            scope = {"type": "http", "method": "GET", "path": self.url.decode("latin-1"), "query_string": b"",
-                     "headers": self.headers, "client": self.client}
-            answer = fast.direct(scope)
-            if answer is None:
-                return False
-            status, headers, body = answer
-            head = [STATUS_LINE[status]]
-            for name, value in (*self.server_state.default_headers, *headers):
-                head += (name, b": ", value, b"\r\n")
-            head.append(b"\r\n")
-            self.transport.write(b"".join(head))
-            if body:
-                self.transport.write(body)
-            self._answered = True
-            return True
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            poll = self.hand_back_to
+            # back to the poll protocol only at a clean boundary: every request fully read and none of
+            # the next one's bytes here yet, none in flight or pipelined, the transport open and not paused
+            if poll is not None and not self._in_message and self._head_bytes == 0 and self.cycle.response_complete \
+                    and not self.pipeline and not self.transport.is_closing() and not self.flow.write_paused and not self.flow.read_paused:
+                self._unset_keepalive_if_required()
+                self.connections.discard(self)
+                self._guard_end()
+                poll.take_back()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._guard_end()
@@ -219,14 +202,22 @@ def _h11_class() -> type:
 
 
 def http_protocol(settings: Settings) -> type:
-    """uvicorn's HTTP protocol class with the header timeout and the 431 limit of `settings`."""
+    """The protocol class `serve` gives uvicorn: `PollProtocol` (server/pollprotocol.py), which answers
+    payload polls itself and hands every other request to uvicorn's httptools protocol with the header
+    timeout and the 431 limit of `settings`. Behind trusted proxies (the client address comes from
+    their headers, which only uvicorn's middleware reads), and without httptools, uvicorn's guarded
+    protocol serves every request itself."""
     try:
-        base = _httptools_class()
+        guarded = type("GuardedHttpToolsProtocol", (_httptools_class(),), {"head_timeout": settings.header_timeout})
     except ImportError:
         log.warning("httptools is not installed: serving HTTP with h11 (slower; the header timeout and "
                     "the 16 KiB header limit still apply). Install httptools for the fast parser.")
-        base = _h11_class()
-    return type(base.__name__, (base,), {"head_timeout": settings.header_timeout})
+        return type("GuardedH11Protocol", (_h11_class(),), {"head_timeout": settings.header_timeout})
+    if settings.proxy_list:
+        return guarded
+    from model_manager.server.pollprotocol import PollProtocol
+
+    return type("PollProtocol", (PollProtocol,), {"head_timeout": settings.header_timeout, "handoff_class": guarded})
 
 
 def raise_open_files_limit() -> tuple[int, int]:

@@ -1,0 +1,182 @@
+"""The HTTP protocol a connection starts with: payload polls answered without uvicorn, anything else
+handed to uvicorn for good.
+
+A trading engine polls its payload again and again on one keep-alive connection; most answers are
+a 304. uvicorn spends more on each such request (an ASGI scope, per-message state, a keep-alive
+timer armed and cancelled) than the answer itself costs, so a connection starts with `PollProtocol`:
+
+- A read that is exactly one complete request head (nothing before it left over, nothing after it)
+  is parsed with httptools; when it is a plain keep-alive HTTP/1.1 GET without a body or query and
+  the app's `PayloadFastPath.direct` takes it (a payload poll with a known token), the answer is
+  written here — the same bytes uvicorn would send for the route's answer.
+- Anything else — a request the fast path declines (an error, a token due for its recheck in sqlite,
+  a long poll, any other route), a body, pipelined requests, a parse error, an upgrade — and the
+  connection is handed to uvicorn's protocol (`protocol.py`'s guarded subclass) together with every
+  byte not yet answered. uvicorn hands it back once its response is complete and nothing of the next
+  request has arrived (`take_back`); an upgraded connection stays with uvicorn's WebSocket protocol.
+
+The request-head timeout and the 16 KiB head limit are the same as uvicorn's protocol has here
+(`HeadGuard`), and an idle keep-alive connection is closed after uvicorn's `timeout_keep_alive`; both
+by the once-a-second sweep, not a timer per request. While the transport's write buffer is full the
+connection stops reading, and takes up what came meanwhile when it drains.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.protocols.utils import get_remote_addr
+
+from model_manager.server.protocol import HeadGuard
+
+HEAD_END = b"\r\n\r\n"
+
+
+class PollProtocol(HeadGuard, asyncio.Protocol):
+    handoff_class: type  # uvicorn's (guarded) protocol: set by `protocol.http_protocol`
+
+    def __init__(self, config, server_state, app_state: dict[str, Any], _loop=None) -> None:
+        self._args = {"config": config, "server_state": server_state, "app_state": app_state, "_loop": _loop}
+        if not config.loaded:
+            config.load()
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.fast = getattr(config.loaded_app, "fast_path", None)  # None behind uvicorn's proxy-headers middleware
+        self.keep_alive = config.timeout_keep_alive
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.client: tuple[str, int] | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._complete = False      # the parser saw the whole request: a keep-alive HTTP/1.1 GET
+        self._partial = b""         # a request head not complete yet
+        self._stash = b""           # what arrived while writing was paused
+        self._paused = False
+        self._idle_since: float | None = None
+        self._uvicorn: Any = None          # uvicorn's protocol, once a request was handed to it
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.client = get_remote_addr(transport)
+        self.server_state.connections.add(self)
+        self._guard_start()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        self._guard_end()
+
+    def eof_received(self) -> None:
+        return None  # the transport closes itself
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        if self._stash:
+            data, self._stash = self._stash, b""
+            self.data_received(data)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: nothing of this connection is ever in flight, so close it."""
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._paused:
+            self._stash += data
+            return
+        self._idle_since = None
+        if not self._guard_data(data):  # the head grew past 16 KiB: answered 431 and closed
+            return
+        buffer = self._partial + data if self._partial else data
+        end = buffer.find(HEAD_END)
+        if end < 0:
+            self._partial = buffer
+            return
+        self._partial = b""
+        if end + 4 != len(buffer) or not self._answered(buffer):
+            self._hand_off(buffer)
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self._complete = b"", [], False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_message_complete(self) -> None:
+        # read here: once the parser is past the message, llhttp has reset what keep-alive depends on
+        parser = self.parser
+        self._complete = parser.get_method() == b"GET" and parser.get_http_version() == "1.1" \
+            and parser.should_keep_alive()
+
+    # -- answering, handing off --------------------------------------------------------------------
+
+    def _answered(self, request: bytes) -> bool:
+        """Parse `request` (one complete head) and answer it when the fast path takes it."""
+        if self.fast is None:
+            return False
+        try:
+            self.parser.feed_data(request)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return False
+        if not self._complete or b"?" in self.url or b"%" in self.url:
+            return False
+        answer = self.fast.direct({"type": "http", "method": "GET", "path": self.url.decode("latin-1"),
+                                   "query_string": b"", "headers": self.headers, "client": self.client})
+        if answer is None:
+            return False
+        status, headers, body = answer
+        head = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))
+        if body:
+            self.transport.write(body)
+        self.server_state.total_requests += 1
+        self._head_complete()
+        self._next_head()
+        self._idle_since = self.loop.time()
+        return True
+
+    def _hand_off(self, data: bytes) -> None:
+        """uvicorn's protocol serves this connection from `data` on, until it hands it back (`take_back`)."""
+        protocol = self._uvicorn
+        if protocol is None:
+            protocol = self._uvicorn = self.handoff_class(**self._args)
+            protocol.hand_back_to = self if self.fast is not None else None
+        since = self._head_since
+        self.server_state.connections.discard(self)
+        self._guard_end()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        if since is not None:
+            protocol._head_since = since  # the head's time limit runs from its first byte, as before
+        protocol.data_received(data)
+
+    def take_back(self) -> None:
+        """uvicorn's protocol answered what was handed to it and nothing of the next request has
+        arrived: serve the connection here again, with a fresh parser (the old one saw that request)."""
+        self.parser = httptools.HttpRequestParser(self)
+        self._paused = False
+        self.server_state.connections.add(self)
+        self.transport.set_protocol(self)
+        self._guard_start()
+        self._idle_since = self.loop.time()
+
+    def _overdue(self, now: float) -> bool:
+        return super()._overdue(now) or (self._idle_since is not None and now - self._idle_since >= self.keep_alive)
