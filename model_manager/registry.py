@@ -52,6 +52,8 @@ from model_manager.versions import Recorded, StoredPayload, VersionStore, candid
 
 log = logging.getLogger(__name__)
 
+ADOPT_SECONDS = 120.0  # how long the primary worker waits for another worker to record a registration's groups
+
 Built = tuple[PayloadBytes | None, str | None]  # a group's payload, or why there is none
 
 
@@ -66,6 +68,9 @@ class Registry:
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
         self._pending: dict[str, set[str]] = {}  # changed groups the primary worker has not recorded yet (see _follow_files_of)
+        self._adopt_at: dict[str, float] = {}  # models followed from another worker's registration (see _follow_new)
+        self.follows_registrations = False  # one of several workers, past its first load: see _follow_new
+        self.adopts_unrecorded = False      # the primary worker: see _follow_new
         self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
@@ -111,10 +116,31 @@ class Registry:
             for name, row in rows.items():
                 if name not in self.models:
                     model = LoadedModel(row.name, row.path, row.registered_at)
-                    self._load(model, None)
+                    if not (self.follows_registrations and self._follow_new(model)):
+                        self._load(model, None)
                     self.models[name] = model
                     changed = True
             return changed
+
+    def _follow_new(self, model: LoadedModel) -> bool:
+        """Serve a model another worker registered (through the API) from that worker's parse records
+        and versions, as it records them: the registering worker wrote every group's record before
+        the registration, and records each version before it answers. Nothing is checked or recorded
+        here. False when some group has no usable record: a registration made outside the server (the
+        CLI), which this worker then loads itself. The primary worker also loads any group still not
+        recorded after ADOPT_SECONDS (a registering worker that died half-way)."""
+        try:
+            root = check_directory(model.path)
+            scanned, _ = scan_directory(root)
+        except PathError:
+            return False
+        restored = self._restore(model, root, scanned, broken=True)
+        if len(restored) < len(scanned):
+            return False
+        self._follow_files_of(model, set(scanned), restored=restored)
+        if self.adopts_unrecorded:
+            self._adopt_at[model.name] = time.monotonic() + ADOPT_SECONDS
+        return True
 
     def payload_hook(self, model_name: str, root: str, *, record: bool = True
                      ) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
@@ -261,7 +287,7 @@ class Registry:
                 if raise_duplicates:
                     raise exc
                 return "refused"
-            new_states = self._states(model, snap, model.groups, built)
+            new_states = self._states(model, snap, model.groups, built, follow=recorded is not None)
             with model.install_lock:
                 previous = model.groups
                 for key in set(previous) - set(scanned):
@@ -283,11 +309,17 @@ class Registry:
             return "partial" if failed else "ok"
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
-                built: dict[str, Built]) -> dict[str, GroupState]:
+                built: dict[str, Built], *, follow: bool = False) -> dict[str, GroupState]:
         # groups not built by a payload hook were not parsed here (restored from their parse records, or
-        # a registration's, whose hook wrote them): their records are not written again
-        futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=False)
-                   for k, g in snap.groups.items() if k not in built}
+        # a registration's, whose hook wrote them): their records are not written again. Groups another
+        # worker recorded (`follow`) are served from its versions: nothing is recorded here.
+        if follow:
+            live = self.versions.live_versions(model.name)
+            futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
+                       for k, g in snap.groups.items()}
+        else:
+            futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=False)
+                       for k, g in snap.groups.items() if k not in built}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
             payload, failure = built[key] if key in built else futures[key].result()
@@ -340,6 +372,17 @@ class Registry:
             self._write_record(root, group)
         return payload, None
 
+    def _followed_payload(self, model_name: str, group: GroupSnapshot, live: int | None) -> Built:
+        """What a group another worker recorded serves: its live version's bytes (read only)."""
+        group.model_json = None
+        if group.errors or live is None:
+            return None, None
+        try:
+            return _payload_bytes(self.versions.payload(model_name, group.group_key, live, mapped=True), group.group_key), None
+        except ModelManagerError as exc:
+            log.warning("%s/%s: live version %s not served: %s", model_name, group.group_key, live, exc)
+            return None, str(exc)
+
     def _live_payload(self, recorded: Recorded) -> PayloadBytes | None:
         """What a group serves: its live version's bytes, mapped from the blob file (a version just
         recorded too: the worker processes of a server then share one copy in the page cache)."""
@@ -364,7 +407,7 @@ class Registry:
         if name is None:
             seq = self.versions.state_seq()
             if seq == self._live_seq and not look:
-                return self._follow_pending() if files else False
+                return self._follow_pending() if files or self._pending else False
         names = [name] if name is not None else list(self.models)
         moved = False
         for model_name in names:
@@ -374,6 +417,8 @@ class Registry:
                     keys = set(model.groups) if model.error else self.changed_groups(model.name)
                     moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
+        if not files and self._pending:  # the primary: registrations another worker is recording
+            moved |= self._follow_pending()
         if seq is not None:
             self._live_seq = seq  # only once followed: a look that failed half-way is made again
         return moved
@@ -386,11 +431,20 @@ class Registry:
             model = self.models.get(name)
             if model is None:
                 self._pending.pop(name, None)
+            elif time.monotonic() > self._adopt_at.get(name, float("inf")):
+                self._pending.pop(name, None)
+                log.warning("%s: %d groups still not recorded by the worker that registered it; loading them here",
+                            name, len(keys))
+                self._load(model, keys)
+                moved = True
             else:
                 moved |= self._follow_files_of(model, keys)
+        for name in [n for n in self._adopt_at if n not in self._pending]:
+            del self._adopt_at[name]
         return moved
 
-    def _follow_files_of(self, model: LoadedModel, keys: set[str]) -> bool:
+    def _follow_files_of(self, model: LoadedModel, keys: set[str], *,
+                         restored: dict[str, GroupSnapshot] | None = None) -> bool:
         """Install the groups among `keys` (whose files changed) that the primary worker has re-read:
         from its parse record and its recorded version only, never a check or a version of our own. A
         group whose record or version is not written yet (the primary is at it, or the new files are
@@ -406,8 +460,9 @@ class Registry:
             return False
         model.error = None
         present = {k: scanned[k] for k in keys if k in scanned}
-        restored = self._restore(model, root, present, broken=True)
-        ready = {k: g for k, g in restored.items() if self._is_recorded(model.name, g)}
+        if restored is None:
+            restored = self._restore(model, root, present, broken=True)
+        ready = {k: g for k, g in restored.items() if k in present and self._is_recorded(model.name, g)}
         gone = {k for k in keys if k not in scanned and k in model.groups}
         waiting = set(present) - set(ready)
         if waiting:

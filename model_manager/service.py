@@ -345,6 +345,9 @@ class ModelManager(VersionCommands):
         finally:
             self.registry.ready.set()
             self.role.primary_loaded()
+        # a registration made through another worker is served from its records, not checked again here
+        self.registry.follows_registrations = self.role.shared
+        self.registry.adopts_unrecorded = self.role.primary
         if self.role.primary:  # the other workers follow what the primary records (see _follow)
             self.watcher = Watcher(self.registry, self.settings)
             await self.watcher.start()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import json
 
+from model_manager import registry as registry_module
+from model_manager.artifacts import load_directory
 from model_manager.service import ModelManager
+from tests import support
 
 
 def _loaded(settings) -> dict:
@@ -53,3 +56,55 @@ def test_restart_restores_unchanged_groups_and_reparses_changed_ones(settings, d
             data["fields"] = data["fields"].replace('"factors":[', '"factors":["injected",', 1)
             record.write_text(json.dumps(data))
     assert _loaded(settings) == again
+
+
+def _served(registry, name: str) -> dict:
+    return {k: s.payload.etag if s.payload else None for k, s in registry.get(name).groups.items()}
+
+
+def test_a_registration_through_another_worker_is_followed_not_checked_again(settings, demo_dir, tmp_path):
+    """Of several workers sharing a store, the one a registration reaches checks the files and records
+    the versions; another serves the same groups from its parse records and versions, writing nothing.
+    A directory registered outside the server (no parse records) is loaded by the follower itself."""
+    with ModelManager(settings) as worker, ModelManager(settings) as other:
+        follower = other.serve()
+        follower.load_registered()  # its first load: nothing registered yet
+        follower.follows_registrations = True
+        worker.serve()
+        done = worker.register("demo", str(demo_dir))
+        statements: list[str] = []
+        other.store._db.set_trace_callback(statements.append)
+        assert follower.sync_registrations()
+        other.store._db.set_trace_callback(None)
+        assert _served(follower, "demo") == {k: s.payload.etag if s.payload else None for k, s in done.model.groups.items()}
+        assert statements and not [s for s in statements if not s.lstrip().upper().startswith("SELECT")]  # reads only
+
+    # registered offline (the CLI): versions recorded, no parse records: the follower checks it itself
+    offline_dir = support.copy_dir(demo_dir, tmp_path / "offline")
+    with ModelManager(settings) as cli:
+        cli.register("offline", str(offline_dir))
+    with ModelManager(settings) as other:
+        follower = other.serve()
+        follower.follows_registrations = True
+        assert follower.sync_registrations()
+        groups = follower.get("offline").groups
+        assert groups and all(s.payload is not None for s in groups.values() if not s.snapshot.errors)
+
+
+def test_the_primary_adopts_groups_a_registering_worker_left_unrecorded(settings, demo_dir, monkeypatch):
+    """A worker that registered a model and died before recording its versions: records and the
+    registration are written, no version. The primary worker follows, then loads the groups itself."""
+    monkeypatch.setattr(registry_module, "ADOPT_SECONDS", 0.0)
+    with ModelManager(settings) as worker:
+        registry = worker.serve()
+        hook = registry.payload_hook("demo", str(demo_dir), record=False)[0]
+        load_directory(str(demo_dir), cache=worker.cache, max_bytes=settings.max_artifact_bytes, prepare=hook)
+        worker.store.add_model("demo", str(demo_dir))
+    with ModelManager(settings) as primary:
+        registry = primary.serve()
+        registry.follows_registrations = registry.adopts_unrecorded = True
+        assert registry.sync_registrations()
+        assert not any(_served(registry, "demo").values())  # waiting for the registering worker
+        assert registry.follow_live()  # past ADOPT_SECONDS: checked and recorded here
+        assert all(s.payload is not None for s in registry.get("demo").groups.values() if not s.snapshot.errors)
+        assert any(_served(registry, "demo").values())
