@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from model_manager.checkwork import work as _work
 from model_manager.conversion import ModelInfo
 from model_manager.errors import ArtifactError
 from model_manager.isolation import (
@@ -33,6 +32,7 @@ from model_manager.isolation import (
     _recv_exact,
     _recv_frame,
     _send_frame,
+    _work,
 )
 
 

@@ -4,7 +4,8 @@ Everything here works on bytes already read (see `files.read_artifact`) and writ
 cache of conversions is `cache.CacheDir`, the convert command's file handling `converter.py`.
 
 The functions here run wherever they are called; untrusted bytes from a model directory reach them
-only inside a check process (see `isolation.py`).
+only inside a check process (see `isolation.py`). numpy, xgboost and the unpickler are imported by
+the functions that use them: a server process imports this module for `ModelInfo` and `sha256` only.
 """
 from __future__ import annotations
 
@@ -12,11 +13,8 @@ import hashlib
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from model_manager.errors import ArtifactError
 from model_manager.modelsummary import model_summary
-from model_manager.safepickle import safe_loads
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ def load_pickled_model(data: bytes, name: str = "model.pkl"):
     Returns (booster, warning messages). Version warnings that xgboost raises for models saved by
     older releases are returned, not raised: they become `warning` issues.
     """
+    from model_manager.safepickle import safe_loads
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         obj = safe_loads(data)
@@ -169,6 +169,7 @@ def verify_predictions(original, restored, *, rows: int = 1000, seed: int = 0) -
 
     Compares both the transformed prediction and the raw margin. Returns (ok, explanation).
     """
+    import numpy as np
     import xgboost as xgb
 
     n = original.num_features()

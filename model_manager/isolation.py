@@ -23,7 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-from model_manager.checkwork import work as _work
 from model_manager.conversion import ModelInfo
 from model_manager.errors import ArtifactError, UsageError
 from model_manager.settings import Settings
@@ -50,6 +49,14 @@ def check_model(data: bytes, source: str, name: str, *, verify: bool = False,
     header = {"kind": "model", "source": source, "name": name, "verify": verify}
     result, payload = _run_isolated(header, data, timeout, "the XGBoost loader")
     return ModelInfo(**result["info"]), (payload or bytes(data)), result.get("verification")
+
+
+def _work(header: dict, data: bytes) -> tuple[dict, bytes]:
+    """`checkwork.work`, imported only where a check runs (it needs numpy and the unpickler, which a
+    server process never uses itself)."""
+    from model_manager.checkwork import work
+
+    return work(header, data)
 
 
 _memory_mb: int | None = None  # set by start_checker; else read from the environment when first needed
@@ -252,6 +259,7 @@ def _serve_checks(fd: int, memory_mb: int = 4096) -> None:
     import pandas  # noqa: F401  (children start with what they need loaded)
     import xgboost  # noqa: F401
 
+    import model_manager.checkwork  # noqa: F401
     import model_manager.jsonsafe  # noqa: F401
 
     control = socket.socket(fileno=fd)

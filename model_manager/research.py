@@ -14,17 +14,25 @@ What counts, per group (one column per symbol):
   cells are unknown, not zero); `usage.symbols` counts the symbols whose factors.txt lists it.
 - A matrix's columns are the symbols with at least one value for the metric, sorted; its rows the
   factors with at least one value, by mean |value| (largest first, then by name).
+
+A matrix is kept sparse: a desk's factors are each used by a few of its thousands of symbols, so the
+dense table is mostly nulls (67 MB of list slots per server process at 5,000 groups of 20 factors
+chosen from a few hundred). Each row keeps the columns that have a value and those values (packed
+floats when they all are floats); `values` and `to_dict` lay the rows out in full on request.
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from model_manager.artifacts import GroupSnapshot
+from model_manager.artifacts.snapshot import ic_column
 from model_manager.conversion import IMPORTANCE_TYPES
 from model_manager.errors import UsageError
 
 Number = float | int
+SparseRow = tuple["array[int]", "array[float] | tuple[Number, ...]"]  # (columns with a value, their values)
 
 
 @dataclass(frozen=True)
@@ -34,15 +42,31 @@ class Matrix:
     metric: str
     symbols: list[str]
     factors: list[str]
-    values: list[list[Number | None]]
+    rows: list[SparseRow]   # per factor, in `factors` order
     mean_abs: list[float]   # per factor, in `factors` order
     counts: list[int]       # per factor: how many symbols have a value
+
+    @property
+    def values(self) -> list[list[Number | None]]:
+        """Every row laid out in full (None where a symbol has no value)."""
+        return self.dense(len(self.rows))
+
+    def dense(self, end: int) -> list[list[Number | None]]:
+        """The first `end` rows laid out in full."""
+        width = len(self.symbols)
+        out = []
+        for columns, values in self.rows[:end]:
+            row: list[Number | None] = [None] * width
+            for j, value in zip(columns, values):
+                row[j] = value
+            out.append(row)
+        return out
 
     def to_dict(self, model_name: str, top: int | None = None) -> dict:
         """The SPEC §11 matrix object; `top` keeps the first N factors (0 or None: all)."""
         end = top if top else len(self.factors)
         return {"model_name": model_name, "metric": self.metric, "symbols": self.symbols,
-                "factors": self.factors[:end], "values": self.values[:end]}
+                "factors": self.factors[:end], "values": self.dense(end)}
 
 
 @dataclass(frozen=True)
@@ -74,29 +98,47 @@ class ResearchIndex:
 
     @classmethod
     def build(cls, columns: Iterable[Column]) -> ResearchIndex:
-        """One pass over every value of every column, then one sort per metric."""
-        columns = list(columns)
-        cells: dict[str, dict[str, dict[int, Number]]] = {}  # metric -> factor -> {column: value}
+        """One pass over every value of every column, then one sort per metric. The columns are
+        taken one at a time (each one's values are dropped once noted)."""
+        labels: list[str] = []
+        cells: dict[str, dict[str, _Cells]] = {}  # metric -> factor -> (columns, values), by column
         listed: dict[str, int] = {}
         for j, column in enumerate(columns):
+            labels.append(column.label)
             for factor in set(column.factors):
                 listed[factor] = listed.get(factor, 0) + 1
             for metric, values in column.metrics.items():
                 rows = cells.setdefault(metric, {})
                 for factor, value in values.items():
                     if value is not None:
-                        rows.setdefault(factor, {})[j] = value
-        matrices = {metric: _matrix(metric, rows, columns) for metric, rows in cells.items()}
+                        row = rows.get(factor)
+                        if row is None:
+                            row = rows[factor] = ([], [])
+                        row[0].append(j)
+                        row[1].append(value)
+        matrices = {metric: _matrix(metric, rows, labels) for metric, rows in cells.items()}
         return cls(matrices, _usage(listed, matrices))
 
 
-def _matrix(metric: str, rows: dict[str, dict[int, Number]], columns: list[Column]) -> Matrix:
-    used = sorted({j for row in rows.values() for j in row}, key=lambda j: columns[j].label)
-    stats = {f: (sum(abs(v) for v in row.values()) / len(row), len(row)) for f, row in rows.items()}
+_Cells = tuple[list[int], list[Number]]
+
+
+def _matrix(metric: str, rows: dict[str, _Cells], labels: list[str]) -> Matrix:
+    used = sorted({j for columns, _ in rows.values() for j in columns}, key=lambda j: labels[j])
+    position = {j: i for i, j in enumerate(used)}
+    stats = {f: (sum(abs(v) for v in values) / len(values), len(values)) for f, (_, values) in rows.items()}
     order = sorted(rows, key=lambda f: (-stats[f][0], f))
-    values = [[rows[f].get(j) for j in used] for f in order]
-    return Matrix(metric, [columns[j].label for j in used], order, values,
+    return Matrix(metric, [labels[j] for j in used], order, [_sparse(rows[f], position) for f in order],
                   [stats[f][0] for f in order], [stats[f][1] for f in order])
+
+
+def _sparse(row: _Cells, position: dict[int, int]) -> SparseRow:
+    """A row's (matrix columns, values), by matrix column; the values packed when all are floats (an
+    int stays an int, so the row's JSON is the same)."""
+    cells = sorted(zip((position[j] for j in row[0]), row[1]), key=lambda cell: cell[0])
+    values = [value for _, value in cells]
+    packed = array("d", values) if all(type(v) is float for v in values) else tuple(values)
+    return array("I", [j for j, _ in cells]), packed
 
 
 def _usage(listed: dict[str, int], matrices: dict[str, Matrix]) -> list[dict]:
@@ -112,11 +154,13 @@ def _usage(listed: dict[str, int], matrices: dict[str, Matrix]) -> list[dict]:
 def group_column(label: str, snapshot: GroupSnapshot, served: GroupSnapshot | None) -> Column:
     """A group's column: IC from its latest parse, importance from the snapshot being served."""
     metrics: dict[str, dict[str, Number | None]] = {}
-    if snapshot.ic:
-        for metric in snapshot.ic["columns"][1:]:
-            metrics[metric] = snapshot.ic_by_factor(metric)
-    if served is not None and served.importance:
-        metrics.update(served.importance)
+    ic = snapshot.ic  # read once: each read of a packed field unpacks it
+    if ic:
+        for metric in ic["columns"][1:]:
+            metrics[metric] = ic_column(ic, metric)
+    importance = served.importance if served is not None else None
+    if importance:
+        metrics.update(importance)
     return Column(label, snapshot.factors, metrics)
 
 

@@ -12,12 +12,12 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from model_manager.errors import ArtifactError, NotFoundError
 from model_manager.modelsummary import trees_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy only where predictions are made (a check process), not in a server
+    import numpy as np
+
     from model_manager.versionrecords import VersionInfo
     from model_manager.versions import VersionStore
 
@@ -146,6 +146,8 @@ def prediction_inputs(model_jsons: list[bytes], dim: int, rows: int = PREDICTION
     """Fixed pseudo-random inputs for `dim` features. Features may be in any unit, so each one is
     drawn uniformly around the range of the split thresholds both models use on it (standard normal
     for a feature no tree splits on): both models see inputs that reach their branches."""
+    import numpy as np
+
     lo = np.full(dim, np.inf)
     hi = np.full(dim, -np.inf)
     for raw in model_jsons:
@@ -174,6 +176,7 @@ def prediction_inputs(model_jsons: list[bytes], dim: int, rows: int = PREDICTION
 
 def compare_work(model_a: bytes, model_b: bytes, dim: int, rows: int = PREDICTION_ROWS) -> dict:
     """Both models' predictions on the same inputs, compared (the work of a check child)."""
+    import numpy as np
     import xgboost as xgb
 
     x = prediction_inputs([model_a, model_b], dim, rows)
@@ -189,6 +192,8 @@ def compare_work(model_a: bytes, model_b: bytes, dim: int, rows: int = PREDICTIO
 
 def compare_predictions_arrays(a: np.ndarray, b: np.ndarray) -> dict:
     """{"rows", "mean_abs_diff", "max_abs_diff", "correlation"}; correlation null when either is constant."""
+    import numpy as np
+
     if a.shape != b.shape or a.size == 0:
         return {"rows": 0, "mean_abs_diff": None, "max_abs_diff": None, "correlation": None}
     diff = np.abs(a - b)

@@ -186,3 +186,19 @@ def test_cli_symbol_shows_importance(research_dir, models):
     assert detail["importance"]["gain"] == {FACTORS[int(k[1:])]: v for k, v in gain.items()}
     broken = run_cli("inspect", str(research_dir), "--symbol", "XRPUSDT")
     assert "no importance" in broken.stdout
+
+
+def test_sparse_matrix_lays_out_like_a_dense_one():
+    """The index keeps each row's present cells only; laid out, they are the dense matrix computed
+    here (columns given in another order than their labels', a row of ints stays ints)."""
+    from model_manager.research import Column, ResearchIndex
+
+    columns = {"ZZZUSDT": {"a": 0.5, "b": -2.0, "c": None}, "AAAUSDT": {"a": -0.25, "c": 3},
+               "MMMUSDT": {"b": 1.0, "c": 1}, "BBBUSDT": {"d": None}}
+    index = ResearchIndex.build(Column(label, list(values), {"m": values}) for label, values in columns.items())
+    symbols, factors, values = expected_matrix(columns)
+    full = index.matrix("m").to_dict("x")
+    assert full == {"model_name": "x", "metric": "m", "symbols": symbols, "factors": factors, "values": values}
+    assert json.dumps(full["values"]) == json.dumps(values)  # 3 stays 3, not 3.0
+    assert index.matrix("m").to_dict("x", 2)["values"] == values[:2] == index.matrix("m").values[:2]
+    assert {u["factor"]: u["symbols"] for u in index.usage} == {"a": 2, "b": 2, "c": 3, "d": 1}

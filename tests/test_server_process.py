@@ -6,6 +6,7 @@ import json
 import pickle
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import xgboost as xgb
@@ -53,6 +54,21 @@ def test_serve_demo_on_a_fresh_data_dir(tmp_path):
     with ServerProcess(tmp_path / "data", extra_args=("--demo", "--no-watch")) as srv:
         status, _, body = srv.get("/api/models", token=token)
         assert status == 200 and len(json.loads(body)["models"]) == 1
+
+
+def test_server_processes_load_no_numpy_pandas_or_xgboost(tmp_path, demo_dir):
+    """Model files are decoded in check processes of their own; the supervisor and the workers never
+    load numpy, pandas or XGBoost (tens of MB in each process), also while a directory is registered."""
+    with ServerProcess(tmp_path / "data", extra_args=("--no-watch",), workers=2) as srv:
+        token = srv.login()
+        status, _, body = srv.post("/api/models", {"name": "demo", "path": str(demo_dir)}, token=token)
+        assert status == 201, body
+        assert json.loads(body)["status"] == "ok"
+        pids = [srv.proc.pid, *map(int, Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split())]
+        assert len(pids) == 3
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert not [lib for lib in ("/numpy/", "/pandas/", "/xgboost/") if lib in maps], pid
 
 
 # -- payload polls answered by the HTTP protocol itself (server/pollprotocol.py) ---------------------------

@@ -16,9 +16,9 @@ Files that belong to no group are listed in `DirectorySnapshot.ignored` with a d
 for near-misses (`scan.py`); directory-level problems (a symbol in two groups) are
 `DirectorySnapshot.problems`.
 
-Modules: `snapshot` (Issue, GroupSnapshot, DirectorySnapshot), `scan` (listing, ignored files),
-`parse` (factors.txt, ic.csv, symbol names), `models` (model files), `load` (load_group,
-load_directory), `payload` (the SPEC §2 payload).
+Modules: `snapshot` (Issue, GroupSnapshot, DirectorySnapshot), `packed` (how a snapshot keeps its
+rarely read fields small), `scan` (listing, ignored files), `parse` (factors.txt, ic.csv, symbol
+names), `models` (model files), `load` (load_group, load_directory), `payload` (the SPEC §2 payload).
 """
 from model_manager.artifacts.load import DEFAULT_MAX_BYTES, load_directory, load_group
 from model_manager.artifacts.parse import FACTOR_COLUMN_NAMES, MISSING_TOKENS, parse_factors, parse_ic, split_symbol

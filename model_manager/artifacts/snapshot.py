@@ -1,10 +1,12 @@
 """What a parse produces: issues, one group's snapshot and a whole directory's."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_manager.artifacts.packed import Packed
 from model_manager.jsonsafe import scrub
 
 STATUSES = ("ok", "warning", "error")
@@ -33,25 +35,37 @@ class GroupSnapshot:
     file the model was read from (see the precedence rule in `model_manager.artifacts`).
     `importance` is {importance type: {factor: value}} of a servable group's model (SPEC §11), None
     for a group with errors (its dimension→factor mapping cannot be trusted).
+
+    A server holds one snapshot per group in every worker, thousands at a desk, so the fields read
+    only now and then (`files`, `ic`, `info`, `importance`, `model_summary`, `signature`) are kept
+    packed and each read returns a fresh copy (see `packed.py`: read a field once into a local when
+    it is used many times), and factor names, which thousands of groups share, are interned.
     """
 
     group_key: str
     symbol: str
     return_name: str
-    files: dict[str, str]
+    files: dict[str, str] = Packed()  # type: ignore[assignment]  # required
     factors: list[str] = field(default_factory=list)
-    ic: dict | None = None
-    info: dict | None = None
-    importance: dict[str, dict[str, float]] | None = None
+    ic: dict | None = Packed(None)  # type: ignore[assignment]
+    info: dict | None = Packed(None)  # type: ignore[assignment]
+    importance: dict[str, dict[str, float]] | None = Packed(None)  # type: ignore[assignment]
     dim: int | None = None
     model_source: str | None = None
     model_file: str | None = None
     model_sha256: str | None = None
     model_json: bytes | None = None
-    model_summary: dict | None = None  # `modelsummary.model_summary` of the served JSON, when known
+    model_summary: dict | None = Packed(None)  # type: ignore[assignment]  # `modelsummary.model_summary` of the served JSON
     updated_at: str | None = None
-    signature: tuple = ()
+    signature: tuple = Packed(())  # type: ignore[assignment]
     issues: list[Issue] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.factors = [sys.intern(f) if type(f) is str else f for f in self.factors]
+        for name in ("return_name", "model_source"):  # a handful of distinct values across a desk
+            value = getattr(self, name)
+            if type(value) is str:
+                setattr(self, name, sys.intern(value))
 
     @property
     def status(self) -> str:
@@ -68,13 +82,7 @@ class GroupSnapshot:
 
     def ic_by_factor(self, metric: str) -> dict[str, Any]:
         """{factor: value} of one ic.csv column (the first row of a factor listed twice); {} without it."""
-        if not self.ic or metric not in self.ic["columns"][1:]:
-            return {}
-        col = self.ic["columns"].index(metric)
-        out: dict[str, Any] = {}
-        for row in self.ic["rows"]:
-            out.setdefault(row[0], row[col])
-        return out
+        return ic_column(self.ic, metric)
 
     def summary(self) -> dict:
         """The `symbol` object of SPEC §2."""
@@ -89,9 +97,20 @@ class GroupSnapshot:
         return {
             "model_name": model_name, "symbol": self.symbol, "group_key": self.group_key,
             "return_name": self.return_name, "dim": self.dim, "factors": list(self.factors),
-            "ic": self.ic, "importance": self.importance, "info": self.info, "files": dict(self.files), "status": self.status,
+            "ic": self.ic, "importance": self.importance, "info": self.info, "files": self.files, "status": self.status,
             "issues": [i.to_dict() for i in self.issues], "updated_at": self.updated_at,
         }
+
+
+def ic_column(ic: dict | None, metric: str) -> dict[str, Any]:
+    """{factor: value} of one column of a parsed IC table (the first row of a factor listed twice)."""
+    if not ic or metric not in ic["columns"][1:]:
+        return {}
+    col = ic["columns"].index(metric)
+    out: dict[str, Any] = {}
+    for row in ic["rows"]:
+        out.setdefault(row[0], row[col])
+    return out
 
 
 @dataclass

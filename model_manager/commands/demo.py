@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from model_manager.commands import JsonOption, app, print_json
-from model_manager.demo import write_demo
 from model_manager.errors import PathError
 
 
@@ -31,6 +30,8 @@ def demo(
         raise PathError(f"{directory} is not empty: pick a new directory or pass --force")
     console = Console(highlight=False)
     with Console(stderr=True).status("training demo models..."):
+        from model_manager.demo import write_demo  # numpy, pandas, xgboost: only for this command
+
         groups = write_demo(directory)
     if as_json:
         print_json({"path": str(directory.absolute()), "groups": list(groups)})
