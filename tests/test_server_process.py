@@ -171,3 +171,27 @@ def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, 
                 b"HTTP/1.1 200 OK", b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 304 Not Modified"]
             started = time.monotonic()
             assert sock.recv(1) == b"" and time.monotonic() - started < 15
+
+        # blank lines between requests are ignored, never taken for the poll before them again
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(get(fast, b"Accept-Encoding: gzip"))
+            assert _read_answer(reader)[0] == b"HTTP/1.1 200 OK"
+            sock.sendall(b"\r\n\r\n")
+            time.sleep(0.3)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = _read_answer(reader)
+            assert status == b"HTTP/1.1 200 OK" and b"models_loaded" in body
+        # a head ended by bare line feeds is answered 400 at once, as uvicorn answers it
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+            sock.sendall(get(fast).replace(b"\r\n", b"\n"))
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        # a client that pipelines polls and falls behind on reading for longer than the keep-alive
+        # timeout is not taken for idle: it gets every answer
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            for _ in range(400):
+                sock.sendall(get(fast))  # the plain body: the write buffer fills
+                time.sleep(0.002)
+            time.sleep(6.5)
+            reader = sock.makefile("rb")
+            assert all(_read_answer(reader)[0] == b"HTTP/1.1 200 OK" for _ in range(400))

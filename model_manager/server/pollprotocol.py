@@ -75,12 +75,14 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._idle_since = None  # not idle: the client is behind on reading what it asked for
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
         if self.transport.is_closing():
             return
+        self._idle_since = self.loop.time()
         self.transport.resume_reading()
         if self._stash:
             data, self._stash = self._stash, b""
@@ -98,9 +100,18 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         if not self._guard_data(data):  # the head grew past 16 KiB: answered 431 and closed
             return
         buffer = self._partial + data if self._partial else data
+        if buffer[:1] in (b"\r", b"\n"):  # blank lines before a request are ignored (RFC 9112 §2.2)
+            buffer = buffer.lstrip(b"\r\n")
+            if not buffer:
+                self._partial = b""
+                return
         end = buffer.find(HEAD_END)
         if end < 0:
-            self._partial = buffer
+            if b"\n\n" in buffer or b"\n\r\n" in buffer:  # a head ended by bare LFs: uvicorn's parser answers 400
+                self._partial = b""
+                self._hand_off(buffer)
+            else:
+                self._partial = buffer
             return
         self._partial = b""
         if end + 4 != len(buffer) or not self._answered(buffer):
@@ -129,6 +140,7 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         """Parse `request` (one complete head) and answer it when the fast path takes it."""
         if self.fast is None:
             return False
+        self.url, self.headers, self._complete = b"", [], False
         try:
             self.parser.feed_data(request)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -150,7 +162,8 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         self.server_state.total_requests += 1
         self._head_complete()
         self._next_head()
-        self._idle_since = self.loop.time()
+        if not self._paused:  # (a write that filled the buffer paused us: idle only once it drains)
+            self._idle_since = self.loop.time()
         return True
 
     def _hand_off(self, data: bytes) -> None:
@@ -177,6 +190,10 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         self.transport.set_protocol(self)
         self._guard_start()
         self._idle_since = self.loop.time()
+
+    def _head_timed_out(self) -> None:
+        self._idle_since = None
+        super()._head_timed_out()
 
     def _overdue(self, now: float) -> bool:
         return super()._overdue(now) or (self._idle_since is not None and now - self._idle_since >= self.keep_alive)
