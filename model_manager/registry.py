@@ -96,8 +96,55 @@ class Registry:
         groups = sum(len(m.groups) for m in list(self.models.values()))
         log.info("loaded %d models (%d groups) in %.1fs", len(self.models), groups, time.monotonic() - started)
 
+    def restore_registered(self) -> list[str]:
+        """The first load of a worker that does not check files (not worker 0 of several): serve at
+        once every registered model whose groups all restore from their parse records, as worker 0
+        restores them (unchanged files, their version recorded and live: the same live version, pins
+        and holds from the store; read only). A model with a group worker 0 has to check first (new or
+        changed files, a broken group it re-checks, no record yet) is left empty for `load_recorded`,
+        which serves it once worker 0 has recorded it; returns the names of those. Nothing is parsed
+        here."""
+        started, waiting = time.monotonic(), []
+        with self.lock:
+            for row in self.store.list_models():
+                model = self.models[row.name] = LoadedModel(row.name, row.path, row.registered_at)
+                try:
+                    root = check_directory(model.path)
+                    scanned, _ = scan_directory(root)
+                except PathError:  # unusable now: `_load` below records it as worker 0 does
+                    scanned, usable = {}, {}
+                else:  # (a group with no live version: worker 0's restore opens its live period again)
+                    restored, live = self._restore(model, root, scanned), self.versions.live_versions(model.name)
+                    usable = {k: g for k, g in restored.items() if k in live and self._is_recorded(model.name, g)}
+                if len(usable) < len(scanned):
+                    waiting.append(model.name)
+                else:
+                    self._load(model, set(usable), recorded=usable)
+        groups = sum(len(m.groups) for m in list(self.models.values()))
+        log.info("restored %d models (%d groups) from their parse records in %.1fs; %d wait for worker 0",
+                 len(self.models) - len(waiting), groups, time.monotonic() - started, len(waiting))
+        return waiting
+
+    def load_recorded(self, patience: float = 30.0) -> None:
+        """Serve what `restore_registered` left waiting from the parse records and versions worker 0
+        wrote (call it once worker 0's first load is over): `follow_live(files=True)` sees every group
+        of an empty model as changed. A group worker 0 has not recorded yet (it is checking a file that
+        changed since) is waited for up to `patience` seconds, then left to later `follow_live` calls."""
+        started = time.monotonic()
+        self.follow_live(files=True, look=True)
+        deadline = started + patience
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self._follow_pending()
+        if self._pending:
+            log.warning("groups not yet recorded by worker 0, served once they are: %s",
+                        "; ".join(f"{name}: {', '.join(sorted(keys)[:10])}" for name, keys in self._pending.items()))
+        groups = sum(len(m.groups) for m in list(self.models.values()))
+        log.info("loaded %d models (%d groups), the rest from worker 0's records in %.1fs",
+                 len(self.models), groups, time.monotonic() - started)
+
     def warm_up(self) -> None:
-        """Start the model check process now (it takes ~1 s), beside the first load."""
+        """Start the model check process now (it takes ~1 s), ahead of the first check."""
         start_checker(self.settings.check_memory_mb)
 
     def close(self) -> None:
@@ -478,7 +525,7 @@ class Registry:
         if group.errors:
             return True
         head = self.versions.history_head(model_name, group.group_key)
-        return head is not None and head.content_sha256 == content_sha256(model_name, group)
+        return head is not None and not head.pruned and head.content_sha256 == content_sha256(model_name, group)
 
     def _follow_model(self, model: LoadedModel) -> bool:
         with model.install_lock:  # not `model.lock`: an emergency rollback must not wait for a long re-read

@@ -336,24 +336,52 @@ class ModelManager(VersionCommands):
         from model_manager.watcher import Watcher
 
         loop = asyncio.get_running_loop()
-        if self.role.primary:  # the others check files only when asked to through the API: they start it then
-            loop.run_in_executor(None, self.registry.warm_up)
         try:
-            await loop.run_in_executor(None, self.role.wait_for_primary)
             await loop.run_in_executor(None, self.fleet.load)
-            await loop.run_in_executor(None, self.registry.load_registered)
+            await loop.run_in_executor(None, self._first_load)
         finally:
             self.registry.ready.set()
             self.role.primary_loaded()
         # a registration made through another worker is served from its records, not checked again here
         self.registry.follows_registrations = self.role.shared
         self.registry.adopts_unrecorded = self.role.primary
-        if self.role.primary:  # the other workers follow what the primary records (see _follow)
-            self.watcher = Watcher(self.registry, self.settings)
+        if self.role.primary:
+            # the model check process, for the first change the watcher sees (about 1.5 CPU-s: it imports
+            # xgboost). Not beside the first load, which starts it when it has a file to check: at a warm
+            # restart it would only share the cores with the workers' restores. The other workers check
+            # files only when asked to through the API, and start it then.
+            loop.run_in_executor(None, self.registry.warm_up)
+            self.watcher = Watcher(self.registry, self.settings)  # the other workers follow what it records (_follow)
             await self.watcher.start()
         if self.role.shared and self.role.shared_dir is not None:
             self._start_peers()
         self._following = asyncio.create_task(self._follow_loop(), name="mm-follow-live")
+
+    def _first_load(self) -> None:
+        """Load the registered models (blocking). Worker 0 (or the only worker) reads every directory,
+        restoring unchanged groups from their parse records and checking the rest. Any other worker
+        checks nothing: it serves at once the models whose groups all restore from the records (a
+        warm restart: its load runs beside worker 0's instead of after it), and serves the others
+        from the records and versions worker 0 writes, once worker 0's first load is over.
+
+        `registry.ready` (which holds every model request and makes /healthz say `models_loaded`) is
+        set once this returns, so it keeps the meaning it had when every worker waited for worker 0's
+        whole first load: every group that will be served is served. An engine asking for a group
+        worker 0 is still checking is held, never answered 404 (or from a stale record) by a worker
+        that does not have it yet. The price: while one model waits for worker 0, requests for the
+        restored ones wait too. At a warm restart with unchanged files nothing waits, and this worker
+        is ready as soon as its own restore is done."""
+        if not self.role.shared or self.role.primary:
+            self.registry.load_registered()
+            return
+        try:
+            waiting = bool(self.registry.restore_registered())
+        except Exception:  # what could not be restored is served from worker 0's records below
+            log.exception("restoring the registered models failed")
+            waiting = True
+        if waiting:
+            self.role.wait_for_primary()
+            self.registry.load_recorded()
 
     def _start_peers(self) -> None:
         peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)

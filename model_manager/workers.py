@@ -38,7 +38,7 @@ RESTART_DELAY = 1.0        # seconds before a dead worker is started again (doub
 MAX_RESTART_DELAY = 30.0
 FAST_DEATHS_ALLOWED = 5    # a worker that dies this many times in a row within STABLE_SECONDS of its start
 STABLE_SECONDS = 10.0      # stops the whole server (exit 1), so pm2 or the operator sees it
-PRIMARY_WAIT_SECONDS = 900  # how long the other workers wait for the primary's first load before loading themselves
+PRIMARY_WAIT_SECONDS = 900  # how long another worker waits for the primary's first load (then it serves what is recorded)
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,12 @@ class WorkerRole:
         return self.count > 1
 
     def wait_for_primary(self) -> None:
-        """A secondary worker's first load waits for the primary's: it then restores every group from
-        the parse records the primary wrote instead of checking every model file a second time."""
+        """Wait for the primary's first load (a secondary worker, for the models it could not restore
+        at once: it serves them from the parse records the primary writes as it checks their files,
+        instead of checking any file a second time; see `ModelManager._first_load`)."""
         if self.shared and not self.primary and self.primary_ready is not None:
             if not self.primary_ready.wait(PRIMARY_WAIT_SECONDS):
-                log.warning("worker 0 has not finished loading after %d s; loading without it", PRIMARY_WAIT_SECONDS)
+                log.warning("worker 0 has not finished loading after %d s; serving what it has recorded so far", PRIMARY_WAIT_SECONDS)
 
     def primary_loaded(self) -> None:
         if self.primary and self.primary_ready is not None:

@@ -4,7 +4,9 @@ Each request below opens a new connection, so the kernel spreads them over the w
 made many times in a row so that every worker answers some of them."""
 from __future__ import annotations
 
+import asyncio
 import json
+import multiprocessing
 import os
 import pickle
 import signal
@@ -17,7 +19,9 @@ import pytest
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import CLI, PASSWORD, ServerProcess, http, replace_file, training_data, wait_for
+from model_manager.service import ModelManager
+from model_manager.workers import WorkerRole
+from tests.support import CLI, PASSWORD, ServerProcess, http, make_settings, replace_file, training_data, wait_for, write_model_dir
 
 TRIES = 24  # fresh connections per check: both workers answer some of them (1 in 2**23 that one answers all)
 
@@ -249,6 +253,106 @@ def test_a_worker_that_dies_is_started_again(two_workers):
              timeout=30, what="a new worker")
     wait_for(lambda: workers_seen(server, 30) == {0, 1}, timeout=30, what="both workers answering")
     assert "exited with status -9; starting it again" in server.output()
+
+
+def _etags(manager: ModelManager, name: str) -> dict[str, str]:
+    return {k: s.payload.etag for k, s in manager.registry.get(name).groups.items() if s.payload is not None}
+
+
+async def _until(check, what: str, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def _earlier_run(tmp_path, model_dir, models):
+    """Settings, and two registered models ("a": `model_dir`, "b": another directory) loaded once:
+    the parse records and versions a restart finds. Returns (settings, b's directory, {name: etags})."""
+    settings = make_settings(tmp_path)
+    other_dir = write_model_dir(tmp_path / "models-b", models)
+    with ModelManager(settings) as first:
+        first.serve()
+        first.register("a", str(model_dir))
+        first.register("b", str(other_dir))
+        return settings, other_dir, {name: _etags(first, name) for name in ("a", "b")}
+
+
+def _serving_a(manager: ModelManager) -> bool:
+    return "a" in manager.registry.models and bool(manager.registry.models["a"].groups)
+
+
+def test_a_secondary_worker_restores_at_once_and_waits_only_for_what_worker_0_checks(tmp_path, model_dir, models):
+    """The workers of one server, in one process: worker 1's first load serves a model whose files
+    match their parse records while worker 0 has not even started; a model with a file changed while
+    the server was down waits (and holds model requests) until worker 0 has checked it, and is then
+    served at the version worker 0 recorded."""
+    settings, other_dir, before = _earlier_run(tmp_path, model_dir, models)
+    retrain(other_dir, "SOLUSDT_mid_chg_1m", trees=7)
+    primary_ready = multiprocessing.get_context("fork").Event()
+    secondary = ModelManager(settings, role=WorkerRole(1, 2, primary_ready=primary_ready))
+    primary = ModelManager(settings, role=WorkerRole(0, 2, primary_ready=primary_ready))
+    again = ModelManager(settings, role=WorkerRole(1, 2, primary_ready=multiprocessing.get_context("fork").Event()))
+
+    async def restart() -> None:
+        await secondary.start_serving()
+        try:
+            await _until(lambda: _serving_a(secondary), "worker 1 serving model a before worker 0 starts")
+            assert _etags(secondary, "a") == before["a"]  # from the records
+            assert secondary.registry.get("b").groups == {} and not secondary.registry.ready.is_set()
+            assert [v.version for v in secondary.versions.history("b", "SOLUSDT_mid_chg_1m")] == [1]  # nothing checked
+            await primary.start_serving()  # worker 0 checks the changed file and records version 2
+            await asyncio.wait_for(secondary.registry.ready.wait(), 60)
+            await asyncio.wait_for(primary.registry.ready.wait(), 60)
+        finally:
+            primary_ready.set()  # (a failure above leaves no thread waiting for it)
+        assert _etags(secondary, "b") == _etags(primary, "b") and _etags(secondary, "a") == _etags(primary, "a")
+        assert secondary.payload("b", "SOLUSDT").version == 2
+        assert _etags(secondary, "b")["SOLUSDT_mid_chg_1m"] != before["b"]["SOLUSDT_mid_chg_1m"]
+        for manager in (secondary, primary):
+            await manager.stop_serving()
+
+        # nothing changed since: a secondary is ready without worker 0 at all
+        await again.start_serving()
+        await asyncio.wait_for(again.registry.ready.wait(), 60)
+        assert {n: _etags(again, n) for n in ("a", "b")} == {n: _etags(primary, n) for n in ("a", "b")}
+        await again.stop_serving()
+
+    try:
+        asyncio.run(restart())
+    finally:
+        for manager in (secondary, primary, again):
+            manager.close()
+
+
+def test_a_secondary_started_while_worker_0_runs_waits_for_its_record_of_a_new_file(tmp_path, model_dir, models):
+    """Worker 1 started again (it died) after a file changed that worker 0 has not checked yet: it
+    does not check it itself, it waits for worker 0's record of it (here: worker 0's re-read of the
+    group), then serves it."""
+    settings, other_dir, _ = _earlier_run(tmp_path, model_dir, models)
+    primary_ready = multiprocessing.get_context("fork").Event()
+    primary = ModelManager(settings, role=WorkerRole(0, 2, primary_ready=primary_ready))
+    late = ModelManager(settings, role=WorkerRole(1, 2, primary_ready=primary_ready))
+
+    async def restart() -> None:
+        await primary.start_serving()
+        await asyncio.wait_for(primary.registry.ready.wait(), 60)
+        retrain(other_dir, "SOLUSDT_mid_chg_1m", trees=9)  # the watcher is off: worker 0 re-reads it below
+        await late.start_serving()
+        await _until(lambda: _serving_a(late), "worker 1 serving model a")
+        assert not late.registry.ready.is_set()
+        await asyncio.to_thread(primary.registry.refresh_groups, "b", {"SOLUSDT_mid_chg_1m"})
+        await asyncio.wait_for(late.registry.ready.wait(), 60)
+        assert late.payload("b", "SOLUSDT").version == 2 and _etags(late, "b") == _etags(primary, "b")
+        for manager in (late, primary):
+            await manager.stop_serving()
+
+    try:
+        asyncio.run(restart())
+    finally:
+        late.close()
+        primary.close()
 
 
 def _worker_pids(parent: int) -> list[int]:
