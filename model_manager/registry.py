@@ -641,4 +641,4 @@ class Registry:
 
 
 def _payload_bytes(stored: StoredPayload, group_key: str) -> PayloadBytes:
-    return PayloadBytes(stored.etag, stored.gzip, stored.size, stored.version, group_key)
+    return PayloadBytes(stored.etag, stored.gzip, stored.size, stored.version, group_key, stored.file)

@@ -43,6 +43,7 @@ class PayloadBytes:
     size: int      # uncompressed length
     version: int   # the group's version these bytes are (see versions.py)
     group_key: str
+    file: str | None = None  # the blob file `gzip` is mapped from: the poll protocol sends it with sendfile
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class StoredPayload:
     etag: str
     gzip: bytes
     size: int
+    file: str | None = None  # the blob file `gzip` is mapped from (a server sends it from there)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ class VersionStore:
             raise NotFoundError(f"version {info.version} of {model}/{group_key} was pruned: its bytes are no longer "
                                 "kept (MODEL_MANAGER_KEEP_VERSIONS); its record stays in the history")
         data = self.blobs.get(info.blob_sha256, f"version {info.version} of {model}/{group_key}", mapped=mapped)
-        return StoredPayload(info.version, info.etag, data, info.size)
+        file = str(self.blobs.path(info.blob_sha256)) if isinstance(data, memoryview) else None
+        return StoredPayload(info.version, info.etag, data, info.size, file)
 
     def versions(self, model: str, group_key: str) -> dict:
         """The SPEC §6 versions object of a group, newest first. NotFoundError when it has none."""

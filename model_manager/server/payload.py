@@ -122,26 +122,31 @@ class PayloadFastPath:
         answer = self.direct(scope)
         if answer is None:
             return False
-        status, headers, body = answer
+        status, headers, body, _ = answer
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def direct(self, scope) -> tuple[int, Headers, bytes] | None:
+    def direct(self, scope) -> tuple[int, Headers, bytes, str | None] | None:
         """The complete answer to send — with the headers `ResponseHooks` adds to every API answer,
         and counted the way the hooks count the route's (metrics, the access log's payload summary) —
         or None. The HTTP protocol (server/pollprotocol.py) calls it before uvicorn makes an ASGI request
-        of the bytes; `handle` for what reaches the app."""
-        answer = self.answer(scope)
-        if answer is None:
+        of the bytes; `handle` for what reaches the app. The fourth item is the file the body is
+        mapped from, when it is the whole of one (the gzip bytes), else None."""
+        found = self._answer(scope)
+        if found is None:
             return None
-        status, headers, body = answer
+        (status, headers, body), payload = found
         headers.extend(HEADERS_UI_AND_API)
         self.hooks.payload_answered(scope, status, len(body))
-        return status, headers, body
+        return status, headers, body, payload.file if body is payload.gzip else None
 
     def answer(self, scope) -> tuple[int, Headers, bytes] | None:
         """The response for this request when it is the common case, else None."""
+        found = self._answer(scope)
+        return found[0] if found is not None else None
+
+    def _answer(self, scope) -> tuple[tuple[int, Headers, bytes], PayloadBytes] | None:
         if scope["method"] != "GET" or scope.get("query_string") or not self.registry.ready.is_set():
             return None
         parts = scope["path"].split("/")  # ["", "api", "models", name, "model", symbol]
@@ -172,11 +177,12 @@ class PayloadFastPath:
         if self.shared and inm and not etag_matches(inm, payload.etag):
             return None  # perhaps another worker's newer version: the route catches up first
         answer = payload_response(payload, inm, found.get("accept-encoding"), self.registry.plain_body_cached)
-        if answer is not None:
-            client, identity = scope.get("client"), self.tokens.identity(digest)
-            record_payload(self.fleet, self.metrics, parts[3], identity.client if identity else "session",
-                           client[0] if client else None, payload, answer)
-        return answer
+        if answer is None:
+            return None
+        client, identity = scope.get("client"), self.tokens.identity(digest)
+        record_payload(self.fleet, self.metrics, parts[3], identity.client if identity else "session",
+                       client[0] if client else None, payload, answer)
+        return answer, payload
 
 
     def _digest(self, authorization: str | None) -> str | None:

@@ -15,6 +15,9 @@ timer armed and cancelled) than the answer itself costs, so a connection starts 
   byte not yet answered. uvicorn hands it back once its response is complete and nothing of the next
   request has arrived (`take_back`); an upgraded connection stays with uvicorn's WebSocket protocol.
 
+A gzip body, the whole of one immutable blob file, goes out with sendfile(2) as far as the socket
+takes it at once (the rest through the transport): one copy less per answer, as nginx's gzip_static.
+
 The request-head timeout and the 16 KiB head limit are the same as uvicorn's protocol has here
 (`HeadGuard`), and an idle keep-alive connection is closed after uvicorn's `timeout_keep_alive`; both
 by the once-a-second sweep, not a timer per request. While the transport's write buffer is full the
@@ -23,6 +26,7 @@ connection stops reading, and takes up what came meanwhile when it drains.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import httptools
@@ -47,6 +51,7 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         self.keep_alive = config.timeout_keep_alive
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
+        self._socket: int | None = None  # its descriptor, for sendfile(2)
         self.client: tuple[str, int] | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -62,6 +67,9 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.client = get_remote_addr(transport)
+        sock = transport.get_extra_info("socket")
+        plain = transport.get_extra_info("sslcontext") is None and hasattr(os, "sendfile")
+        self._socket = sock.fileno() if sock is not None and plain else None
         self.server_state.connections.add(self)
         self._guard_start()
         self._arm_head_timer()
@@ -151,20 +159,47 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
                                    "query_string": b"", "headers": self.headers, "client": self.client})
         if answer is None:
             return False
-        status, headers, body = answer
+        status, headers, body, file = answer
         head = [STATUS_LINE[status]]
         for name, value in (*self.server_state.default_headers, *headers):
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
         self.transport.write(b"".join(head))
-        if body:
-            self.transport.write(body)
+        sent = self._send_file(file, len(body)) if file is not None else 0
+        if sent < len(body):
+            self.transport.write(body[sent:] if sent else body)
         self.server_state.total_requests += 1
         self._head_complete()
         self._next_head()
         if not self._paused:  # (a write that filled the buffer paused us: idle only once it drains)
             self._idle_since = self.loop.time()
         return True
+
+    def _send_file(self, path: str, count: int) -> int:
+        """Send the first `count` bytes of the file at `path` with sendfile(2) — straight from the page
+        cache, as nginx's gzip_static does, instead of copying them through this process — as far as
+        the socket takes them now; returns how many went (the caller writes the rest). Only when
+        nothing of this connection is waiting in the transport's buffer, so the order holds."""
+        if self._socket is None or self.transport.get_write_buffer_size():
+            return 0
+        try:
+            source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # swept since it was mapped: the mapping still has the bytes
+            return 0
+        sent = 0
+        try:
+            while sent < count:
+                done = os.sendfile(self._socket, source, sent, count - sent)
+                if done == 0:
+                    break
+                sent += done
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the peer is gone: the transport finds out with the rest of the write
+            pass
+        finally:
+            os.close(source)
+        return sent
 
     def _hand_off(self, data: bytes) -> None:
         """uvicorn's protocol serves this connection from `data` on, until it hands it back (`take_back`)."""
