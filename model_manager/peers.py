@@ -76,7 +76,8 @@ class Peers:
             try:
                 self.follow()
             except Exception:  # the request still gets its answer; the next look may do better
-                log.exception("following a change made by another worker failed")
+                if self._sock is not None:  # (not this worker stopping meanwhile)
+                    log.exception("following a change made by another worker failed")
             if sender:  # a `poke` has no address to answer to
                 with contextlib.suppress(OSError):
                     sock.sendto(_DONE + message[len(_SYNC):], sender)

@@ -53,6 +53,7 @@ from model_manager.versions import Recorded, StoredPayload, VersionStore, candid
 log = logging.getLogger(__name__)
 
 ADOPT_SECONDS = 120.0  # how long the primary worker waits for another worker to record a registration's groups
+REGISTERING_LOOK_SECONDS = 10.0  # how often a worker looks unasked at a registration another worker is recording
 
 Built = tuple[PayloadBytes | None, str | None]  # a group's payload, or why there is none
 
@@ -69,6 +70,8 @@ class Registry:
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
         self._pending: dict[str, set[str]] = {}  # changed groups the primary worker has not recorded yet (see _follow_files_of)
         self._adopt_at: dict[str, float] = {}  # models followed from another worker's registration (see _follow_new)
+        self._registering: dict[str, float] = {}  # those not complete yet → when to look again unasked
+        self._registering_records: dict[str, dict[str, GroupSnapshot]] = {}  # and their parse records
         self.follows_registrations = False  # one of several workers, past its first load: see _follow_new
         self.adopts_unrecorded = False      # the primary worker: see _follow_new
         self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
@@ -184,10 +187,29 @@ class Registry:
         restored = self._restore(model, root, scanned, broken=True)
         if len(restored) < len(scanned):
             return False
-        self._follow_files_of(model, set(scanned), restored=restored)
-        if self.adopts_unrecorded:
+        # the registering worker asks every worker to follow once it is done (peers.py): until then, or
+        # if it cannot ask, looking at thousands of records every second only takes CPU from it, and the
+        # model is installed whole, once (see `_follow_files_of`)
+        self._registering[model.name] = time.monotonic() + REGISTERING_LOOK_SECONDS
+        self._registering_records[model.name] = restored
+        self._follow_files_of(model, set(scanned))
+        if model.name in self._pending and self.adopts_unrecorded:
             self._adopt_at[model.name] = time.monotonic() + ADOPT_SECONDS
         return True
+
+    def _due(self, name: str, asked: bool) -> bool:
+        """Whether to look at a model's pending groups now (a registration another worker is recording:
+        when asked, or every REGISTERING_LOOK_SECONDS; anything else: always)."""
+        when = self._registering.get(name)
+        if when is not None and name not in self._pending:  # complete
+            del self._registering[name]
+            self._registering_records.pop(name, None)
+            return True
+        if when is None or asked or time.monotonic() >= when:
+            if when is not None:
+                self._registering[name] = time.monotonic() + REGISTERING_LOOK_SECONDS
+            return True
+        return False
 
     def payload_hook(self, model_name: str, root: str, *, record: bool = True
                      ) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
@@ -259,14 +281,22 @@ class Registry:
         model = self.models.get(name)
         if model is None:
             return 0
+        if self._recorded_elsewhere(name):  # not while another worker registers it (see _follow_new)
+            return len(model.groups)
         self._load(model, None)
         return len(model.groups)
 
     def refresh_groups(self, name: str, keys: set[str]) -> None:
-        """Re-read only `keys` (the watcher's changed groups); groups whose files are gone disappear."""
+        """Re-read only `keys` (the watcher's changed groups); groups whose files are gone disappear.
+        Groups another worker is recording for its registration are its to check, not ours."""
         model = self.models.get(name)
-        if model is not None:
+        keys = keys - self._recorded_elsewhere(name)
+        if model is not None and keys:
             self._load(model, keys)
+
+    def _recorded_elsewhere(self, name: str) -> set[str]:
+        """The groups of a model another worker registered and is still recording (see _follow_new)."""
+        return self._pending.get(name, set()) if name in self._registering else set()
 
     def directories(self) -> dict[str, tuple[str, bool]]:
         """{model name: (directory path, whether the directory itself is unusable)}."""
@@ -454,25 +484,25 @@ class Registry:
         if name is None:
             seq = self.versions.state_seq()
             if seq == self._live_seq and not look:
-                return self._follow_pending() if files or self._pending else False
+                return self._follow_pending(look) if files or self._pending else False
         names = [name] if name is not None else list(self.models)
         moved = False
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
-                if files:  # (a directory in trouble: every group, to see it come back)
+                if files and self._due(model_name, look):  # (a directory in trouble: every group, to see it come back)
                     keys = set(model.groups) if model.error else self.changed_groups(model.name)
                     moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
         if not files and self._pending:  # the primary: registrations another worker is recording
-            moved |= self._follow_pending()
+            moved |= self._follow_pending(look)
         if seq is not None:
             self._live_seq = seq  # only once followed: a look that failed half-way is made again
         return moved
 
     # -- a worker that does not watch: groups the primary worker re-read ------------------------------
-    def _follow_pending(self) -> bool:
-        """Look again at the groups `_follow_files_of` left waiting."""
+    def _follow_pending(self, asked: bool = False) -> bool:
+        """Look again at the groups `_follow_files_of` left waiting (see `_due`)."""
         moved = False
         for name, keys in list(self._pending.items()):
             model = self.models.get(name)
@@ -480,18 +510,19 @@ class Registry:
                 self._pending.pop(name, None)
             elif time.monotonic() > self._adopt_at.get(name, float("inf")):
                 self._pending.pop(name, None)
+                self._registering.pop(name, None)
+                self._registering_records.pop(name, None)
                 log.warning("%s: %d groups still not recorded by the worker that registered it; loading them here",
                             name, len(keys))
                 self._load(model, keys)
                 moved = True
-            else:
+            elif self._due(name, asked):
                 moved |= self._follow_files_of(model, keys)
         for name in [n for n in self._adopt_at if n not in self._pending]:
             del self._adopt_at[name]
         return moved
 
-    def _follow_files_of(self, model: LoadedModel, keys: set[str], *,
-                         restored: dict[str, GroupSnapshot] | None = None) -> bool:
+    def _follow_files_of(self, model: LoadedModel, keys: set[str]) -> bool:
         """Install the groups among `keys` (whose files changed) that the primary worker has re-read:
         from its parse record and its recorded version only, never a check or a version of our own. A
         group whose record or version is not written yet (the primary is at it, or the new files are
@@ -507,7 +538,13 @@ class Registry:
             return False
         model.error = None
         present = {k: scanned[k] for k in keys if k in scanned}
-        if restored is None:
+        registering = self._registering_records.get(model.name)
+        if registering is not None:  # another worker's registration: all of it once it is recorded, or nothing
+            if not all(k in registering and self._is_recorded(model.name, registering[k]) for k in present):
+                self._pending[model.name] = set(present)
+                return False
+            restored = registering
+        else:
             restored = self._restore(model, root, present, broken=True)
         ready = {k: g for k, g in restored.items() if k in present and self._is_recorded(model.name, g)}
         gone = {k for k in keys if k not in scanned and k in model.groups}
