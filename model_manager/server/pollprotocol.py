@@ -19,7 +19,7 @@ A gzip body, the whole of one immutable blob file, goes out with sendfile(2) as 
 takes it at once (the rest through the transport): one copy less per answer, as nginx's gzip_static.
 
 The request-head timeout and the 16 KiB head limit are the same as uvicorn's protocol has here
-(`HeadGuard`), and an idle keep-alive connection is closed after uvicorn's `timeout_keep_alive`; both
+(`headguard.HeadGuard`), and an idle keep-alive connection is closed after uvicorn's `timeout_keep_alive`; both
 by the once-a-second sweep, not a timer per request. While the transport's write buffer is full the
 connection stops reading, and takes up what came meanwhile when it drains.
 """
@@ -33,7 +33,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.utils import get_remote_addr
 
-from model_manager.server.protocol import HeadGuard
+from model_manager.server.headguard import HeadGuard
 
 HEAD_END = b"\r\n\r\n"
 
