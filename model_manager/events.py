@@ -111,6 +111,7 @@ class ChangeWaiters:
     def __init__(self) -> None:
         self._waiting: dict[tuple[str, str], set[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
+        self._stopping = False  # after `wake_all`: a new wait ends at once
 
     async def wait(self, model: str, group_key: str, timeout: float, still_current: Callable[[], bool]) -> bool:
         """Park until `changed(model, group_key)` or `timeout` seconds; True when it changed.
@@ -123,6 +124,8 @@ class ChangeWaiters:
         with self._lock:
             self._waiting.setdefault(key, set()).add(entry)
         try:
+            if self._stopping:
+                return False
             if not still_current():
                 return True
             await asyncio.wait_for(future, timeout)
@@ -146,8 +149,9 @@ class ChangeWaiters:
         return len(waiting)
 
     def wake_all(self) -> None:
-        """Wake everyone (the server stops)."""
+        """Wake everyone, and answer later waits at once (the server stops)."""
         with self._lock:
+            self._stopping = True
             waiting = [entry for entries in self._waiting.values() for entry in entries]
             self._waiting.clear()
         for loop, future in waiting:

@@ -427,12 +427,17 @@ class ModelManager(VersionCommands):
         if self.shared_metrics is not None:
             self.shared_metrics.publish()
 
+    def end_waits(self) -> None:
+        """Answer the waiting long polls (with what is served: a 304) and end the event streams now:
+        the server stops, and they should not be cut off (500) when its grace period runs out."""
+        if self.registry is not None:
+            self.registry.events.close()
+            self.registry.waiters.wake_all()
+
     async def stop_serving(self) -> None:
         if self.peers is not None:
             self.peers.close()
-        if self.registry is not None:  # open event streams and long polls end now, not at their timeout
-            self.registry.events.close()
-            self.registry.waiters.wake_all()
+        self.end_waits()
         for task in (self._loading, self._following):
             if task is not None and not task.done():
                 task.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import signal
 import socket
 import time
 from pathlib import Path
@@ -207,3 +208,23 @@ def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, 
                 time.sleep(0.001)  # one request per read: each answered by the poll protocol
             reader = sock.makefile("rb")
             assert all(_read_answer(reader) == expected for _ in range(1000))
+
+
+def test_a_long_poll_open_at_a_stop_signal_gets_its_304(tmp_path, demo_dir):
+    """SIGTERM (pm2 stop, a deploy) answers the waiting long polls with what is served — a 304 —
+    before the grace period, instead of cutting them off with a 500 when it runs out."""
+    srv = ServerProcess(tmp_path / "data", extra_args=("--no-watch", "--demo"))
+    with srv:
+        token = srv.login()
+        _, headers, _ = srv.get("/api/models/demo/model/SOLUSDT", token=token)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            sock.sendall(b"GET /api/models/demo/model/SOLUSDT HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         + token.encode() + b"\r\nIf-None-Match: " + headers["etag"].encode()
+                         + b"\r\nPrefer: wait=30\r\n\r\n")
+            time.sleep(1.0)  # parked
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 304"), reply[:200]
+            assert time.monotonic() - started < 5
+        assert srv.proc.wait(timeout=20) == 0

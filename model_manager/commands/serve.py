@@ -153,7 +153,13 @@ def _run(settings: Settings, store: Store, sock: socket.socket, role: WorkerRole
         forwarded_allow_ips=settings.proxy_list or [],
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,  # type: ignore[arg-type]
     )
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # long polls and event streams answer before uvicorn's grace period starts, not after it
+            application.state.manager.end_waits()
+            await super().shutdown(sockets)
+
+    server = Server(config)
     # uvicorn re-raises the signal that stopped it once it is done; record it instead, so a stop by
     # SIGINT (pm2, Ctrl-C) or SIGTERM is a clean exit 0 rather than a KeyboardInterrupt.
     stopped_by: list[int] = []
