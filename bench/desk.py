@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import workload
-from bench.tools import REPO, BenchError, Client, Server, bootstrap
+from bench.tools import REPO, BenchError, Client, Server, bootstrap, built_before, mark_built
 
 TREES, FEATURES = 20, 20
 SPEC_VERSION = 1
@@ -58,13 +58,13 @@ def build_small_directory(work: Path, groups: int) -> Path:
     base = small_base_model(work).read_bytes()
     directory = work / "workload" / f"small-{groups}"
     spec = json.dumps({"version": SPEC_VERSION, "groups": groups, "trees": TREES, "features": FEATURES})
-    if workload.built_before(directory, spec):
+    if built_before(directory, spec):
         return directory
     started = time.perf_counter()
     for i in range(groups):
         workload.write_group(directory, i, workload.variant_bytes(base, workload.group_key_of(i)),
                              features=FEATURES, trees=TREES)
-    workload.mark_built(directory, spec)
+    mark_built(directory, spec)
     _log(f"built small-{groups} in {time.perf_counter() - started:.1f} s")
     return directory
 

@@ -259,22 +259,34 @@ class Server:
         self.stop()
 
 
+def built_before(directory: Path, spec: str) -> bool:
+    """True when `directory` holds a complete build of `spec` (reuse it); otherwise it is made anew,
+    empty, for the caller to fill and then `mark_built`."""
+    stamp = directory / ".bench-complete"
+    if stamp.exists() and stamp.read_text() == spec:
+        return True
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return False
+
+
+def mark_built(directory: Path, spec: str) -> None:
+    (directory / ".bench-complete").write_text(spec)
+
+
 def previous_release(commit: str, target: Path) -> Path:
     """The source tree of `commit` under `target` (`git archive`, extracted once; no worktree, nothing
     committed), to run that release's server with this interpreter. BenchError when git cannot."""
-    stamp = target / ".bench-release"
-    if stamp.exists() and stamp.read_text() == commit:
+    if built_before(target, commit):
         return target
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit], capture_output=True)
     if archive.returncode != 0:
         raise BenchError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()[-300:]}")
     done = subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, capture_output=True)
     if done.returncode != 0:
         raise BenchError(f"extracting release {commit} failed: {done.stderr.decode(errors='replace').strip()[-300:]}")
-    stamp.write_text(commit)
+    mark_built(target, commit)
     return target
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.tools import built_before, mark_built
+
 TREES, DEPTH, FEATURES = 300, 6, 150
 BASE_MODELS = 3           # distinct trained models the groups are copied from
 TRAIN_ROWS = 2000
@@ -138,22 +140,6 @@ def build_directory(work: Path, groups: int, *, shared: bool = False) -> Path:
     mark_built(directory, spec)
     _log(f"built {name} ({groups} groups) in {time.perf_counter() - started:.1f} s")
     return directory
-
-
-def built_before(directory: Path, spec: str) -> bool:
-    """True when `directory` holds a complete build of `spec` (reuse it); otherwise it is made anew,
-    empty, for the caller to fill and then `mark_built`."""
-    stamp = directory / ".bench-complete"
-    if stamp.exists() and stamp.read_text() == spec:
-        return True
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    return False
-
-
-def mark_built(directory: Path, spec: str) -> None:
-    (directory / ".bench-complete").write_text(spec)
 
 
 def subset_directory(source: Path, target: Path, groups: int) -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -58,6 +59,15 @@ REGISTERING_LOOK_SECONDS = 10.0  # how often a worker looks unasked at a registr
 Built = tuple[PayloadBytes | None, str | None]  # a group's payload, or why there is none
 
 
+@dataclasses.dataclass
+class _Registering:
+    """A model another worker is registering, as this one follows it (see `Registry._follow_new`)."""
+
+    records: dict[str, GroupSnapshot]  # its groups' parse records, read once
+    look_at: float                     # when to look again unasked (monotonic seconds)
+    adopt_at: float                    # when the primary worker loads what is still unrecorded itself
+
+
 class Registry:
     """All registered models in memory, kept in step with the store and the files."""
 
@@ -69,9 +79,7 @@ class Registry:
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
         self._pending: dict[str, set[str]] = {}  # changed groups the primary worker has not recorded yet (see _follow_files_of)
-        self._adopt_at: dict[str, float] = {}  # models followed from another worker's registration (see _follow_new)
-        self._registering: dict[str, float] = {}  # those not complete yet → when to look again unasked
-        self._registering_records: dict[str, dict[str, GroupSnapshot]] = {}  # and their parse records
+        self._registering: dict[str, _Registering] = {}  # another worker's registrations being followed (_follow_new)
         self.follows_registrations = False  # one of several workers, past its first load: see _follow_new
         self.adopts_unrecorded = False      # the primary worker: see _follow_new
         self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
@@ -190,24 +198,25 @@ class Registry:
         # the registering worker asks every worker to follow once it is done (peers.py): until then, or
         # if it cannot ask, looking at thousands of records every second only takes CPU from it, and the
         # model is installed whole, once (see `_follow_files_of`)
-        self._registering[model.name] = time.monotonic() + REGISTERING_LOOK_SECONDS
-        self._registering_records[model.name] = restored
+        now = time.monotonic()
+        self._registering[model.name] = _Registering(
+            restored, now + REGISTERING_LOOK_SECONDS, now + ADOPT_SECONDS if self.adopts_unrecorded else math.inf)
         self._follow_files_of(model, set(scanned))
-        if model.name in self._pending and self.adopts_unrecorded:
-            self._adopt_at[model.name] = time.monotonic() + ADOPT_SECONDS
+        if model.name not in self._pending:  # recorded already: nothing to follow
+            del self._registering[model.name]
         return True
 
     def _due(self, name: str, asked: bool) -> bool:
         """Whether to look at a model's pending groups now (a registration another worker is recording:
         when asked, or every REGISTERING_LOOK_SECONDS; anything else: always)."""
-        when = self._registering.get(name)
-        if when is not None and name not in self._pending:  # complete
-            del self._registering[name]
-            self._registering_records.pop(name, None)
+        following = self._registering.get(name)
+        if following is None:
             return True
-        if when is None or asked or time.monotonic() >= when:
-            if when is not None:
-                self._registering[name] = time.monotonic() + REGISTERING_LOOK_SECONDS
+        if name not in self._pending:  # complete
+            del self._registering[name]
+            return True
+        if asked or time.monotonic() >= following.look_at:
+            following.look_at = time.monotonic() + REGISTERING_LOOK_SECONDS
             return True
         return False
 
@@ -508,18 +517,15 @@ class Registry:
             model = self.models.get(name)
             if model is None:
                 self._pending.pop(name, None)
-            elif time.monotonic() > self._adopt_at.get(name, float("inf")):
+            elif name in self._registering and time.monotonic() > self._registering[name].adopt_at:
                 self._pending.pop(name, None)
-                self._registering.pop(name, None)
-                self._registering_records.pop(name, None)
+                del self._registering[name]
                 log.warning("%s: %d groups still not recorded by the worker that registered it; loading them here",
                             name, len(keys))
                 self._load(model, keys)
                 moved = True
             elif self._due(name, asked):
                 moved |= self._follow_files_of(model, keys)
-        for name in [n for n in self._adopt_at if n not in self._pending]:
-            del self._adopt_at[name]
         return moved
 
     def _follow_files_of(self, model: LoadedModel, keys: set[str]) -> bool:
@@ -538,12 +544,13 @@ class Registry:
             return False
         model.error = None
         present = {k: scanned[k] for k in keys if k in scanned}
-        registering = self._registering_records.get(model.name)
-        if registering is not None:  # another worker's registration: all of it once it is recorded, or nothing
-            if not all(k in registering and self._is_recorded(model.name, registering[k]) for k in present):
+        following = self._registering.get(model.name)
+        if following is not None:  # another worker's registration: all of it once it is recorded, or nothing
+            records = following.records
+            if not all(k in records and self._is_recorded(model.name, records[k]) for k in present):
                 self._pending[model.name] = set(present)
                 return False
-            restored = registering
+            restored = records
         else:
             restored = self._restore(model, root, present, broken=True)
         ready = {k: g for k, g in restored.items() if k in present and self._is_recorded(model.name, g)}

@@ -184,7 +184,6 @@ class PayloadFastPath:
                        client[0] if client else None, payload, answer)
         return answer, payload
 
-
     def _digest(self, authorization: str | None) -> str | None:
         """The digest of the bearer token in `authorization`, remembered: an engine sends the same
         header with every poll, and the hash cost more than the rest of the lookup."""

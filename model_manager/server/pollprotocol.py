@@ -127,9 +127,6 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url, self.headers, self._complete = b"", [], False
-
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -148,7 +145,7 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         """Parse `request` (one complete head) and answer it when the fast path takes it."""
         if self.fast is None:
             return False
-        self.url, self.headers, self._complete = b"", [], False
+        self.url, self.headers, self._complete = b"", [], False  # (one request per feed: no on_message_begin)
         try:
             self.parser.feed_data(request)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -193,9 +190,7 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
                 if done == 0:
                     break
                 sent += done
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:  # the peer is gone: the transport finds out with the rest of the write
+        except OSError:  # the socket is full (EAGAIN), or the peer is gone: the transport writes the rest, or finds out
             pass
         finally:
             os.close(source)
