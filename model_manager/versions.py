@@ -28,13 +28,14 @@ from model_manager.clock import isoformat, timestamp_from_iso, utc_now
 from model_manager.conversion import sha256
 from model_manager.errors import ConflictError, NotFoundError, UnprocessableError
 from model_manager.fleet import LiveGroup
+from model_manager.gz import LEVEL as GZIP_LEVEL
+from model_manager.gz import gzip_both, gzip_bytes
 from model_manager.store import Store
 from model_manager.versiondiff import diff_versions
 from model_manager.versionrecords import Candidate, Recorded, StoredPayload, VersionInfo, candidate, content_sha256
 
 __all__ = ["Candidate", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate", "content_sha256"]
 
-GZIP_LEVEL = 6
 _COLUMNS = ("model", "group_key", "version", "symbol", "etag", "payload_sha256", "blob_sha256", "size",
             "content_sha256", "model_sha256", "created_at", "live_from", "live_until", "dim", "factor_count",
             "model_source", "status", "pruned")
@@ -152,7 +153,7 @@ class VersionStore:
                 return Recorded(latest, False, self.live(model, group), changed)
             number = (latest.version if latest else 0) + 1
             raw = cand.build(number)
-            packed = gzip.compress(raw, GZIP_LEVEL, mtime=0)
+            packed = gzip_bytes(raw, GZIP_LEVEL)
             blob = self.blobs.put(packed)
             if detail is None:
                 detail = json.dumps(cand.detail(), separators=(",", ":"), allow_nan=False)
@@ -185,9 +186,12 @@ class VersionStore:
         if self.blobs.exists(info.blob_sha256):
             return
         raw = cand.build(info.version)
-        packed = gzip.compress(raw, GZIP_LEVEL, mtime=0)
-        if sha256(raw) == info.payload_sha256 and sha256(packed) == info.blob_sha256:
-            self.blobs.put(packed)
+        if sha256(raw) != info.payload_sha256:
+            return
+        for packed in gzip_both(raw, GZIP_LEVEL):  # the blob may have been written by zlib or zlib-ng
+            if sha256(packed) == info.blob_sha256:
+                self.blobs.put(packed)
+                return
 
     def history_head(self, model: str, group_key: str) -> VersionInfo | None:
         """The latest version of a group (pruned or not), or None."""

@@ -2,7 +2,6 @@
 for the first load that every /api/models request makes, and answers built off the event loop."""
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import PathParameter
 from litestar.serialization import encode_json
 
+from model_manager.gz import gzip_bytes
 from model_manager.server.auth import BEARER_SECURITY, require_token
 from model_manager.service import ModelManager
 
@@ -44,7 +44,7 @@ async def json_answer(request: Request, read: Callable[..., Any], *args: Any) ->
         value = read(*args)
         body = value if isinstance(value, bytes) else encode_json(value)  # bytes: prebuilt JSON
         if gzip_ok and len(body) >= GZIP_MIN_BYTES:
-            return gzip.compress(body, compresslevel=6), True
+            return gzip_bytes(body), True
         return body, False
 
     body, packed = await anyio.to_thread.run_sync(build)

@@ -10,7 +10,6 @@ gzipped once, in a worker thread, never on the event loop. The OpenAPI JSON stay
 """
 from __future__ import annotations
 
-import gzip
 import html
 import importlib.util
 from pathlib import Path
@@ -22,6 +21,8 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import PathParameter
 from litestar.router import Router
+
+from model_manager.gz import gzip_bytes
 
 ASSETS = {  # name -> media type; what the page needs of the package, nothing else is served
     "swagger-ui-bundle.js": "text/javascript",
@@ -116,4 +117,4 @@ def _read_asset(name: str) -> tuple[bytes, bytes]:
         if folder is None:
             raise NotFoundException(detail="Swagger UI is not installed with this server")
         data = (folder / name).read_bytes()
-    return data, gzip.compress(data, compresslevel=6, mtime=0)
+    return data, gzip_bytes(data)
