@@ -14,6 +14,7 @@ import atexit
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -195,6 +196,13 @@ class _CheckServer:
     Forking from a small single-threaded helper (never from a server full of threads) is cheap and
     safe, and no main module is re-imported. Requests arrive as socket ends passed over a control
     socket; the helper exits when that socket closes (its parent is gone).
+
+    Server workers share one helper: the supervisor starts it before forking them (so a worker's
+    first check never waits for the helper's imports, about two seconds on a busy machine, and the
+    workers keep one copy of xgboost and pandas between them, not one each). A request on the
+    SOCK_SEQPACKET control socket is one message, so workers never interleave. The helper is not a
+    worker's child: a worker tells whether it still runs from a pidfd, and one that finds it gone
+    (or failing) starts a helper of its own.
     """
 
     _instance: _CheckServer | None = None
@@ -212,12 +220,30 @@ class _CheckServer:
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         finally:
             theirs.close()
+        self.owner = os.getpid()
+        try:
+            self.pidfd: int | None = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # no pidfd (Linux before 5.3): only the owner can tell
+            self.pidfd = None
         self.send_lock = threading.Lock()
         atexit.register(self.close)
 
+    def alive(self) -> bool:
+        if os.getpid() == self.owner:
+            return self.proc.poll() is None
+        # a forked worker: the helper is its parent's child, so only its pidfd can say (readable = exited)
+        return self.pidfd is not None and not select.select([self.pidfd], [], [], 0)[0]
+
     def close(self) -> None:
-        """Closing the control socket ends the helper; wait for it so no process is left behind."""
+        """Closing the control socket ends the helper (once every process sharing it has closed it);
+        its owner waits for it so no process is left behind."""
         self.control.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if os.getpid() != self.owner:
+            atexit.unregister(self.close)
+            return
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -229,7 +255,7 @@ class _CheckServer:
     def get(cls) -> _CheckServer | None:
         with cls._lock:
             server = cls._instance
-            if server is None or server.proc.poll() is not None:
+            if server is None or not server.alive():
                 if server is not None:
                     server.close()
                 try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from tests.support import PASSWORD, ServerProcess, http, run_cli
+from tests.support import PASSWORD, ServerProcess, http, run_cli, training_data, write_group
 
 
 def test_password_register_serve_login_and_fetch(tmp_path, demo_dir):
@@ -58,18 +59,38 @@ def test_serve_demo_on_a_fresh_data_dir(tmp_path):
 
 
 def test_server_processes_load_no_numpy_pandas_or_xgboost(tmp_path, demo_dir):
-    """Model files are decoded in check processes of their own; the supervisor and the workers never
-    load numpy, pandas or XGBoost (tens of MB in each process), also while a directory is registered."""
+    """Model files are decoded in check processes of their own, forked from one helper the workers
+    share; the supervisor and the workers never load numpy, pandas or XGBoost (tens of MB in each
+    process), also while a directory is registered."""
     with ServerProcess(tmp_path / "data", extra_args=("--no-watch",), workers=2) as srv:
         token = srv.login()
         status, _, body = srv.post("/api/models", {"name": "demo", "path": str(demo_dir)}, token=token)
         assert status == 201, body
         assert json.loads(body)["status"] == "ok"
-        pids = [srv.proc.pid, *map(int, Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split())]
-        assert len(pids) == 3
-        for pid in pids:
+        def children(pid: int) -> list[int]:  # of every thread (a load thread starts a worker's own helper)
+            return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
+
+        def is_helper(pid: int) -> bool:
+            return b"_serve_checks" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+        # the supervisor's children: two workers and the one check helper they share (started before
+        # them, so neither worker started one of its own for the registration)
+        helpers = [pid for pid in children(srv.proc.pid) if is_helper(pid)]
+        workers = [pid for pid in children(srv.proc.pid) if not is_helper(pid)]
+        assert len(helpers) == 1 and len(workers) == 2
+        assert not [pid for worker in workers for pid in children(worker) if is_helper(pid)]
+        for pid in [srv.proc.pid, *workers]:
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert not [lib for lib in ("/numpy/", "/pandas/", "/xgboost/") if lib in maps], pid
+        # the shared helper killed: the worker a registration reaches starts a helper of its own
+        os.kill(helpers[0], signal.SIGKILL)
+        time.sleep(0.5)
+        x, y = training_data()
+        fresh = xgb.XGBRegressor(n_estimators=3, max_depth=2, n_jobs=1).fit(x, y)  # bytes no cache has seen
+        write_group(tmp_path / "fresh", "ADAUSDT_mid_chg_1m", model=fresh)
+        status, _, body = srv.post("/api/models", {"name": "fresh", "path": str(tmp_path / "fresh")}, token=token)
+        assert status == 201 and json.loads(body)["status"] == "ok", body
+        assert len([pid for worker in workers for pid in children(worker) if is_helper(pid)]) == 1
 
 
 # -- payload polls answered by the HTTP protocol itself (server/pollprotocol.py) ---------------------------
@@ -125,6 +146,18 @@ def test_polls_answered_by_the_protocol_match_the_route_byte_for_byte(tmp_path, 
         status, got, body = answers[0]
         assert status == b"HTTP/1.1 304 Not Modified" and body == b"" and got[b"etag"] == headers["etag"].encode()
         assert got[b"x-content-type-options"] == b"nosniff" and b"content-security-policy" in got
+        # an encoded head is kept per version, but never past its second: the Date moves on
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            reader, dates = sock.makefile("rb"), []
+            for _ in range(2):
+                sock.sendall(get(fast, inm))
+                lines = [reader.readline()]
+                while lines[-1] not in (b"\r\n", b""):
+                    lines.append(reader.readline())
+                assert lines[0].startswith(b"HTTP/1.1 304") and lines[-1] == b"\r\n", lines
+                dates += [line for line in lines if line.lower().startswith(b"date: ")]
+                time.sleep(1.1)
+            assert len(dates) == 2 and dates[0] != dates[1]
         # the metrics count both ways alike
         _, _, raw = srv.get("/metrics", token=token)
         counted = [line for line in raw.decode().splitlines()

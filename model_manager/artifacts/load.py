@@ -295,7 +295,7 @@ def load_directory(path: str | os.PathLike, *, cache: CacheDir | None = None,
 
 
 BATCH_GROUPS = 32           # groups whose files one check process takes, at most
-BATCH_BYTES = 4 * 1024**2   # and at most this many bytes of their files (unless one group alone is more)
+BATCH_BYTES = 32 * 1024**2  # and at most this many bytes of their files (unless one group alone is more)
 
 
 def _batches(root: Path, keys: list[str], scanned: dict[str, dict[str, str]], workers: int) -> list[list[str]]:

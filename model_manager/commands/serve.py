@@ -18,7 +18,7 @@ from model_manager import __version__
 from model_manager.auth import new_setup_code
 from model_manager.commands import DataDirOption, app
 from model_manager.errors import ModelManagerError
-from model_manager.isolation import stop_checker
+from model_manager.isolation import start_checker
 from model_manager.service import ModelManager
 from model_manager.settings import ENV_TABLE, Settings
 from model_manager.store import Store
@@ -106,7 +106,8 @@ def _supervise(settings: Settings, count: int, demo: bool, level: str) -> str | 
         setup_code = None if store.is_initialized() else new_setup_code()
     finally:
         store.close()  # no database connection may cross a fork
-        stop_checker()  # nor the demo's model check process: each worker starts its own when needed
+    # one model check process for all the workers, started before they fork (see isolation._CheckServer)
+    start_checker(settings.check_memory_mb)
     _banner(settings, setup_code, count)
     _raise_open_files()
 
