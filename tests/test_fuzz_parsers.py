@@ -11,6 +11,7 @@ Examples per kind are bounded by `FUZZ_EXAMPLES` (default 60); raise it for a de
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
 import pickle
@@ -319,3 +320,34 @@ def test_a_pickle_that_would_take_hours_to_load_costs_a_bounded_wait():
     assert caught.value.code in ("too_slow", "unsafe_pickle", "corrupt"), caught.value
     # a small one of the same shape loads: the limit is time, not the shape
     assert check_info(_slow_hash_pickle(3), "small_info.pkl") == {json.dumps([[[[], []], [[], []]], [[[], []], [[], []]]]): 1}
+
+
+# -- the payload body, put together from its parts ----------------------------------------------
+_TEXT = st.text(alphabet=st.characters(min_codepoint=0, blacklist_categories=("Cs",)), max_size=40)
+
+
+@FUZZ
+@given(model_text=st.one_of(_TEXT, st.builds(lambda a, b: f'{{"learner":{{"a":"{a}","b":[1,2]}},"x":"{b}"}}', _TEXT, _TEXT)),
+       info=st.dictionaries(_TEXT, st.one_of(_TEXT, st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                                               st.dictionaries(_TEXT, _TEXT, max_size=3)), max_size=5))
+def test_payload_bytes_are_one_json_dumps_of_the_body(tmp_path_factory, model_text, info):
+    """`build_payload_bytes` joins separately encoded parts and quotes the model text itself; the
+    result must be exactly what encoding the whole body at once gives, whatever the text and the
+    info.pkl hold (quotes, backslashes, control characters, keys named like ours)."""
+    info = {**info, "payload": {"model_json": ""}}  # a key of ours inside the metadata
+    group = dataclasses.replace(_GROUP, info=info)
+    model_json = model_text.encode("utf-8")
+    metadata = {**info, "symbol": group.symbol, "return_name": group.return_name, "group_key": group.group_key,
+                "dim": group.dim, "model_source": group.model_source, "model_sha256": group.model_sha256,
+                "updated_at": group.updated_at, "version": 3}
+    whole = {"model_name": "m", "symbol": group.symbol, "group_key": group.group_key, "return_name": group.return_name,
+             "payload": {"model_json": model_text, "metadata": metadata,
+                         "dim_factors": [{"dim": i, "factor_name": f, "kendall_tau": None} for i, f in enumerate(group.factors)]}}
+    expected = json.dumps(whole, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    assert build_payload_bytes("m", group, model_json, version=3) == expected
+
+
+_GROUP = GroupSnapshot(group_key=KEY, symbol="SOLUSDT", return_name="mid_chg_1m", files={}, factors=list(FACTORS), ic=None,
+                       info=None, importance=None, dim=len(FACTORS), model_source="json", model_file=f"{KEY}_model.json",
+                       model_sha256="0" * 64, model_json=None, model_summary=None, updated_at="2026-12-01T00:00:00Z",
+                       signature=None, issues=[])

@@ -29,10 +29,30 @@ def payload_head(model_name: str, group: GroupSnapshot) -> dict:
 
 def build_payload_bytes(model_name: str, group: GroupSnapshot, model_json: bytes, *, version: int | None = None) -> bytes:
     """The exact response body of `GET /api/models/{name}/model/{symbol}`; with `version`, its
-    `metadata.version` (SPEC §6; like the other metadata keys we set, it wins over an info.pkl key)."""
+    `metadata.version` (SPEC §6; like the other metadata keys we set, it wins over an info.pkl key).
+
+    The bytes are those of `json.dumps(body, ensure_ascii=False, separators=(",", ":"))`, put
+    together from the parts, so the model text (megabytes) is escaped by `_json_string`."""
     head = payload_head(model_name, group)
-    inner = head["payload"]
+    inner = head.pop("payload")
     if version is not None:
         inner["metadata"]["version"] = version
-    head["payload"] = {"model_json": model_json.decode("utf-8"), "metadata": inner["metadata"], "dim_factors": inner["dim_factors"]}
-    return json.dumps(head, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return b"".join((_dumps(head)[:-1], b',"payload":{"model_json":', _json_string(model_json), b',"metadata":',
+                     _dumps(inner["metadata"]), b',"dim_factors":', _dumps(inner["dim_factors"]), b"}}"))
+
+
+def _dumps(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+_CONTROL = bytes(range(32))
+
+
+def _json_string(text: bytes) -> bytes:
+    """`text` (UTF-8) as `json.dumps(..., ensure_ascii=False)` writes it as a string. XGBoost's JSON
+    has no backslash and no control character, so escaping it is quoting its quotes: 0.5 ms against
+    3.5 for the encoder on a 1.8 MB model."""
+    decoded = text.decode("utf-8")  # the same error for bytes that are not UTF-8
+    if b"\\" in text or len(text.translate(None, _CONTROL)) != len(text):
+        return _dumps(decoded)
+    return b'"' + text.replace(b'"', b'\\"') + b'"'
