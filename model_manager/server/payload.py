@@ -13,7 +13,7 @@ fast path leaves such requests to the route.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from model_manager.auth import parse_bearer
 from model_manager.errors import ModelManagerError
@@ -63,6 +63,7 @@ def payload_response(payload: PayloadBytes, if_none_match: str | None, accept_en
 
 
 DIGESTS_REMEMBERED = 4096  # Authorization headers whose token digest the fast path keeps
+HEADER_TUPLES_KEPT = 4096  # (version, status, encoding) header tuples the fast path keeps
 MAX_WAIT = 60  # seconds a long poll may ask for (RFC 7240 `Prefer: wait=N`)
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
 
@@ -116,6 +117,9 @@ class PayloadFastPath:
         self.metrics = metrics
         self.hooks = hooks
         self._digests: dict[str, str | None] = {}  # Authorization value → token digest (or None: not a bearer)
+        # (ETag, status, gzip?) → the complete header tuple of such an answer: one object for every
+        # poll of a version, so the protocol can keep its encoded head (pollprotocol.py)
+        self._headers: dict[tuple[str, int, bool], tuple[tuple[bytes, bytes], ...]] = {}
 
     async def handle(self, scope, send) -> bool:
         """Answer the request if it is the common case (True), else leave it alone (False)."""
@@ -127,19 +131,26 @@ class PayloadFastPath:
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def direct(self, scope) -> tuple[int, Headers, bytes, str | None] | None:
+    def direct(self, scope) -> tuple[int, Sequence[tuple[bytes, bytes]], bytes, str | None] | None:
         """The complete answer to send — with the headers `ResponseHooks` adds to every API answer,
         and counted the way the hooks count the route's (metrics, the access log's payload summary) —
         or None. The HTTP protocol (server/pollprotocol.py) calls it before uvicorn makes an ASGI request
         of the bytes; `handle` for what reaches the app. The fourth item is the file the body is
-        mapped from, when it is the whole of one (the gzip bytes), else None."""
+        mapped from, when it is the whole of one (the gzip bytes), else None. The headers are a tuple
+        shared by every answer of the same version, status and encoding: never to be changed."""
         found = self._answer(scope)
         if found is None:
             return None
         (status, headers, body), payload = found
-        headers.extend(HEADERS_UI_AND_API)
+        gzipped = body is payload.gzip
+        key = (payload.etag, status, gzipped)
+        kept = self._headers.get(key)
+        if kept is None:
+            if len(self._headers) >= HEADER_TUPLES_KEPT:
+                self._headers.clear()
+            kept = self._headers[key] = (*headers, *HEADERS_UI_AND_API)
         self.hooks.payload_answered(scope, status, len(body))
-        return status, headers, body, payload.file if body is payload.gzip else None
+        return status, kept, body, payload.file if gzipped else None
 
     def answer(self, scope) -> tuple[int, Headers, bytes] | None:
         """The response for this request when it is the common case, else None."""

@@ -36,6 +36,8 @@ from uvicorn.protocols.utils import get_remote_addr
 from model_manager.server.headguard import HeadGuard
 
 HEAD_END = b"\r\n\r\n"
+HEADS_KEPT = 4096  # encoded response heads kept (see `PollProtocol._head`)
+_HEADS: dict[int, tuple[Any, Any, int, bytes]] = {}
 
 
 class PollProtocol(HeadGuard, asyncio.Protocol):
@@ -157,11 +159,7 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         if answer is None:
             return False
         status, headers, body, file = answer
-        head = [STATUS_LINE[status]]
-        for name, value in (*self.server_state.default_headers, *headers):
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
-        self.transport.write(b"".join(head))
+        self.transport.write(self._head(status, headers))
         sent = self._send_file(file, len(body)) if file is not None else 0
         if sent < len(body):
             self.transport.write(body[sent:] if sent else body)
@@ -171,6 +169,24 @@ class PollProtocol(HeadGuard, asyncio.Protocol):
         if not self._paused:  # (a write that filled the buffer paused us: idle only once it drains)
             self._idle_since = self.loop.time()
         return True
+
+    def _head(self, status: int, headers) -> bytes:
+        """The encoded response head. The fast path gives every poll of one version the same header
+        tuple, and uvicorn replaces `default_headers` (the Date) once a second, so a head is encoded
+        once per version and second and kept in `_HEADS` (by the tuple's id, the tuple held there)."""
+        defaults = self.server_state.default_headers
+        kept = _HEADS.get(id(headers))
+        if kept is not None and kept[0] is headers and kept[1] is defaults and kept[2] == status:
+            return kept[3]
+        parts = [STATUS_LINE[status]]
+        for name, value in (*defaults, *headers):
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if len(_HEADS) >= HEADS_KEPT:
+            _HEADS.clear()
+        _HEADS[id(headers)] = (headers, defaults, status, head)
+        return head
 
     def _send_file(self, path: str, count: int) -> int:
         """Send the first `count` bytes of the file at `path` with sendfile(2) — straight from the page
