@@ -63,12 +63,16 @@ def _work(header: dict, data: bytes) -> tuple[dict, bytes]:
 _memory_mb: int | None = None  # set by start_checker; else read from the environment when first needed
 
 
-def start_checker(memory_mb: int | None = None) -> None:
-    """Start the model check process ahead of need (it imports xgboost: about a second), with
-    `memory_mb` as the limit (see `set_check_memory`; default: MODEL_MANAGER_CHECK_MEMORY_MB)."""
+def start_checker(memory_mb: int | None = None, *, wake: bool = True) -> None:
+    """Start the model check process ahead of need, with `memory_mb` as the limit (see
+    `set_check_memory`; default: MODEL_MANAGER_CHECK_MEMORY_MB). It imports xgboost (about a second
+    of CPU) when woken, or at its first check: `wake=False` starts it without that, for a server
+    whose workers are about to load (the first of them to finish wakes it)."""
     if memory_mb is not None:
         set_check_memory(memory_mb)
-    _CheckServer.get()
+    server = _CheckServer.get()
+    if server is not None and wake:
+        server.wake()
 
 
 def stop_checker() -> None:
@@ -197,9 +201,10 @@ class _CheckServer:
     safe, and no main module is re-imported. Requests arrive as socket ends passed over a control
     socket; the helper exits when that socket closes (its parent is gone).
 
-    Server workers share one helper: the supervisor starts it before forking them (so a worker's
-    first check never waits for the helper's imports, about two seconds on a busy machine, and the
-    workers keep one copy of xgboost and pandas between them, not one each). A request on the
+    Server workers share one helper: the supervisor starts it before forking them, and the first
+    worker done with its first load wakes it to import xgboost and pandas (about two CPU-seconds, so
+    not while the workers load). So a worker's first check does not wait for a helper of its own,
+    and the workers keep one copy of xgboost and pandas between them, not one each. A request on the
     SOCK_SEQPACKET control socket is one message, so workers never interleave. The helper is not a
     worker's child: a worker tells whether it still runs from a pidfd, and one that finds it gone
     (or failing) starts a helper of its own.
@@ -277,18 +282,21 @@ class _CheckServer:
         with self.send_lock:
             socket.send_fds(self.control, [b"c"], [sock.fileno()])
 
+    def wake(self) -> None:
+        """Have the helper import what checks need now, not at its first check."""
+        try:
+            with self.send_lock:
+                self.control.send(b"w")
+        except OSError:  # gone: the next check starts another
+            pass
+
 
 def _serve_checks(fd: int, memory_mb: int = 4096) -> None:
     """The helper's main loop (see `_CheckServer`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl+C is for the parent; we go when it goes
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    import pandas  # noqa: F401  (children start with what they need loaded)
-    import xgboost  # noqa: F401
-
-    import model_manager.checkwork  # noqa: F401
-    import model_manager.jsonsafe  # noqa: F401
-
     control = socket.socket(fileno=fd)
+    loaded = False
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(control, 16, 4)
@@ -298,6 +306,13 @@ def _serve_checks(fd: int, memory_mb: int = 4096) -> None:
             # the parent closed the control socket. Exit at once: tearing down the interpreter with
             # xgboost and pandas loaded takes seconds on a busy machine, and the parent waits for us
             os._exit(0)
+        if not loaded:  # the first message (a wake-up or a check): children start with what they need loaded
+            import pandas  # noqa: F401
+            import xgboost  # noqa: F401
+
+            import model_manager.checkwork  # noqa: F401
+            import model_manager.jsonsafe  # noqa: F401
+            loaded = True
         for extra in fds[1:]:
             os.close(extra)
         if not fds:

@@ -348,8 +348,8 @@ class ModelManager(VersionCommands):
         if self.role.primary:
             # the model check process, for the first change the watcher sees (about 1.5 CPU-s: it imports
             # xgboost). Not beside the first load, which starts it when it has a file to check: at a warm
-            # restart it would only share the cores with the workers' restores. The other workers check
-            # files only when asked to through the API, and start it then.
+            # restart it would only share the cores with the workers' restores. With several workers
+            # the supervisor started it for all of them, and this wakes it.
             loop.run_in_executor(None, self.registry.warm_up)
             self.watcher = Watcher(self.registry, self.settings)  # the other workers follow what it records (_follow)
             await self.watcher.start()

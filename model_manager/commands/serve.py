@@ -106,8 +106,9 @@ def _supervise(settings: Settings, count: int, demo: bool, level: str) -> str | 
         setup_code = None if store.is_initialized() else new_setup_code()
     finally:
         store.close()  # no database connection may cross a fork
-    # one model check process for all the workers, started before they fork (see isolation._CheckServer)
-    start_checker(settings.check_memory_mb)
+    # one model check process for all the workers, started before they fork and woken once one of
+    # them has loaded (see isolation._CheckServer)
+    start_checker(settings.check_memory_mb, wake=False)
     _banner(settings, setup_code, count)
     _raise_open_files()
 
