@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 # The per-node arrays of XGBoost's JSON trees that a summary does not read: most of a model's bytes,
@@ -21,7 +22,16 @@ _STRIPPED = frozenset(_NODE_ARRAYS)
 def model_summary(model_json: bytes) -> dict:
     """{"num_trees": int|None, "params": {flat name: value}} from an XGBoost JSON model.
 
-    Parsed with the per-node arrays the summary does not read emptied first (about 3 × faster on a
+    In a process that has numpy loaded (the check process), JSON laid out as XGBoost writes it is
+    summarised without parsing its trees (`_summary_with_numpy`); otherwise, or when the layout is
+    not exactly that, it is parsed (`_parsed_summary`). Both give the same answer."""
+    numpy = sys.modules.get("numpy")  # loaded in the check process, never imported for this
+    quick = _summary_with_numpy(model_json, numpy) if numpy is not None else None
+    return quick if quick is not None else _parsed_summary(model_json)
+
+
+def _parsed_summary(model_json: bytes) -> dict:
+    """Parsed with the per-node arrays the summary does not read emptied first (about 3 × faster on a
     300-tree model). When one of those keys sits where the summary does read values (a learner or
     objective parameter), the whole document is parsed instead, so the answer is the same."""
     learner = _learner(_STRIP.sub(rb"\1]", model_json))
@@ -30,6 +40,81 @@ def model_summary(model_json: bytes) -> dict:
     if learner is None:
         return {"num_trees": None, "params": {}}
     return _summary(learner)
+
+
+# -- the same answer, in a few ms instead of ~15 for 300 trees, where numpy is at hand ---------------
+_TREES = b'"trees":['
+_TREE_END = b'"tree_param":{'
+_CHILD_DIGITS = b"0123456789,-"
+
+
+def _summary_with_numpy(text: bytes, np) -> dict | None:
+    """`model_summary` of XGBoost's own JSON layout: the trees array cut out before parsing, and the
+    depth of every tree taken from its `left_children`/`right_children` with numpy, all trees at once.
+    None whenever the text is not laid out exactly as expected (then the general parse answers)."""
+    if b"\\" in text:  # no escaped quote anywhere: `"key":[` and brackets occur only as structure
+        return None
+    start = text.find(_TREES)
+    if start < 0 or text.find(_TREES, start + 1) >= 0:
+        return None
+    last = text.rfind(_TREE_END)
+    close = text.find(b"}", last)
+    if last < start or close < 0 or text[close + 1:close + 3] != b"}]":
+        return None  # the trees array must end right after the last tree's tree_param
+    end = close + 2  # the array's "]"
+    learner = _learner(text[:start + len(_TREES)] + text[end:])
+    if learner is None or trees_of(learner.get("gradient_booster") or {}) != []:
+        return None
+    depth = _deepest(text[start:end + 1], np)
+    if depth is None:
+        return None
+    count, deepest = depth
+    summary = _summary(learner)
+    summary["num_trees"] = count
+    if count:
+        summary["params"] = dict(sorted({**summary["params"], "max_tree_depth": deepest}.items()))
+    return summary
+
+
+def _deepest(trees: bytes, np) -> tuple[int, int] | None:
+    """(number of trees, the deepest leaf's depth) from the text of a trees array; None if any tree
+    is not numbered as XGBoost numbers them (each child after its parent, within its tree)."""
+    lefts, rights, pos = [], [], 0
+    while (pos := trees.find(b'"left_children":[', pos)) >= 0:
+        pos += 17
+        lefts.append(trees[pos:trees.find(b"]", pos)])
+    pos = 0
+    while (pos := trees.find(b'"right_children":[', pos)) >= 0:
+        pos += 18
+        rights.append(trees[pos:trees.find(b"]", pos)])
+    count = trees.count(_TREE_END)
+    if len(lefts) != count or len(rights) != count or not count:
+        return None
+    sizes = [0 if not a else a.count(b",") + 1 for a in lefts]
+    if sizes != [0 if not b else b.count(b",") + 1 for b in rights] or 0 in sizes:
+        return None
+    joined_left, joined_right = b",".join(lefts), b",".join(rights)
+    if joined_left.translate(None, _CHILD_DIGITS) or joined_right.translate(None, _CHILD_DIGITS):
+        return None
+    left = np.fromstring(joined_left, dtype=np.int64, sep=",")  # (text mode: not deprecated)
+    right = np.fromstring(joined_right, dtype=np.int64, sep=",")
+    if len(left) != sum(sizes) or len(right) != len(left):
+        return None
+    offsets = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
+    node = np.arange(len(left)) - offsets  # each node's number within its tree
+    size = np.repeat(sizes, sizes)
+    inner = left != -1
+    if not ((node[inner] < left[inner]) & (left[inner] < size[inner])
+            & (node[inner] < right[inner]) & (right[inner] < size[inner])).all():
+        return None
+    child_left, child_right = left + offsets, right + offsets
+    frontier, depth = np.cumsum([0, *sizes[:-1]]), 0  # the roots
+    while True:
+        frontier = frontier[inner[frontier]]
+        if not len(frontier):
+            return count, depth
+        frontier = np.concatenate((child_left[frontier], child_right[frontier]))
+        depth += 1
 
 
 def _learner(text: bytes) -> dict | None:
