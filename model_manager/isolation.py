@@ -231,6 +231,7 @@ class _CheckServer:
         except (AttributeError, OSError):  # no pidfd (Linux before 5.3): only the owner can tell
             self.pidfd = None
         self.send_lock = threading.Lock()
+        self.close_lock = threading.Lock()
         atexit.register(self.close)
 
     def alive(self) -> bool:
@@ -241,11 +242,13 @@ class _CheckServer:
 
     def close(self) -> None:
         """Closing the control socket ends the helper (once every process sharing it has closed it);
-        its owner waits for it so no process is left behind."""
-        self.control.close()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+        its owner waits for it so no process is left behind. Several checks that found the helper
+        failing may each discard it at once: the pidfd is closed once, never a number reused since."""
+        with self.close_lock:
+            self.control.close()
+            pidfd, self.pidfd = self.pidfd, None
+            if pidfd is not None:
+                os.close(pidfd)
         if os.getpid() != self.owner:
             atexit.unregister(self.close)
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -88,3 +89,32 @@ def test_a_directory_loaded_in_one_batch_keeps_each_groups_own_issues(tmp_path, 
     assert [(i.code, i.file) for i in bad.errors] == [("corrupt", "BBBUSDT_mid_chg_1m_model.pkl")]
     assert bad.info["symbol"] == "BBBUSDT", "its info.pkl was checked and kept"
     assert snap.groups["CCCUSDT_mid_chg_1m"].model_summary["num_trees"] == 5
+
+
+def test_a_helper_several_checks_discard_at_once_is_closed_once(models):
+    """A directory's batches run in parallel; when the helper fails them all, each discards it. Its
+    descriptors are closed once (a second close of the pidfd fails, or closes whatever got its
+    number since), the helper ends, and the next check gets a new one."""
+    from model_manager.isolation import _CheckServer, check_model
+
+    for _ in range(40):
+        server = _CheckServer.get()
+        assert server is not None
+        barrier, errors = threading.Barrier(4), []
+
+        def discard(server=server, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                server.discard()
+            except OSError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=discard) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        assert server.proc.poll() is not None and server.pidfd is None
+    info, _json, _ = check_model(bytes(models["booster"].save_raw(raw_format="json")), "json", "after.json")
+    assert info.num_features == 5
