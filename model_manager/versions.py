@@ -181,17 +181,23 @@ class VersionStore:
         raise ConflictError(f"versions of {model}/{group} kept changing while recording; try again")
 
     def _heal(self, info: VersionInfo, cand: Candidate) -> None:
-        """Rewrite a version's missing blob when the same content rebuilds exactly its bytes (it does
-        unless the files' mtimes moved since); otherwise reading it reports the damage."""
+        """Rewrite a version's missing blob when the same content rebuilds exactly its payload (it
+        does unless the files' mtimes moved since); otherwise reading it reports the damage. The
+        gzip bytes may come out other than the lost ones (zlib wrote blobs before zlib-ng, and a
+        later zlib-ng may compress differently): then the version's row names the new blob."""
         if self.blobs.exists(info.blob_sha256):
             return
         raw = cand.build(info.version)
         if sha256(raw) != info.payload_sha256:
             return
-        for packed in gzip_both(raw, GZIP_LEVEL):  # the blob may have been written by zlib or zlib-ng
-            if sha256(packed) == info.blob_sha256:
-                self.blobs.put(packed)
-                return
+        ours, zlibs = gzip_both(raw, GZIP_LEVEL)
+        if sha256(zlibs) == info.blob_sha256:
+            self.blobs.put(zlibs)
+            return
+        blob = self.blobs.put(ours)
+        with self.store.transaction() as db:
+            db.execute("UPDATE versions SET blob_sha256 = ? WHERE model = ? AND group_key = ? AND version = ?",
+                       (blob, info.model, info.group_key, info.version))
 
     def history_head(self, model: str, group_key: str) -> VersionInfo | None:
         """The latest version of a group (pruned or not), or None."""

@@ -254,7 +254,8 @@ def test_blob_integrity(vs, tmp_path, retrains):
 
 def test_blob_written_by_the_standard_librarys_zlib_is_healed_too(vs, store, tmp_path, retrains):
     """Blobs of releases before zlib-ng hold zlib's bytes (another sha256): a missing one is rebuilt
-    with the compressor that made it, so its name still matches its content."""
+    with the compressor that made it, so its name still matches its content. One no compressor here
+    reproduces is rebuilt with ours, under a new name."""
     d = tmp_path / "models"
     retrain(d, retrains[0])
     info = record(vs, d).version
@@ -266,6 +267,13 @@ def test_blob_written_by_the_standard_librarys_zlib_is_healed_too(vs, store, tmp
     vs.blobs.path(info.blob_sha256).unlink()
     assert record(vs, d).created is False
     assert vs.payload("m", KEY, 1).gzip == old
+    # a blob whose bytes no compressor here reproduces (another zlib-ng release, say): the payload is
+    # rebuilt, and the version's row names the new blob
+    with store.transaction() as db:
+        db.execute("UPDATE versions SET blob_sha256 = ? WHERE version = 1", ("0" * 64,))
+    assert record(vs, d).created is False
+    assert gzip.decompress(vs.payload("m", KEY, 1).gzip) == raw
+    assert vs.get("m", KEY, 1).blob_sha256 != "0" * 64
 
 
 def test_identical_bytes_stored_once_and_sweep(vs, tmp_path, retrains):
