@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -261,3 +262,34 @@ def test_a_long_poll_open_at_a_stop_signal_gets_its_304(tmp_path, demo_dir):
             assert reply.startswith(b"HTTP/1.1 304"), reply[:200]
             assert time.monotonic() - started < 5
         assert srv.proc.wait(timeout=20) == 0
+
+
+def test_a_request_unfinished_at_a_stop_signal_gets_a_503(tmp_path):
+    """A registration still checking files when the server is stopped cannot be cut short (its check
+    runs in a thread): it is answered 503 with a detail that says to send it again, not uvicorn's
+    plain-text 500 for a request it cancels; the long poll answered beside it still gets its 304."""
+    from tests.test_fuzz_parsers import _slow_hash_pickle
+
+    x, y = training_data()
+    write_group(tmp_path / "slow", "ADAUSDT_mid_chg_1m", model=xgb.XGBRegressor(n_estimators=3, max_depth=2).fit(x, y))
+    (tmp_path / "slow" / "ADAUSDT_mid_chg_1m_info.pkl").write_bytes(_slow_hash_pickle(30))  # seconds to unpickle
+    srv = ServerProcess(tmp_path / "data", extra_args=("--no-watch", "--demo"))
+    with srv:
+        token = srv.login()
+        _, headers, _ = srv.get("/api/models/demo/model/SOLUSDT", token=token)
+        answers: list = []
+        register = threading.Thread(target=lambda: answers.append(http(
+            "POST", srv.url + "/api/models", token=token, body={"name": "slow", "path": str(tmp_path / "slow")}, timeout=60)))
+        register.start()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+            sock.sendall(b"GET /api/models/demo/model/SOLUSDT HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         + token.encode() + b"\r\nIf-None-Match: " + headers["etag"].encode()
+                         + b"\r\nPrefer: wait=30\r\n\r\n")
+            time.sleep(1.5)  # the registration is checking the info.pkl, the poll is parked
+            srv.proc.send_signal(signal.SIGTERM)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 304")
+            register.join(60)
+        status, got, body = answers[0]
+        assert status == 503, body
+        assert "stopping" in json.loads(body)["detail"] and got["retry-after"] == "5"
+        srv.proc.wait(timeout=60)

@@ -25,6 +25,9 @@ from model_manager.store import Store
 from model_manager.workers import WorkerRole, bind_socket, shared_dir, supervise, worker_sockets
 
 GRACEFUL_SHUTDOWN_SECONDS = 0.3  # in-flight requests get this long after SIGINT/SIGTERM
+# uvicorn waits 0.1 s, then the grace period, then cancels what is left: requests still unanswered
+# at this point after the stop signal are answered 503 (`ModelManagerApp.answer_unfinished`)
+STOP_ANSWER_SECONDS = 0.1 + GRACEFUL_SHUTDOWN_SECONDS * 0.7
 
 
 class LogLevel(str, Enum):
@@ -157,8 +160,11 @@ def _run(settings: Settings, store: Store, sock: socket.socket, role: WorkerRole
     )
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
-            # long polls and event streams answer before uvicorn's grace period starts, not after it
+            # long polls and event streams answer before uvicorn's grace period starts, not after it;
+            # what is still unanswered near its end gets a 503 rather than uvicorn's 500
             application.state.manager.end_waits()
+            loop = asyncio.get_running_loop()
+            loop.call_later(STOP_ANSWER_SECONDS, lambda: loop.create_task(application.answer_unfinished()))
             await super().shutdown(sockets)
 
     server = Server(config)

@@ -11,6 +11,7 @@ its answers the same way.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from model_manager.server.auth import auth_routes, require_token_unless_public
 from model_manager.server.bodies import BoundedRequest
 from model_manager.server.docs import LocalSwaggerPlugin
 from model_manager.server.events import model_events
-from model_manager.server.hooks import ResponseHooks
+from model_manager.server.hooks import HEADERS_UI_AND_API, ResponseHooks
 from model_manager.server.keys import KeysController
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
@@ -86,20 +87,66 @@ def metrics(request: Request) -> Response[bytes]:
     return Response(request.app.state.manager.metrics_text(), media_type=CONTENT_TYPE)
 
 
+class _Unfinished:
+    """A request Litestar is answering, for `ModelManagerApp.answer_unfinished`: its `send`, and
+    whether its answer has started."""
+
+    __slots__ = ("_send", "started", "stopped")
+
+    def __init__(self, send) -> None:
+        self._send, self.started, self.stopped = send, False, False
+
+    async def send(self, message) -> None:
+        if self.stopped:  # answered 503 at a stop: what the handler answers later goes nowhere
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    async def stop(self) -> None:
+        if self.started or self.stopped:
+            return
+        self.stopped = True
+        body = json.dumps({"status_code": 503, "detail": STOPPING_DETAIL}).encode()
+        await self._send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"5"), *HEADERS_UI_AND_API]})
+        await self._send({"type": "http.response.body", "body": body})
+
+
+STOPPING_DETAIL = ("the server is stopping and did not finish this request; send it again once it is back "
+                   "(registering or refreshing again is safe: a half-done one leaves nothing behind)")
+
+
 class ModelManagerApp(Litestar):
     """Litestar, with the payload fast path in front: the polls of trading engines are answered
     before Litestar's own per-request machinery (scope setup, the before_send wrapper, routing);
     everything else gets its start time noted (for the access log) and goes on to Litestar."""
 
     fast_path: PayloadFastPath | None = None
+    unfinished: set[_Unfinished]
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
-        if scope["type"] == "http":
-            fast = self.fast_path
-            if fast is not None and await fast.handle(scope, send):
-                return
-            scope["mm_started"] = time.perf_counter()
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        fast = self.fast_path
+        if fast is not None and await fast.handle(scope, send):
+            return
+        scope["mm_started"] = time.perf_counter()
+        request = _Unfinished(send)
+        self.unfinished.add(request)
+        try:
+            await super().__call__(scope, receive, request.send)
+        finally:
+            self.unfinished.discard(request)
+
+    async def answer_unfinished(self) -> None:
+        """At a stop, once the grace period is nearly over: a 503 that says so to every request whose
+        answer has not started (a registration or refresh still checking files in a thread, which
+        uvicorn cannot cut short), instead of the plain-text 500 uvicorn gives a request it cancels."""
+        for request in list(self.unfinished):
+            await request.stop()
 
 
 def create_app(settings: Settings, *, store: Store | None = None, role: WorkerRole | None = None) -> Litestar:
@@ -145,6 +192,7 @@ def create_app(settings: Settings, *, store: Store | None = None, role: WorkerRo
     app.state.store = manager.store
     app.state.registry = registry
     app.state.auth = manager.auth
+    app.unfinished = set()
     app.state.fast_path = app.fast_path = PayloadFastPath(registry, manager.auth.tokens, manager.fleet, manager.metrics,
                                                           hooks, shared=manager.role.shared)
     return app
