@@ -223,6 +223,8 @@ def test_serve_prints_setup_code_and_stops_cleanly_on_sigint(tmp_path):
     assert took < 10, f"stopping took {took:.2f}s"  # not held up until the 10 s kill; a loaded machine is slow
     assert "Traceback" not in output and "stopped (SIGINT)" in output
     assert '"path": "/healthz"' in output  # the access log
+    # the request stuck mid-body was answered 503 at the stop, and logged so
+    assert '"path": "/api/auth/login", "status": 503' in output, output
     assert token not in output
 
 

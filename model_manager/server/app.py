@@ -65,7 +65,10 @@ def _validation_error(request: Request, exc: ValidationException) -> Response:
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    if request.scope.get("mm_answered_at_stop"):  # answered 503 at a stop; its client is gone (read ends early)
+        log.debug("%s %s ended after its 503 at the stop: %s", request.method, request.url.path, exc)
+    else:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
 
 
@@ -91,10 +94,10 @@ class _Unfinished:
     """A request Litestar is answering, for `ModelManagerApp.answer_unfinished`: its `send`, and
     whether its answer has started."""
 
-    __slots__ = ("_send", "started", "stopped")
+    __slots__ = ("_scope", "_send", "started", "stopped")
 
-    def __init__(self, send) -> None:
-        self._send, self.started, self.stopped = send, False, False
+    def __init__(self, scope, send) -> None:
+        self._scope, self._send, self.started, self.stopped = scope, send, False, False
 
     async def send(self, message) -> None:
         if self.stopped:  # answered 503 at a stop: what the handler answers later goes nowhere
@@ -106,7 +109,7 @@ class _Unfinished:
     async def stop(self) -> None:
         if self.started or self.stopped:
             return
-        self.stopped = True
+        self.stopped = self._scope["mm_answered_at_stop"] = True  # (what fails after this is no news: `_internal_error`)
         body = json.dumps({"status_code": 503, "detail": STOPPING_DETAIL}).encode()
         await self._send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -134,7 +137,7 @@ class ModelManagerApp(Litestar):
         if fast is not None and await fast.handle(scope, send):
             return
         scope["mm_started"] = time.perf_counter()
-        request = _Unfinished(send)
+        request = _Unfinished(scope, send)
         self.unfinished.add(request)
         try:
             await super().__call__(scope, receive, request.send)

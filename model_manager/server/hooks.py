@@ -65,7 +65,8 @@ class ResponseHooks:
             if scope["method"] == "OPTIONS" and message["status"] == 204:
                 headers = self._fix_allow(scope, headers)
             message["headers"] = [*headers, *extra]  # type: ignore[typeddict-item]
-            scope["mm_status"] = message["status"]  # type: ignore[typeddict-unknown-key]
+            # (a request answered 503 at a stop: what its handler sends later never reaches the client)
+            scope["mm_status"] = 503 if scope.get("mm_answered_at_stop") else message["status"]  # type: ignore[typeddict-unknown-key]
             return
         if message["type"] != "http.response.body":
             return
