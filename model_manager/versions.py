@@ -195,9 +195,10 @@ class VersionStore:
             self.blobs.put(zlibs)
             return
         blob = self.blobs.put(ours)
-        with self.store.transaction() as db:
-            db.execute("UPDATE versions SET blob_sha256 = ? WHERE model = ? AND group_key = ? AND version = ?",
-                       (blob, info.model, info.group_key, info.version))
+        if blob != info.blob_sha256:
+            with self.store.transaction() as db:
+                db.execute("UPDATE versions SET blob_sha256 = ? WHERE model = ? AND group_key = ? AND version = ?",
+                           (blob, info.model, info.group_key, info.version))
 
     def history_head(self, model: str, group_key: str) -> VersionInfo | None:
         """The latest version of a group (pruned or not), or None."""
