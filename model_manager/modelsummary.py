@@ -96,8 +96,11 @@ def _deepest(trees: bytes, np) -> tuple[int, int] | None:
     joined_left, joined_right = b",".join(lefts), b",".join(rights)
     if joined_left.translate(None, _CHILD_DIGITS) or joined_right.translate(None, _CHILD_DIGITS):
         return None
-    left = np.fromstring(joined_left, dtype=np.int64, sep=",")  # (text mode: not deprecated)
-    right = np.fromstring(joined_right, dtype=np.int64, sep=",")
+    try:
+        left = np.fromstring(joined_left, dtype=np.int64, sep=",")  # (text mode: not deprecated)
+        right = np.fromstring(joined_right, dtype=np.int64, sep=",")
+    except (ValueError, Warning):  # "1,,2" and the like (a numpy that refuses what it cannot read to the end)
+        return None
     if len(left) != sum(sizes) or len(right) != len(left):
         return None
     offsets = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
