@@ -35,7 +35,7 @@ from model_manager.server.auth import auth_routes, require_token_unless_public
 from model_manager.server.bodies import BoundedRequest
 from model_manager.server.docs import LocalSwaggerPlugin
 from model_manager.server.events import model_events
-from model_manager.server.hooks import HEADERS_UI_AND_API, ResponseHooks
+from model_manager.server.hooks import ResponseHooks, headers_for
 from model_manager.server.keys import KeysController
 from model_manager.server.models import ModelsController
 from model_manager.server.payload import PayloadFastPath
@@ -113,7 +113,7 @@ class _Unfinished:
         body = json.dumps({"status_code": 503, "detail": STOPPING_DETAIL}).encode()
         await self._send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"5"), *HEADERS_UI_AND_API]})
+            (b"retry-after", b"5"), *headers_for(self._scope["path"])]})
         await self._send({"type": "http.response.body", "body": body})
 
 

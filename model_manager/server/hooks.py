@@ -44,6 +44,12 @@ HEADERS_AUTH = [*_COMMON_HEADERS, _STRICT_CSP, _NO_STORE]
 HEADERS_DOCS = [*_COMMON_HEADERS, _DOCS_CSP]
 
 
+def headers_for(path: str) -> list[tuple[bytes, bytes]]:
+    """The security headers every answer on `path` carries."""
+    return HEADERS_DOCS if path.startswith("/schema") else HEADERS_AUTH if path.startswith("/api/auth/") \
+        else HEADERS_UI_AND_API
+
+
 class ResponseHooks:
     """A `before_send` hook for every HTTP response Litestar gives, including 404/405/413 answered
     before any route handler runs: security headers, the `Allow` fix, metrics and the access log."""
@@ -58,9 +64,7 @@ class ResponseHooks:
         if scope["type"] != "http":
             return
         if message["type"] == "http.response.start":
-            path: str = scope["path"]
-            extra = HEADERS_DOCS if path.startswith("/schema") else HEADERS_AUTH if path.startswith("/api/auth/") \
-                else HEADERS_UI_AND_API
+            extra = headers_for(scope["path"])
             headers = message.get("headers", ())
             if scope["method"] == "OPTIONS" and message["status"] == 204:
                 headers = self._fix_allow(scope, headers)
