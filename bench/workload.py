@@ -176,7 +176,7 @@ def irreducible_work(directory: Path, groups: int, gzip_level: int) -> dict:
 
     blobs = [(directory / f"{group_key_of(i)}_model.pkl").read_bytes() for i in range(groups)]
     raw_total = gz_total = ng_total = 0
-    gzip_cpu = ng_cpu = 0.0
+    gzip_cpu = ng_cpu = ng_seconds = 0.0
     started, cpu_started = time.perf_counter(), time.process_time()
     for blob in blobs:
         model = pickle.loads(blob)
@@ -186,14 +186,13 @@ def irreducible_work(directory: Path, groups: int, gzip_level: int) -> dict:
         before = time.process_time()
         gz_total += len(gzip.compress(text, gzip_level, mtime=0))
         gzip_cpu += time.process_time() - before
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    for blob in blobs:  # not part of the reference: the same texts again, compressed with zlib-ng
-        model = pickle.loads(blob)
-        booster = model if isinstance(model, xgb.Booster) else model.get_booster()
-        text = bytes(booster.save_raw(raw_format="json"))
-        before = time.process_time()
+        # not part of the reference: the same text compressed with zlib-ng, its time taken out below
+        wall, before = time.perf_counter(), time.process_time()
         ng_total += len(gzip_ng.compress(text, gzip_level, mtime=0))
         ng_cpu += time.process_time() - before
+        ng_seconds += time.perf_counter() - wall
+    seconds = time.perf_counter() - started - ng_seconds
+    cpu = time.process_time() - cpu_started - ng_cpu
     return {"seconds": seconds, "cpu_seconds": cpu, "model_json_bytes": raw_total, "model_json_gzip_bytes": gz_total,
             "gzip_cpu_seconds": gzip_cpu, "zlib_ng_cpu_seconds": ng_cpu, "model_json_zlib_ng_bytes": ng_total,
             "seconds_with_zlib_ng": seconds - gzip_cpu + ng_cpu}
