@@ -49,7 +49,7 @@ from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
 from model_manager.versionrecords import content_sha256
-from model_manager.versions import Recorded, StoredPayload, VersionStore, candidate
+from model_manager.versions import Prepared, Recorded, StoredPayload, VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class Registry:
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
         self._unserved_lock = threading.Lock()
+        self._research_owed: dict[str, LoadedModel] = {}  # installed with their research index pending
+        self._research_lock = threading.Lock()
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
@@ -126,7 +128,8 @@ class Registry:
                     scanned, usable = {}, {}
                 else:  # (a group with no live version: worker 0's restore opens its live period again)
                     restored, live = self._restore(model, root, scanned), self.versions.live_versions(model.name)
-                    usable = {k: g for k, g in restored.items() if k in live and self._is_recorded(model.name, g)}
+                    heads = self.versions.heads(model.name)
+                    usable = {k: g for k, g in restored.items() if k in live and _is_recorded(model.name, g, heads)}
                 if len(usable) < len(scanned):
                     waiting.append(model.name)
                 else:
@@ -220,24 +223,36 @@ class Registry:
             return True
         return False
 
-    def payload_hook(self, model_name: str, root: str, *, record: bool = True
-                     ) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
+    def payload_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
         """A `load_directory(prepare=...)` hook run in the worker that just parsed a group, and the dict
-        it fills. With `record`, the group's payload is built (and recorded as a version) there and
-        then: the converted JSON is compressed and dropped at once, instead of every group's JSON
-        waiting in memory for a second pass (360 MB for 200 groups of 300-tree models). Without it
-        (a registration, whose versions are recorded only once the registration is written), the
-        JSON goes to the cache instead, and `install` builds the payloads from there."""
+        it fills: the group's payload is built (and recorded as a version) there and then, so the
+        converted JSON is compressed and dropped at once, instead of every group's JSON waiting in
+        memory for a second pass (360 MB for 200 groups of 300-tree models)."""
         built: dict[str, Built] = {}
 
         def hook(group: GroupSnapshot) -> None:
-            if record:
-                built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
-                return
-            if group.model_json is not None:
-                self._stash_json(group)
-            self._write_record(root, group)  # other workers then restore the group instead of checking it
+            built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
         return hook, built
+
+    def registration_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prepared]]:
+        """The same for a registration, whose versions are written only once the registration is:
+        each valid group's first version is built, gzipped and stored where the group was parsed
+        (`VersionStore.prepare`), and `install` writes the rows. The JSON goes to the cache (for later
+        rebuilds) and the parse is recorded (other workers then restore the group instead of checking it)."""
+        numbers = self.versions.next_numbers(model_name)
+        prepared: dict[str, Prepared] = {}
+
+        def hook(group: GroupSnapshot) -> None:
+            if group.model_json is not None:
+                if not group.errors:
+                    try:
+                        cand = candidate(model_name, group, group.model_json)
+                        prepared[group.group_key] = self.versions.prepare(cand, numbers.get(group.group_key, 1))[0]
+                    except (OSError, ModelManagerError) as exc:  # recorded the usual way by `install`
+                        log.warning("%s/%s: version not prepared: %s", model_name, group.group_key, exc)
+                self._stash_json(group)
+            self._write_record(root, group)
+        return hook, prepared
 
     def _stash_json(self, group: GroupSnapshot) -> None:
         try:
@@ -247,15 +262,34 @@ class Registry:
         except OSError as exc:  # a full disk: keep it in memory for this once
             log.warning("converted model not cached: %s", exc)
 
-    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot) -> LoadedModel:
-        """Serve a model the service has just registered: record each group's first version and serve it."""
+    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot,
+                prepared: dict[str, Prepared] | None = None) -> LoadedModel:
+        """Serve a model the service has just registered: record each group's first version (those
+        `registration_hook` prepared, many per transaction) and serve it. Its research index is left
+        to the caller (`LoadedModel.finish_research`)."""
         model = LoadedModel(name, path, registered_at)
-        model.install(self._states(model, snap, {}, {}))
+        built = {key: self._recorded_payload(name, recorded)
+                 for (_, key), recorded in self.versions.record_prepared(list((prepared or {}).values())).items()}
+        model.install(self._states(model, snap, {}, built), defer_research=True)  # the caller finishes it
         model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:
             self.models[name] = model
         return model
+
+    def _owe_research(self, model: LoadedModel) -> None:
+        with self._research_lock:
+            self._research_owed[model.name] = model
+
+    def finish_research(self) -> None:
+        """Build the research indexes that re-reads another worker made left pending so as not to keep
+        that worker waiting: until then, a model's previous index stands in."""
+        while True:
+            with self._research_lock:
+                if not self._research_owed:
+                    return
+                model = self._research_owed.pop(next(iter(self._research_owed)))
+            model.finish_research()
 
     def drop(self, name: str) -> None:
         with self.lock:
@@ -384,7 +418,10 @@ class Registry:
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
             if self.on_reloaded is not None:  # the other workers install them too, before our research index
                 self.on_reloaded()
-            model.finish_research()
+            if recorded is not None and previous:  # following a re-read: the worker waits for us, and the
+                self._owe_research(model)             # previous index stands in meanwhile
+            else:  # (a model new here has no index to stand in: it is built before the worker is answered)
+                model.finish_research()
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
             # is served now, and a hold set by another process is announced
             self._follow_model(model)
@@ -443,19 +480,29 @@ class Registry:
         group.model_json = None  # the JSON need not stay in memory
         try:
             recorded = self.versions.record(candidate(model_name, group, model_json))
-            payload = self._live_payload(recorded)
-            if recorded.created and self.metrics is not None:
-                self.metrics.versions.labels(model_name).inc()
-            if recorded.created and (recorded.live is None or recorded.live.version != recorded.version.version):
-                with self._unserved_lock:  # announced once the load is installed (see _announce)
-                    self._unserved.append((model_name, group.group_key, recorded.version.version, recorded.version.etag))
         except LookupError as exc:
             return None, str(exc)
-        except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
+        except ModelManagerError as exc:  # a race lost five times
             log.warning("%s/%s: %s", model_name, group.group_key, exc)
             return None, str(exc)
-        if parsed:
+        built = self._recorded_payload(model_name, recorded)
+        if parsed and built[1] is None:
             self._write_record(root, group)
+        return built
+
+    def _recorded_payload(self, model_name: str, recorded: Recorded) -> Built:
+        """What a group serves once `recorded`: its live version (see `_live_payload`)."""
+        group_key = recorded.version.group_key
+        try:
+            payload = self._live_payload(recorded)
+        except ModelManagerError as exc:  # damaged version bytes
+            log.warning("%s/%s: %s", model_name, group_key, exc)
+            return None, str(exc)
+        if recorded.created and self.metrics is not None:
+            self.metrics.versions.labels(model_name).inc()
+        if recorded.created and (recorded.live is None or recorded.live.version != recorded.version.version):
+            with self._unserved_lock:  # announced once the load is installed (see _announce)
+                self._unserved.append((model_name, group_key, recorded.version.version, recorded.version.etag))
         return payload, None
 
     def _followed_payload(self, model_name: str, group: GroupSnapshot, live: int | None) -> Built:
@@ -475,7 +522,7 @@ class Registry:
         live = recorded.live
         if live is None:
             return None
-        return _payload_bytes(self.versions.payload(live.model, live.group_key, mapped=True), live.group_key)
+        return _payload_bytes(self.versions.stored(live, mapped=True), live.group_key)
 
     def _group_removed(self, model_name: str, group_key: str) -> None:
         try:
@@ -545,15 +592,16 @@ class Registry:
         model.error = None
         present = {k: scanned[k] for k in keys if k in scanned}
         following = self._registering.get(model.name)
+        heads = self.versions.heads(model.name)
         if following is not None:  # another worker's registration: all of it once it is recorded, or nothing
             records = following.records
-            if not all(k in records and self._is_recorded(model.name, records[k]) for k in present):
+            ready = {k: records[k] for k in present if k in records and _is_recorded(model.name, records[k], heads)}
+            if len(ready) < len(present):
                 self._pending[model.name] = set(present)
                 return False
-            restored = records
         else:
             restored = self._restore(model, root, present, broken=True)
-        ready = {k: g for k, g in restored.items() if k in present and self._is_recorded(model.name, g)}
+            ready = {k: g for k, g in restored.items() if k in present and _is_recorded(model.name, g, heads)}
         gone = {k for k in keys if k not in scanned and k in model.groups}
         waiting = set(present) - set(ready)
         if waiting:
@@ -562,14 +610,6 @@ class Registry:
             return False
         self._load(model, set(ready) | gone, recorded=ready)
         return True
-
-    def _is_recorded(self, model_name: str, group: GroupSnapshot) -> bool:
-        """Whether the primary has finished with a group's parse: its version is recorded, or it is
-        broken (a broken group makes no version; its previous payload stays served)."""
-        if group.errors:
-            return True
-        head = self.versions.history_head(model_name, group.group_key)
-        return head is not None and not head.pruned and head.content_sha256 == content_sha256(model_name, group)
 
     def _follow_model(self, model: LoadedModel) -> bool:
         with model.install_lock:  # not `model.lock`: an emergency rollback must not wait for a long re-read
@@ -682,6 +722,16 @@ class Registry:
     def plain_body(self, payload: PayloadBytes) -> bytes:
         """The plain body for clients without gzip (blocking: call it from a worker thread)."""
         return self.plain_bodies.get(payload.etag, payload.gzip, payload.size)
+
+
+def _is_recorded(model_name: str, group: GroupSnapshot, heads: dict[str, tuple[int, bool, str]]) -> bool:
+    """Whether the primary has finished with a group's parse: its version is recorded (`heads`: the
+    model's `VersionStore.heads`), or it is broken (a broken group makes no version; its previous
+    payload stays served)."""
+    if group.errors:
+        return True
+    head = heads.get(group.group_key)
+    return head is not None and not head[1] and head[2] == content_sha256(model_name, group)
 
 
 def _payload_bytes(stored: StoredPayload, group_key: str) -> PayloadBytes:

@@ -171,7 +171,7 @@ class ModelManager(VersionCommands):
                                         "choose another name or remove it first")
                 model = self._served(name)
                 return Registration(name, abspath, False, None, model)
-            hook = self.registry.payload_hook(name, abspath, record=False)[0] if self.registry else None
+            hook, prepared = self.registry.registration_hook(name, abspath) if self.registry else (None, None)
             snap = load_directory(abspath, cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
                                   executor=self.registry.executor if self.registry else None, prepare=hook)
             if not snap.groups:
@@ -187,12 +187,17 @@ class ModelManager(VersionCommands):
                                        detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
             # versions are recorded once the registration is written: a refused one leaves none
             if self.registry is not None:
-                model = self.registry.install(name, abspath, row.registered_at, snap)
+                model = self.registry.install(name, abspath, row.registered_at, snap, prepared)
             else:
                 model = None
                 self._record_first_versions(name, snap)
         self._watch_set_changed()
+        # our research index is built while the other workers install the model: 2-3 s each at 5,000
+        # groups, which need not add up
+        research = self.registry.executor.submit(model.finish_research) if model is not None else None
         self._changed()
+        if research is not None:
+            research.result()
         return Registration(name, abspath, True, snap, model)
 
     def _record_first_versions(self, name: str, snap: DirectorySnapshot) -> None:
@@ -384,7 +389,8 @@ class ModelManager(VersionCommands):
             self.registry.load_recorded()
 
     def _start_peers(self) -> None:
-        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
+        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now,
+                      self.registry.finish_research)
         try:
             peers.start()
         except OSError as exc:
@@ -414,6 +420,8 @@ class ModelManager(VersionCommands):
             self._follow(look=asked)
         if asked and self._auth is not None:
             self._auth.tokens.clear()
+        if not asked:  # asked, Peers calls it once the asking worker has its answer
+            self.registry.finish_research()
 
     def _follow(self, look: bool = False) -> None:
         """Serve live versions changed by other processes (a pin set with the CLI) within a second,

@@ -80,6 +80,8 @@ def test_every_worker_serves_what_any_worker_changed(two_workers, model_dir):
     assert status == 201, raw
     answers = all_answers(server, "/api/models/m/symbols", token)
     assert {s for s, _, _ in answers} == {200}
+    factors = {tuple(json.loads(raw)["factors"]) for _, _, raw in all_answers(server, "/api/models/m/factors", token)}
+    assert len(factors) == 1 and len(next(iter(factors))) > 0  # each worker's research index is built too
     first = {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/SOLUSDT", token)}
     assert len(first) == 1
 
@@ -107,6 +109,26 @@ def test_every_worker_serves_what_any_worker_changed(two_workers, model_dir):
     status, _, _ = http("DELETE", server.url + "/api/models/m", token=token)
     assert status == 204
     assert {s for s, _, _ in all_answers(server, "/api/models/m/symbols", token)} == {404}
+
+
+def test_a_worker_answers_a_sync_before_what_can_wait(tmp_path):
+    """`Peers.sync` waits for the other worker to follow the store, not for what it does after (a
+    research index the previous one stands in for meanwhile)."""
+    from model_manager.peers import Peers
+
+    release, done, followed = threading.Event(), threading.Event(), []
+    other = Peers(tmp_path, 1, 2, lambda: followed.append(1), lambda: (release.wait(10), done.set()))
+    us = Peers(tmp_path, 0, 2, lambda: None)
+    other.start()
+    us.start()
+    try:
+        assert us.sync(timeout=5) == 1 and followed == [1]
+        assert not done.is_set()  # answered while `after` is still at work
+        release.set()
+        assert done.wait(5)
+    finally:
+        other.close()
+        us.close()
 
 
 def test_long_polls_on_every_worker_wake_on_a_change(two_workers, model_dir):
