@@ -118,3 +118,24 @@ def test_a_helper_several_checks_discard_at_once_is_closed_once(models):
         assert server.proc.poll() is not None and server.pidfd is None
     info, _json, _ = check_model(bytes(models["booster"].save_raw(raw_format="json")), "json", "after.json")
     assert info.num_features == 5
+
+
+def test_batches_shrink_towards_the_end_so_the_last_ones_finish_together(tmp_path):
+    """Batches of consecutive groups, at most BATCH_GROUPS and BATCH_BYTES each, and at most a
+    (2 × workers)th of what is left: the last batches are small, so no core ends up alone with a
+    large one."""
+    from model_manager.artifacts.load import BATCH_BYTES, BATCH_GROUPS, _batches
+
+    keys = [f"S{i:04d}USDT_mid_chg_1m" for i in range(200)]
+    scanned = {key: {"model.pkl": f"{key}_model.pkl"} for key in keys}
+    for key in keys:
+        with open(tmp_path / f"{key}_model.pkl", "wb") as fh:
+            fh.truncate(BATCH_BYTES // 24)  # 1.3 MB: 24 fill a batch's bytes
+    parts = _batches(tmp_path, keys, scanned, 2)
+    assert [k for part in parts for k in part] == keys
+    sizes = [len(part) for part in parts]
+    assert max(sizes) == 24 and sizes == sorted(sizes, reverse=True) and sizes[-4:] == [1, 1, 1, 1]
+    assert len(parts) < 30  # not a fork per group either
+    small = {key: {"model.pkl": "absent"} for key in keys}  # no bytes: the group count decides
+    assert [len(p) for p in _batches(tmp_path, keys, small, 2)][:3] == [BATCH_GROUPS] * 3
+    assert [len(p) for p in _batches(tmp_path, keys, small, 1)] == [BATCH_GROUPS] * 6 + [8]

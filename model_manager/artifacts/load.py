@@ -300,16 +300,19 @@ BATCH_BYTES = 32 * 1024**2  # and at most this many bytes of their files (unless
 
 def _batches(root: Path, keys: list[str], scanned: dict[str, dict[str, str]], workers: int) -> list[list[str]]:
     """The groups in batches of consecutive keys, each checked in one child process: at most
-    BATCH_GROUPS and BATCH_BYTES, and at least two batches per worker when there are enough groups."""
-    per = max(1, min(BATCH_GROUPS, -(-len(keys) // (2 * workers)) if workers > 1 else BATCH_GROUPS))
+    BATCH_GROUPS and BATCH_BYTES, and at most a (2 × workers)th of the groups not in a batch yet. So
+    the batches shrink towards the end and the last ones finish close together, instead of one large
+    batch keeping a single core busy while the other cores have nothing left to do."""
     out: list[list[str]] = []
-    size = 0
-    for key in keys:
+    size = cap = 0
+    for index, key in enumerate(keys):
         files = scanned[key]
         grows = sum(_size(root / files[kind]) for kind in ("info.pkl", *MODEL_KINDS) if kind in files)
-        if not out or len(out[-1]) >= per or (size + grows > BATCH_BYTES and out[-1]):
+        if not out or len(out[-1]) >= cap or (size + grows > BATCH_BYTES and out[-1]):
             out.append([])
             size = 0
+            left = len(keys) - index
+            cap = max(1, min(BATCH_GROUPS, -(-left // (2 * workers)))) if workers > 1 else BATCH_GROUPS
         out[-1].append(key)
         size += grows
     return out

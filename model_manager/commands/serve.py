@@ -107,11 +107,13 @@ def _supervise(settings: Settings, count: int, demo: bool, level: str) -> str | 
     try:
         _demo(settings, store, demo)
         setup_code = None if store.is_initialized() else new_setup_code()
+        nothing_to_load = not store.list_models()
     finally:
         store.close()  # no database connection may cross a fork
-    # one model check process for all the workers, started before they fork and woken once one of
-    # them has loaded (see isolation._CheckServer)
-    start_checker(settings.check_memory_mb, wake=False)
+    # one model check process for all the workers, started before they fork. It imports XGBoost
+    # (a CPU-second or two) once one of them has loaded, not to slow their start; with nothing
+    # registered there is nothing to slow, and the first registration should not wait for it
+    start_checker(settings.check_memory_mb, wake=nothing_to_load)
     _banner(settings, setup_code, count)
     _raise_open_files()
 
