@@ -49,7 +49,7 @@ from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
 from model_manager.versionrecords import content_sha256
-from model_manager.versions import Prepared, Recorded, StoredPayload, VersionStore, candidate
+from model_manager.versions import Recorded, StoredPayload, VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
@@ -223,36 +223,24 @@ class Registry:
             return True
         return False
 
-    def payload_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
+    def payload_hook(self, model_name: str, root: str, *, record: bool = True
+                     ) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
         """A `load_directory(prepare=...)` hook run in the worker that just parsed a group, and the dict
-        it fills: the group's payload is built (and recorded as a version) there and then, so the
-        converted JSON is compressed and dropped at once, instead of every group's JSON waiting in
-        memory for a second pass (360 MB for 200 groups of 300-tree models)."""
+        it fills. With `record`, the group's payload is built (and recorded as a version) there and
+        then: the converted JSON is compressed and dropped at once, instead of every group's JSON
+        waiting in memory for a second pass (360 MB for 200 groups of 300-tree models). Without it
+        (a registration, whose versions are recorded only once the registration is written), the
+        JSON goes to the cache instead, and `install` builds the payloads from there."""
         built: dict[str, Built] = {}
 
         def hook(group: GroupSnapshot) -> None:
-            built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
-        return hook, built
-
-    def registration_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prepared]]:
-        """The same for a registration, whose versions are written only once the registration is:
-        each valid group's first version is built, gzipped and stored where the group was parsed
-        (`VersionStore.prepare`), and `install` writes the rows. The JSON goes to the cache (for later
-        rebuilds) and the parse is recorded (other workers then restore the group instead of checking it)."""
-        numbers = self.versions.next_numbers(model_name)
-        prepared: dict[str, Prepared] = {}
-
-        def hook(group: GroupSnapshot) -> None:
+            if record:
+                built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
+                return
             if group.model_json is not None:
-                if not group.errors:
-                    try:
-                        cand = candidate(model_name, group, group.model_json)
-                        prepared[group.group_key] = self.versions.prepare(cand, numbers.get(group.group_key, 1))[0]
-                    except (OSError, ModelManagerError) as exc:  # recorded the usual way by `install`
-                        log.warning("%s/%s: version not prepared: %s", model_name, group.group_key, exc)
                 self._stash_json(group)
-            self._write_record(root, group)
-        return hook, prepared
+            self._write_record(root, group)  # other workers then restore the group instead of checking it
+        return hook, built
 
     def _stash_json(self, group: GroupSnapshot) -> None:
         try:
@@ -262,15 +250,11 @@ class Registry:
         except OSError as exc:  # a full disk: keep it in memory for this once
             log.warning("converted model not cached: %s", exc)
 
-    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot,
-                prepared: dict[str, Prepared] | None = None) -> LoadedModel:
-        """Serve a model the service has just registered: record each group's first version (those
-        `registration_hook` prepared, many per transaction) and serve it. Its research index is left
-        to the caller (`LoadedModel.finish_research`)."""
+    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot) -> LoadedModel:
+        """Serve a model the service has just registered: record each group's first version and serve
+        it. Its research index is left to the caller (`LoadedModel.finish_research`)."""
         model = LoadedModel(name, path, registered_at)
-        built = {key: self._recorded_payload(name, recorded)
-                 for (_, key), recorded in self.versions.record_prepared(list((prepared or {}).values())).items()}
-        model.install(self._states(model, snap, {}, built), defer_research=True)  # the caller finishes it
+        model.install(self._states(model, snap, {}, {}), defer_research=True)
         model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:
@@ -480,29 +464,19 @@ class Registry:
         group.model_json = None  # the JSON need not stay in memory
         try:
             recorded = self.versions.record(candidate(model_name, group, model_json))
+            payload = self._live_payload(recorded)
+            if recorded.created and self.metrics is not None:
+                self.metrics.versions.labels(model_name).inc()
+            if recorded.created and (recorded.live is None or recorded.live.version != recorded.version.version):
+                with self._unserved_lock:  # announced once the load is installed (see _announce)
+                    self._unserved.append((model_name, group.group_key, recorded.version.version, recorded.version.etag))
         except LookupError as exc:
             return None, str(exc)
-        except ModelManagerError as exc:  # a race lost five times
+        except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
             log.warning("%s/%s: %s", model_name, group.group_key, exc)
             return None, str(exc)
-        built = self._recorded_payload(model_name, recorded)
-        if parsed and built[1] is None:
+        if parsed:
             self._write_record(root, group)
-        return built
-
-    def _recorded_payload(self, model_name: str, recorded: Recorded) -> Built:
-        """What a group serves once `recorded`: its live version (see `_live_payload`)."""
-        group_key = recorded.version.group_key
-        try:
-            payload = self._live_payload(recorded)
-        except ModelManagerError as exc:  # damaged version bytes
-            log.warning("%s/%s: %s", model_name, group_key, exc)
-            return None, str(exc)
-        if recorded.created and self.metrics is not None:
-            self.metrics.versions.labels(model_name).inc()
-        if recorded.created and (recorded.live is None or recorded.live.version != recorded.version.version):
-            with self._unserved_lock:  # announced once the load is installed (see _announce)
-                self._unserved.append((model_name, group_key, recorded.version.version, recorded.version.etag))
         return payload, None
 
     def _followed_payload(self, model_name: str, group: GroupSnapshot, live: int | None) -> Built:

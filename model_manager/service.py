@@ -171,7 +171,7 @@ class ModelManager(VersionCommands):
                                         "choose another name or remove it first")
                 model = self._served(name)
                 return Registration(name, abspath, False, None, model)
-            hook, prepared = self.registry.registration_hook(name, abspath) if self.registry else (None, None)
+            hook = self.registry.payload_hook(name, abspath, record=False)[0] if self.registry else None
             snap = load_directory(abspath, cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
                                   executor=self.registry.executor if self.registry else None, prepare=hook)
             if not snap.groups:
@@ -187,7 +187,7 @@ class ModelManager(VersionCommands):
                                        detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
             # versions are recorded once the registration is written: a refused one leaves none
             if self.registry is not None:
-                model = self.registry.install(name, abspath, row.registered_at, snap, prepared)
+                model = self.registry.install(name, abspath, row.registered_at, snap)
             else:
                 model = None
                 self._record_first_versions(name, snap)

@@ -1,6 +1,5 @@
 """The value types of versions (see `versions.py`): a version record, a version's stored bytes, a
-group's content waiting for a number (`Candidate`, made by `candidate`), a version built ahead of
-its row (`Prepared`) and what recording did."""
+group's content waiting for a number (`Candidate`, made by `candidate`) and what recording did."""
 from __future__ import annotations
 
 import json
@@ -72,31 +71,6 @@ class Candidate:
     status: str
     build: Callable[[int], bytes]   # the final body with metadata.version = N
     detail: Callable[[], dict]      # what a diff needs (only called for a new version)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A candidate's version built before its row is written (`VersionStore.prepare`): the row's
-    values, with the gzip bytes already stored durably under `blob_sha256`."""
-
-    model_name: str
-    group_key: str
-    symbol: str
-    content_sha256: str
-    model_sha256: str | None
-    dim: int | None
-    factor_count: int
-    model_source: str | None
-    status: str
-    version: int
-    payload_sha256: str
-    blob_sha256: str
-    size: int
-    detail: str  # the diff detail, as JSON text
-
-    @property
-    def etag(self) -> str:
-        return f'"{self.payload_sha256[:32]}"'
 
 
 @dataclass(frozen=True)

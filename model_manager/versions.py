@@ -12,10 +12,6 @@ Recording, in `VersionStore.record(candidate(...))`:
    moves the live period if the live version changed and prunes what retention lets go.
 A kill at any point leaves either no row (and at most an orphan blob, swept later) or a committed row
 whose bytes are on disk: numbers never skip, never repeat.
-
-A registration, whose versions may be written only once the registration is, does step 2 for each
-group while the group is parsed and its JSON is still in memory (`prepare`), and step 3 for all of
-them at the end, a few hundred per transaction (`record_prepared`).
 """
 from __future__ import annotations
 
@@ -36,17 +32,9 @@ from model_manager.gz import LEVEL as GZIP_LEVEL
 from model_manager.gz import gzip_both, gzip_bytes
 from model_manager.store import Store
 from model_manager.versiondiff import diff_versions
-from model_manager.versionrecords import (
-    Candidate,
-    Prepared,
-    Recorded,
-    StoredPayload,
-    VersionInfo,
-    candidate,
-    content_sha256,
-)
+from model_manager.versionrecords import Candidate, Recorded, StoredPayload, VersionInfo, candidate, content_sha256
 
-__all__ = ["Candidate", "Prepared", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate", "content_sha256"]
+__all__ = ["Candidate", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate", "content_sha256"]
 
 _COLUMNS = ("model", "group_key", "version", "symbol", "etag", "payload_sha256", "blob_sha256", "size",
             "content_sha256", "model_sha256", "created_at", "live_from", "live_until", "dim", "factor_count",
@@ -160,6 +148,7 @@ class VersionStore:
         if cand.status == "error":
             raise UnprocessableError(f"{cand.group_key} has errors: it makes no version")
         model, group = cand.model_name, cand.group_key
+        detail: str | None = None
         for _attempt in range(5):
             latest = self.history_head(model, group)
             if latest is not None and not latest.pruned and latest.content_sha256 == cand.content_sha256:
@@ -167,77 +156,34 @@ class VersionStore:
                 with self.store.transaction() as db:
                     changed = rules.sync_live(db, model, group, isoformat(utc_now()))
                 return Recorded(latest, False, self.live(model, group), changed)
-            prep, packed = self.prepare(cand, (latest.version if latest else 0) + 1)
+            number = (latest.version if latest else 0) + 1
+            raw = cand.build(number)
+            packed = gzip_bytes(raw, GZIP_LEVEL)
+            blob = self.blobs.put(packed)
+            if detail is None:
+                detail = json.dumps(cand.detail(), separators=(",", ":"), allow_nan=False)
+            digest = sha256(raw)
             with self.store.transaction() as db:
-                if rules.max_version(db, model, group) != prep.version - 1:
+                if rules.max_version(db, model, group) != number - 1:
                     continue  # another process recorded first: look again
-                self.blobs.ensure(packed, prep.blob_sha256)  # a concurrent sweep may have taken an unnamed blob
-                changed, doomed = self._insert(db, prep)
+                self.blobs.ensure(packed, blob)  # a concurrent sweep may have taken an unnamed blob
+                now = isoformat(utc_now())
+                db.execute(f"INSERT INTO versions ({', '.join(_COLUMNS[:11])}, dim, factor_count, model_source, "
+                           "status, detail) VALUES (" + ", ".join("?" * 16) + ")",
+                           (model, group, number, cand.symbol, f'"{digest[:32]}"', digest, blob, len(raw),
+                            cand.content_sha256, cand.model_sha256, now, cand.dim, cand.factor_count,
+                            cand.model_source, cand.status, detail))
+                if rules.is_held(db, model) and rules.held_version(db, model, group) is None:
+                    # a group that first appears during a hold: its first version is what it is held at
+                    db.execute("INSERT INTO held_versions (model, group_key, version) VALUES (?, ?, ?)",
+                               (model, group, number))
+                changed = rules.sync_live(db, model, group, now)
+                doomed = rules.prune(db, model, group, self.keep)
             self._delete_blobs(doomed)
-            info = self.get(model, group, prep.version)
+            info = self.get(model, group, number)
             return Recorded(info, True, self.live(model, group), changed,
-                            StoredPayload(prep.version, info.etag, packed, prep.size))
+                            StoredPayload(number, info.etag, packed, len(raw)))
         raise ConflictError(f"versions of {model}/{group} kept changing while recording; try again")
-
-    def next_numbers(self, model: str) -> dict[str, int]:
-        """{group_key: the number its next version takes} for the groups of `model` that have
-        versions (a group without any starts at 1)."""
-        return {key: top + 1 for key, top in self.store.query(
-            "SELECT group_key, MAX(version) FROM versions WHERE model = ? GROUP BY group_key", (model,))}
-
-    def prepare(self, cand: Candidate, number: int) -> tuple[Prepared, bytes]:
-        """Everything of recording `cand` as version `number` but its row: the body built, gzipped and
-        stored durably. Returns the row's values and the gzip bytes. A blob no row comes to name is
-        an orphan, which the sweep removes."""
-        if cand.status == "error":
-            raise UnprocessableError(f"{cand.group_key} has errors: it makes no version")
-        raw = cand.build(number)
-        packed = gzip_bytes(raw, GZIP_LEVEL)
-        prep = Prepared(cand.model_name, cand.group_key, cand.symbol, cand.content_sha256, cand.model_sha256, cand.dim,
-                        cand.factor_count, cand.model_source, cand.status, number, sha256(raw), self.blobs.put(packed),
-                        len(raw), json.dumps(cand.detail(), separators=(",", ":"), allow_nan=False))
-        return prep, packed
-
-    def record_prepared(self, preps: list[Prepared], *, per_transaction: int = 256) -> dict[tuple[str, str], Recorded]:
-        """Write the rows of versions `prepare` built, many per transaction (a registration of
-        thousands of groups). {(model, group_key): Recorded} of those recorded; a version left out (its number
-        was taken meanwhile, the latest version has its content, or its blob is gone) is for
-        `record` to do the usual way."""
-        out: dict[tuple[str, str], Recorded] = {}
-        for start in range(0, len(preps), per_transaction):
-            doomed: list[str] = []
-            with self.store.transaction() as db:
-                for prep in preps[start:start + per_transaction]:
-                    model, group = prep.model_name, prep.group_key
-                    head = db.execute("SELECT version, pruned, content_sha256 FROM versions WHERE model = ? AND group_key = ? "
-                                      "ORDER BY version DESC LIMIT 1", (model, group)).fetchone()
-                    if ((head[0] if head else 0) != prep.version - 1 or (head and not head[1] and head[2] == prep.content_sha256)
-                            or not self.blobs.exists(prep.blob_sha256)):  # a sweep deletes orphans in a transaction too
-                        continue
-                    changed, gone = self._insert(db, prep)
-                    doomed += gone
-                    live = rules.current_live(db, model, group)
-                    info, live_info = (_info(db.execute(f"{_SELECT} WHERE model = ? AND group_key = ? AND version = ?",
-                                                        (model, group, v)).fetchone()) if v is not None else None
-                                       for v in (prep.version, live))
-                    out[model, group] = Recorded(info, True, live_info, changed)
-            self._delete_blobs(doomed)
-        return out
-
-    def _insert(self, db, prep: Prepared) -> tuple[bool, list[str]]:
-        """The row of a prepared version, in the caller's transaction; (live changed, blobs to delete)."""
-        model, group = prep.model_name, prep.group_key
-        now = isoformat(utc_now())
-        db.execute(f"INSERT INTO versions ({', '.join(_COLUMNS[:11])}, dim, factor_count, model_source, "
-                   "status, detail) VALUES (" + ", ".join("?" * 16) + ")",
-                   (model, group, prep.version, prep.symbol, prep.etag, prep.payload_sha256, prep.blob_sha256, prep.size,
-                    prep.content_sha256, prep.model_sha256, now, prep.dim, prep.factor_count, prep.model_source,
-                    prep.status, prep.detail))
-        if rules.is_held(db, model) and rules.held_version(db, model, group) is None:
-            # a group that first appears during a hold: its first version is what it is held at
-            db.execute("INSERT INTO held_versions (model, group_key, version) VALUES (?, ?, ?)", (model, group, prep.version))
-        changed = rules.sync_live(db, model, group, now)
-        return changed, rules.prune(db, model, group, self.keep)
 
     def _heal(self, info: VersionInfo, cand: Candidate) -> None:
         """Rewrite a version's missing blob when the same content rebuilds exactly its payload (it

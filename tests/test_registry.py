@@ -97,7 +97,7 @@ def test_the_primary_adopts_groups_a_registering_worker_left_unrecorded(settings
     monkeypatch.setattr(registry_module, "ADOPT_SECONDS", 0.0)
     with ModelManager(settings) as worker:
         registry = worker.serve()
-        hook = registry.registration_hook("demo", str(demo_dir))[0]
+        hook = registry.payload_hook("demo", str(demo_dir), record=False)[0]
         load_directory(str(demo_dir), cache=worker.cache, max_bytes=settings.max_artifact_bytes, prepare=hook)
         worker.store.add_model("demo", str(demo_dir))
     with ModelManager(settings) as primary:

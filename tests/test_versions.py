@@ -94,6 +94,7 @@ def test_numbering_dedupe_and_metadata_version(vs, tmp_path, retrains):
     retrain(d, retrains[0])  # back to the first model: a new version with the first one's content
     third = record(vs, d)
     assert third.version.version == 3 and third.version.content_sha256 == first.version.content_sha256
+    assert vs.heads("m") == {KEY: (3, False, first.version.content_sha256)}  # the latest of each group, one query
 
     for n in (1, 2, 3):
         stored = vs.payload("m", KEY, n)
@@ -107,37 +108,6 @@ def test_numbering_dedupe_and_metadata_version(vs, tmp_path, retrains):
     assert [v["version"] for v in vs.versions("m", KEY)["versions"]] == [3, 2, 1]
     blob = vs.blobs.path(vs.get("m", KEY, 1).blob_sha256)
     assert oct(blob.stat().st_mode & 0o777) == "0o600" and blob.parent.parent == tmp_path / "data" / "versions"
-
-
-def test_prepared_versions_are_recorded_many_per_transaction_or_left_to_record(vs, tmp_path, retrains):
-    """A registration builds each version ahead of its row (`prepare`) and writes the rows at the end
-    (`record_prepared`): the same version `record` makes. One whose number was taken meanwhile, whose
-    content the latest version has, or whose blob is gone is left out, for `record` to do."""
-    d = tmp_path / "models"
-    retrain(d, retrains[0])
-    group = parse(d)
-    preps = [vs.prepare(candidate(name, group, group.model_json), 1)[0] for name in ("m", "other")]
-    assert vs.history("m", KEY) == [] and all(vs.blobs.exists(p.blob_sha256) for p in preps)  # bytes first, no row
-    done = vs.record_prepared(preps, per_transaction=1)
-    assert set(done) == {("m", KEY), ("other", KEY)}  # both models' rows, one transaction each
-    first = done["m", KEY]
-    assert (first.created, first.version.version, first.live.version, first.live_changed) == (True, 1, 1, True)
-    assert body(vs, 1)["payload"]["metadata"]["version"] == 1 and vs.payload("m", KEY).etag == preps[0].etag
-    assert vs.heads("m") == {KEY: (1, False, first.version.content_sha256)}
-
-    retrain(d, retrains[1])
-    group = parse(d)
-    late = vs.prepare(candidate("m", group, group.model_json), 2)[0]
-    assert record(vs, d).version.version == 2  # recorded the usual way meanwhile: number 2 is taken
-    assert vs.record_prepared([late]) == {}
-    same = vs.prepare(candidate("m", group, group.model_json), 3)[0]
-    assert vs.record_prepared([same]) == {}  # the latest version has this content already
-    retrain(d, retrains[2])
-    group = parse(d)
-    gone = vs.prepare(candidate("m", group, group.model_json), 3)[0]
-    vs.blobs.delete(gone.blob_sha256)  # a sweep took the orphan
-    assert vs.record_prepared([gone]) == {} and vs.heads("m")[KEY][0] == 2
-    assert record(vs, d).version.version == 3  # `record` writes its bytes again
 
 
 def test_broken_group_makes_no_version(vs, tmp_path, retrains):
