@@ -33,16 +33,14 @@ _SYNC, _DONE = b"sync", b"done"
 
 
 class Peers:
-    """This worker's end: `start` listens for the others' requests (running `follow` for each, and
-    `after` once the request is answered), `sync` asks the others to follow now and waits for them."""
+    """This worker's end: `start` listens for the others' requests (running `follow` for each), `sync`
+    asks the others to follow now and waits for them."""
 
-    def __init__(self, directory: Path, index: int, count: int, follow: Callable[[], None],
-                 after: Callable[[], None] | None = None):
+    def __init__(self, directory: Path, index: int, count: int, follow: Callable[[], None]):
         self.directory = Path(directory)
         self.index = index
         self.count = count
         self.follow = follow
-        self.after = after
         self._sock: socket.socket | None = None
         self._ids = itertools.count()
 
@@ -83,12 +81,6 @@ class Peers:
             if sender:  # a `poke` has no address to answer to
                 with contextlib.suppress(OSError):
                     sock.sendto(_DONE + message[len(_SYNC):], sender)
-            if self.after is not None:
-                try:
-                    self.after()
-                except Exception:
-                    if self._sock is not None:
-                        log.exception("finishing what followed a change failed")
 
     def poke(self) -> None:
         """Have every other running worker follow the store now, without waiting for them (after

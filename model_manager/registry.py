@@ -86,8 +86,6 @@ class Registry:
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
         self._unserved_lock = threading.Lock()
-        self._research_owed: dict[str, LoadedModel] = {}  # installed with their research index pending
-        self._research_lock = threading.Lock()
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self.models: dict[str, LoadedModel] = {}
@@ -261,20 +259,6 @@ class Registry:
             self.models[name] = model
         return model
 
-    def _owe_research(self, model: LoadedModel) -> None:
-        with self._research_lock:
-            self._research_owed[model.name] = model
-
-    def finish_research(self) -> None:
-        """Build the research indexes that re-reads another worker made left pending so as not to keep
-        that worker waiting: until then, a model's previous index stands in."""
-        while True:
-            with self._research_lock:
-                if not self._research_owed:
-                    return
-                model = self._research_owed.pop(next(iter(self._research_owed)))
-            model.finish_research()
-
     def drop(self, name: str) -> None:
         with self.lock:
             model = self.models.pop(name, None)
@@ -402,10 +386,7 @@ class Registry:
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
             if self.on_reloaded is not None:  # the other workers install them too, before our research index
                 self.on_reloaded()
-            if recorded is not None and previous:  # following a re-read: the worker waits for us, and the
-                self._owe_research(model)             # previous index stands in meanwhile
-            else:  # (a model new here has no index to stand in: it is built before the worker is answered)
-                model.finish_research()
+            model.finish_research()
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
             # is served now, and a hold set by another process is announced
             self._follow_model(model)

@@ -389,8 +389,7 @@ class ModelManager(VersionCommands):
             self.registry.load_recorded()
 
     def _start_peers(self) -> None:
-        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now,
-                      self.registry.finish_research)
+        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
         try:
             peers.start()
         except OSError as exc:
@@ -420,8 +419,6 @@ class ModelManager(VersionCommands):
             self._follow(look=asked)
         if asked and self._auth is not None:
             self._auth.tokens.clear()
-        if not asked:  # asked, Peers calls it once the asking worker has its answer
-            self.registry.finish_research()
 
     def _follow(self, look: bool = False) -> None:
         """Serve live versions changed by other processes (a pin set with the CLI) within a second,

@@ -111,26 +111,6 @@ def test_every_worker_serves_what_any_worker_changed(two_workers, model_dir):
     assert {s for s, _, _ in all_answers(server, "/api/models/m/symbols", token)} == {404}
 
 
-def test_a_worker_answers_a_sync_before_what_can_wait(tmp_path):
-    """`Peers.sync` waits for the other worker to follow the store, not for what it does after (a
-    research index the previous one stands in for meanwhile)."""
-    from model_manager.peers import Peers
-
-    release, done, followed = threading.Event(), threading.Event(), []
-    other = Peers(tmp_path, 1, 2, lambda: followed.append(1), lambda: (release.wait(10), done.set()))
-    us = Peers(tmp_path, 0, 2, lambda: None)
-    other.start()
-    us.start()
-    try:
-        assert us.sync(timeout=5) == 1 and followed == [1]
-        assert not done.is_set()  # answered while `after` is still at work
-        release.set()
-        assert done.wait(5)
-    finally:
-        other.close()
-        us.close()
-
-
 def test_long_polls_on_every_worker_wake_on_a_change(two_workers, model_dir):
     server = two_workers
     token = bootstrap(server)
