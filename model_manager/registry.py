@@ -249,10 +249,9 @@ class Registry:
             log.warning("converted model not cached: %s", exc)
 
     def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot) -> LoadedModel:
-        """Serve a model the service has just registered: record each group's first version and serve
-        it. Its research index is left to the caller (`LoadedModel.finish_research`)."""
+        """Serve a model the service has just registered: record each group's first version and serve it."""
         model = LoadedModel(name, path, registered_at)
-        model.install(self._states(model, snap, {}, {}), defer_research=True)
+        model.install(self._states(model, snap, {}, {}))
         model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:

@@ -192,12 +192,7 @@ class ModelManager(VersionCommands):
                 model = None
                 self._record_first_versions(name, snap)
         self._watch_set_changed()
-        # our research index is built while the other workers install the model: 2-3 s each at 5,000
-        # groups, which need not add up
-        research = self.registry.executor.submit(model.finish_research) if model is not None else None
         self._changed()
-        if research is not None:
-            research.result()
         return Registration(name, abspath, True, snap, model)
 
     def _record_first_versions(self, name: str, snap: DirectorySnapshot) -> None:
