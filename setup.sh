@@ -7,7 +7,7 @@
 #   ./setup.sh -v         show pip and npm output
 #
 # Environment: PYTHON=/path/to/python3.11+ picks the interpreter that builds .venv;
-# MODEL_MANAGER_NO_PM2=1 skips the pm2 install.
+# MODEL_MANAGER_NO_PM2=1 skips the pm2 install; MODEL_MANAGER_NO_JEMALLOC=1 skips the jemalloc install.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -120,7 +120,37 @@ else
     say "installed model-manager $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("model-manager"))')"
 fi
 
-# --- 3. pm2 (optional) ---------------------------------------------------------------------------
+# --- 3. jemalloc (optional) ----------------------------------------------------------------------
+# The model check process runs with jemalloc when the system has it: XGBoost loads a model's JSON
+# through many small allocations, and with jemalloc a check takes 12-25 % less CPU (bench/README.md,
+# item 38). Debian/Ubuntu package libjemalloc2, installed when apt-get can run (as root, or through
+# sudo without a password); without it the checks use glibc's malloc, as before.
+jemalloc_found() {
+    "$VENV/bin/python" -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("jemalloc") else 1)' 2>/dev/null
+}
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    run_quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
+        || { run_quiet $sudo apt-get update \
+             && run_quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; }
+}
+if [ "${MODEL_MANAGER_NO_JEMALLOC:-0}" = 1 ]; then
+    say "jemalloc: skipped (MODEL_MANAGER_NO_JEMALLOC=1); model checks use glibc's malloc"
+elif jemalloc_found; then
+    say "jemalloc found: model checks use it"
+elif command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    say "installing libjemalloc2 (apt-get): model checks take less CPU with it"
+    if apt_install libjemalloc2 && jemalloc_found; then
+        say "libjemalloc2 installed"
+    else
+        say "jemalloc: libjemalloc2 could not be installed (see above); model checks use glibc's malloc"
+    fi
+else
+    say "jemalloc: not installed (no apt-get, or no root); install libjemalloc2 for faster model checks"
+fi
+
+# --- 4. pm2 (optional) ---------------------------------------------------------------------------
 PM2_LOCAL="$TOOLS/node_modules/.bin/pm2"
 # Read from package.json: asking pm2 itself may spawn its daemon.
 pm2_version() {

@@ -12,7 +12,6 @@ directories whenever they are missing; `sweep` deletes what the loaded models no
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import logging
@@ -46,6 +45,7 @@ class CacheDir:
         self.root = private_dir(directory)  # 0700, and so each part (files in them are 0600)
         for sub in SUBDIRS:
             private_dir(self.root / sub)
+        self._real_paths: dict[str, tuple[float, str]] = {}  # see _real_path
 
     # -- model conversions --------------------------------------------------------------------
     def model_info(self, source_sha: str) -> ModelInfo | None:
@@ -63,8 +63,7 @@ class CacheDir:
             jpath = self.root / "json" / f"{info.json_sha256}.json"
             if not jpath.exists():
                 atomic_write(jpath, json_bytes, durable=False)
-        fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}  # no deep copy, as asdict makes
-        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(fields).encode(), durable=False)
+        atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(info.as_dict()).encode(), durable=False)
 
     def has_json(self, json_sha: str) -> bool:
         path = self.root / "json" / f"{json_sha}.json"
@@ -117,8 +116,17 @@ class CacheDir:
         return fields if isinstance(fields, dict) else None
 
     def _record_path(self, root: str, group_key: str) -> Path:
-        name = sha256(f"{os.path.realpath(os.path.expanduser(root.strip()))}\0{group_key}".encode())
+        name = sha256(f"{self._real_path(root)}\0{group_key}".encode())
         return self.root / "snapshots" / f"{name}.json"
+
+    def _real_path(self, root: str) -> str:
+        """The directory's real path, resolved at most once a second: a pass over thousands of its
+        groups resolves it once, not once per group (an lstat of every part of the path each time)."""
+        now = time.monotonic()
+        known = self._real_paths.get(root)
+        if known is None or known[0] < now:
+            known = self._real_paths[root] = (now + 1.0, os.path.realpath(os.path.expanduser(root.strip())))
+        return known[1]
 
     # -- housekeeping -------------------------------------------------------------------------
     def sweep(self, live: LiveEntries, *, grace_seconds: float = 600, max_age_days: float = 30) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict
 
 import numpy as np
 
@@ -79,7 +78,7 @@ def _check(data: bytes, source: str, name: str, verify: bool = False) -> dict:
             raise MemoryError from None
         return {"status": "error", "code": "corrupt",
                 "message": f"{name} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"}
-    return {"status": "ok", "info": asdict(info), "verification": verification,
+    return {"status": "ok", "info": info.as_dict(), "verification": verification,
             "json": model_json if source != "json" else None}
 
 

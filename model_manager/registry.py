@@ -49,7 +49,7 @@ from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
 from model_manager.versionrecords import content_sha256
-from model_manager.versions import Recorded, StoredPayload, VersionStore, candidate
+from model_manager.versions import Recorded, StoredPayload, VersionInfo, VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class Registry:
         # a registration's, whose hook wrote them): their records are not written again. Groups another
         # worker recorded (`follow`) are served from its versions: nothing is recorded here.
         if follow:
-            live = self.versions.live_versions(model.name)
+            live = self.versions.live_infos(model.name)
             futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
                        for k, g in snap.groups.items()}
         else:
@@ -459,15 +459,15 @@ class Registry:
             self._write_record(root, group)
         return payload, None
 
-    def _followed_payload(self, model_name: str, group: GroupSnapshot, live: int | None) -> Built:
+    def _followed_payload(self, model_name: str, group: GroupSnapshot, live: VersionInfo | None) -> Built:
         """What a group another worker recorded serves: its live version's bytes (read only)."""
         group.model_json = None
         if group.errors or live is None:
             return None, None
         try:
-            return _payload_bytes(self.versions.payload(model_name, group.group_key, live, mapped=True), group.group_key), None
+            return _payload_bytes(self.versions.stored(live, mapped=True), group.group_key), None
         except ModelManagerError as exc:
-            log.warning("%s/%s: live version %s not served: %s", model_name, group.group_key, live, exc)
+            log.warning("%s/%s: live version %s not served: %s", model_name, group.group_key, live.version, exc)
             return None, str(exc)
 
     def _live_payload(self, recorded: Recorded) -> PayloadBytes | None:
@@ -549,6 +549,9 @@ class Registry:
         heads = self.versions.heads(model.name)
         if following is not None:  # another worker's registration: all of it once it is recorded, or nothing
             records = following.records
+            if any(k in records and not records[k].errors and k not in heads for k in present):
+                self._pending[model.name] = set(present)  # a group without any version yet: not complete
+                return False
             ready = {k: records[k] for k in present if k in records and _is_recorded(model.name, records[k], heads)}
             if len(ready) < len(present):
                 self._pending[model.name] = set(present)

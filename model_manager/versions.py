@@ -81,6 +81,15 @@ class VersionStore:
         rows = self.store.query("SELECT group_key, version FROM live_periods WHERE model = ? AND live_until IS NULL", (model,))
         return dict(rows)
 
+    def live_infos(self, model: str) -> dict[str, VersionInfo]:
+        """{group_key: the version it serves now} of every group of `model` with one, in one query
+        (what a worker following another's registration serves, without a query per group)."""
+        columns = ", ".join(f"v.{c}" for c in _COLUMNS)
+        rows = self.store.query(f"SELECT {columns} FROM live_periods p JOIN versions v ON v.model = p.model "  # noqa: S608 - fixed column names
+                                "AND v.group_key = p.group_key AND v.version = p.version "
+                                "WHERE p.model = ? AND p.live_until IS NULL ORDER BY p.id", (model,))
+        return {row[1]: _info(row) for row in rows}  # the latest open period wins, as in `live`
+
     def live_groups(self, model: str) -> dict[str, LiveGroup]:
         """{group_key: LiveGroup} of every group of a model with a live version, with when each of
         its live periods began (what the fleet view compares clients against, offline)."""

@@ -133,12 +133,14 @@ def test_live_rule_pin_hold_rollback_release(vs, store, tmp_path, retrains):
     state = vs.pin("m", KEY, 1, reason="v3 trades badly", client="cli")
     assert (state["live_version"], state["pinned_version"]) == (1, 1)
     assert vs.state_seq() > seq
+    assert vs.live_infos("m") == {KEY: vs.live("m", KEY)} and vs.live_infos("m")[KEY].version == 1  # in one query
     retrain(d, retrains[3])
     rec = record(vs, d)  # a new version while pinned: recorded, not served
     assert (rec.version.version, rec.live.version, rec.live_changed) == (4, 1, False)
 
     state = vs.unpin("m", KEY, reason="fixed", client="cli")
     assert (state["live_version"], state["pinned_version"]) == (4, None)
+    assert vs.live_infos("m")[KEY] == vs.live("m", KEY) and vs.live_infos("other") == {}
 
     assert vs.hold("m", reason="review first") is True
     assert vs.hold("m") is False
