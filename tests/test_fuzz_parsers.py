@@ -228,7 +228,9 @@ def test_info_pkl(tmp, valid, data):
         lambda h: st.one_of(st.just(h), mutated(h)))))
     group, name = load(fresh(tmp), valid, "info.pkl", raw)
     check_common(group)
-    assert (group.info is not None) != bool(errors_naming(group, name)), (raw, group.issues)
+    # it parses, or an error names it; one that parses may still contradict the model (a mutated `dim`)
+    unreadable = [i for i in errors_naming(group, name) if i.code != "info_dim_mismatch"]
+    assert (group.info is not None) != bool(unreadable), (raw, group.issues)
     if raw in HOSTILE:
         assert any(i.code == "unsafe_pickle" for i in errors_naming(group, name)), group.issues
 

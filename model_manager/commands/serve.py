@@ -76,10 +76,6 @@ def serve(
         header_timeout=header_timeout, workers=workers,
     )
     _configure_logging(log_level.value)
-    allocator = check_allocator()
-    logging.getLogger("model_manager.serve").info(
-        "model checks run with %s", f"jemalloc ({allocator})" if allocator else
-        "glibc's malloc (with libjemalloc2 installed they take 12-25 % less CPU: ./setup.sh installs it where it can)")
     count = settings.worker_count
     if count == 1:
         sock = bind_socket(settings.host, settings.port)
@@ -208,6 +204,9 @@ def _banner(settings: Settings, setup_code: str | None, workers: int) -> None:
     if local:
         console.print(f"listening on all interfaces ({settings.host or '0.0.0.0'}:{settings.port})")
     console.print(f"data dir: {settings.data_dir}")
+    allocator = check_allocator()
+    console.print(f"model checks run with jemalloc ({allocator})" if allocator else
+                  "model checks run with glibc's malloc (with libjemalloc2 installed they take 12-25 % less CPU)")
     if setup_code:
         console.print(f"No password is set yet: open [bold]{url}/#setup={setup_code}[/bold] to set it, or run "
                       f"`model-manager password init{escape(_data_dir_flag(settings))}`.")
