@@ -126,7 +126,7 @@ _Cells = tuple[list[int], list[Number]]
 def _matrix(metric: str, rows: dict[str, _Cells], labels: list[str]) -> Matrix:
     used = sorted({j for columns, _ in rows.values() for j in columns}, key=lambda j: labels[j])
     position = {j: i for i, j in enumerate(used)}
-    stats = {f: (sum(abs(v) for v in values) / len(values), len(values)) for f, (_, values) in rows.items()}
+    stats = {f: (sum(map(abs, values)) / len(values), len(values)) for f, (_, values) in rows.items()}
     order = sorted(rows, key=lambda f: (-stats[f][0], f))
     return Matrix(metric, [labels[j] for j in used], order, [_sparse(rows[f], position) for f in order],
                   [stats[f][0] for f in order], [stats[f][1] for f in order])
@@ -135,10 +135,12 @@ def _matrix(metric: str, rows: dict[str, _Cells], labels: list[str]) -> Matrix:
 def _sparse(row: _Cells, position: dict[int, int]) -> SparseRow:
     """A row's (matrix columns, values), by matrix column; the values packed when all are floats (an
     int stays an int, so the row's JSON is the same)."""
-    cells = sorted(zip((position[j] for j in row[0]), row[1]), key=lambda cell: cell[0])
-    values = [value for _, value in cells]
+    places, values = list(map(position.__getitem__, row[0])), row[1]
+    if places != sorted(places):  # the columns come in label order when the groups do (the usual case)
+        cells = sorted(zip(places, values))  # a column is in a row once: values are never compared
+        places, values = [j for j, _ in cells], [value for _, value in cells]
     packed = array("d", values) if all(type(v) is float for v in values) else tuple(values)
-    return array("I", [j for j, _ in cells]), packed
+    return array("I", places), packed
 
 
 def _usage(listed: dict[str, int], matrices: dict[str, Matrix]) -> list[dict]:
