@@ -11,6 +11,7 @@ crash, a hang or a memory bomb costs that child and becomes an issue on the grou
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -194,21 +195,17 @@ def _recv_frame(sock: socket.socket) -> tuple[dict, bytearray]:
     return header, _recv_exact(sock, int(header["size"]))
 
 
-_allocator: list[str | None] = []  # found once: see check_allocator
-
-
+@functools.cache
 def check_allocator() -> str | None:
     """The malloc the check process runs with: jemalloc when the system has it (Debian/Ubuntu:
     libjemalloc2, which ./setup.sh installs where it can), else None (glibc's). XGBoost builds a
     model's JSON document from many small allocations as it loads it; with jemalloc a check takes
     about 12-25 % less CPU (bench/README.md, item 38). Only the check process uses it: its children
     are short-lived, so how an allocator keeps memory does not matter there."""
-    if not _allocator:
-        import ctypes.util
+    import ctypes.util
 
-        name = ctypes.util.find_library("jemalloc") if sys.platform.startswith("linux") else None
-        _allocator.append(name if name and name.startswith("libjemalloc.so") else None)
-    return _allocator[0]
+    name = ctypes.util.find_library("jemalloc") if sys.platform.startswith("linux") else None
+    return name if name and name.startswith("libjemalloc.so") else None
 
 
 class _CheckServer:

@@ -549,13 +549,10 @@ class Registry:
         heads = self.versions.heads(model.name)
         if following is not None:  # another worker's registration: all of it once it is recorded, or nothing
             records = following.records
-            if any(k in records and not records[k].errors and k not in heads for k in present):
-                self._pending[model.name] = set(present)  # a group without any version yet: not complete
+            if not all(k in records and _is_recorded(model.name, records[k], heads) for k in present):
+                self._pending[model.name] = set(present)  # stops at the first group not recorded yet
                 return False
-            ready = {k: records[k] for k in present if k in records and _is_recorded(model.name, records[k], heads)}
-            if len(ready) < len(present):
-                self._pending[model.name] = set(present)
-                return False
+            ready = {k: records[k] for k in present}
         else:
             restored = self._restore(model, root, present, broken=True)
             ready = {k: g for k, g in restored.items() if k in present and _is_recorded(model.name, g, heads)}
