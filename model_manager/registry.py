@@ -155,6 +155,14 @@ class Registry:
         log.info("loaded %d models (%d groups), the rest from worker 0's records in %.1fs",
                  len(self.models), groups, time.monotonic() - started)
 
+    def finish_research(self) -> None:
+        """Build the research indexes the first load left pending (it serves payloads without them)."""
+        for model in list(self.models.values()):
+            try:
+                model.finish_research()
+            except Exception:  # its first reader builds it again (and answers the error)
+                log.exception("the research index of %s was not built", model.name)
+
     def warm_up(self) -> None:
         """Start the model check process now (it takes ~1 s), ahead of the first check."""
         start_checker(self.settings.check_memory_mb)
@@ -385,7 +393,8 @@ class Registry:
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
             if self.on_reloaded is not None:  # the other workers install them too, before our research index
                 self.on_reloaded()
-            model.finish_research()
+            if self.ready.is_set():  # (the first load's wait until every model is served: `finish_research`)
+                model.finish_research()
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
             # is served now, and a hold set by another process is announced
             self._follow_model(model)

@@ -342,6 +342,8 @@ class ModelManager(VersionCommands):
         finally:
             self.registry.ready.set()
             self.role.primary_loaded()
+        # the research indexes, left for after the payloads are served (a reader builds its own first)
+        loop.run_in_executor(None, self.registry.finish_research)
         # a registration made through another worker is served from its records, not checked again here
         self.registry.follows_registrations = self.role.shared
         self.registry.adopts_unrecorded = self.role.primary
@@ -479,14 +481,14 @@ class ModelManager(VersionCommands):
         return b'{"model_name":' + json.dumps(name).encode() + b',"symbols":' + body + b"}"
 
     def factors(self, name: str) -> dict[str, Any]:
-        view = self.serving.get(name).view
+        view = self.serving.get(name).researched()
         return {"model_name": name, "symbol_count": len(view.symbols), "group_count": len(view.groups),
                 "factor_count": len(view.factor_union), "factors": view.factor_union, "usage": view.research.usage,
                 "metrics": view.research.metrics}
 
     def matrix(self, name: str, metric: str, top: int | None = None) -> dict[str, Any]:
         """The factor × symbol matrix of one IC metric or importance type (SPEC §11), prebuilt."""
-        return self.serving.get(name).view.research.matrix(metric).to_dict(name, top)
+        return self.serving.get(name).researched().research.matrix(metric).to_dict(name, top)
 
     def detail(self, name: str, symbol: str, group_key: str | None = None) -> dict[str, Any]:
         state = self.serving.group(name, symbol, group_key)

@@ -80,7 +80,7 @@ class ModelView:
     refreshed_at: str | None
     research: ResearchIndex = field(default_factory=ResearchIndex)
 
-    research_pending: bool = False  # `research` is the previous view's until `with_research()`
+    research_pending: bool = False  # `research` is not this view's yet: see `LoadedModel.researched`
     symbols_body: bytes | None = None  # GET …/symbols as JSON, built with the research index
 
     def symbols_list(self) -> list[dict]:
@@ -92,17 +92,19 @@ class ModelView:
     def build(cls, groups: dict[str, GroupState], refreshed_at: str | None,
               previous: ModelView | None = None, *, defer_research: bool = False) -> ModelView:
         """`previous`: the view being replaced; its research index is reused when no group's parse
-        changed (a pin or a rollback changes only which payload is served). With `defer_research`,
-        the previous index stands in until `with_research()` builds the new one: building it is
-        O(groups × factors) (2.5 s at 5,000 groups), and new payloads should not wait for it."""
+        changed (a pin or a rollback changes only which payload is served), and stays pending when
+        it was. With `defer_research`, the index is left pending for `LoadedModel.finish_research`
+        (or the first research read): building it is O(groups × factors) (2.5 s at 5,000 groups),
+        and new payloads should not wait for it."""
         symbols: dict[str, list[str]] = {}
         for key, state in groups.items():
             symbols.setdefault(state.snapshot.symbol, []).append(key)
         union = sorted({f for state in groups.values() for f in state.snapshot.factors})
-        if previous is not None and _same_parses(previous.groups, groups) and not previous.research_pending:
-            return cls(groups, symbols, union, refreshed_at, previous.research, symbols_body=previous.symbols_body)
-        if defer_research and previous is not None:
-            return cls(groups, symbols, union, refreshed_at, previous.research, research_pending=True)
+        if previous is not None and _same_parses(previous.groups, groups):
+            return cls(groups, symbols, union, refreshed_at, previous.research,
+                       research_pending=previous.research_pending, symbols_body=previous.symbols_body)
+        if defer_research:
+            return cls(groups, symbols, union, refreshed_at, research_pending=True)
         return cls(groups, symbols, union, refreshed_at, research_pending=True).with_research()
 
     def with_research(self) -> ModelView:
@@ -135,22 +137,33 @@ class LoadedModel:
     hold: dict | None = None  # {"held_at", "reason"} while held (see versions.py)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)          # held by a (long) re-read
     install_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held only to swap states
+    research_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one index build at a time
 
     def install(self, groups: dict[str, GroupState], *, defer_research: bool = False) -> None:
         """Swap in a new set of group states (readers see the old or the new, never a mix). With
-        `defer_research`, call `finish_research()` next."""
+        `defer_research`, the research index is built by `finish_research()` or the first reader."""
         self.view = ModelView.build(groups, now_iso(), self.view, defer_research=defer_research)
 
-    def finish_research(self) -> None:
+    def finish_research(self) -> ModelView:
         """Build the research index a deferred install left pending — outside the install lock (it can
-        take a while), swapped in only if no other install (a pin, say) came meanwhile; else again."""
-        while True:
-            view = self.view
-            done = view.with_research()
-            with self.install_lock:
-                if self.view is view:
-                    self.view = done
-                    return
+        take a while), swapped in only if no other install (a pin, say) came meanwhile; else again.
+        Returns the view with its index."""
+        with self.research_lock:  # a reader arriving meanwhile waits for this build, not a second one
+            while True:
+                view = self.view
+                if not view.research_pending:
+                    return view
+                done = view.with_research()
+                with self.install_lock:
+                    if self.view is view:
+                        self.view = done
+                        return done
+
+    def researched(self) -> ModelView:
+        """The view with its research index (and prebuilt symbol list), building it first when an
+        install left it pending. Blocking: for worker threads, not the event loop."""
+        view = self.view
+        return view if not view.research_pending else self.finish_research()
 
     @property
     def groups(self) -> dict[str, GroupState]:

@@ -145,6 +145,33 @@ def test_factor_usage(api, research_dir):
             assert usage[factor]["mean_abs"][metric] == pytest.approx(sum(present) / len(present), rel=1e-12)
 
 
+def test_a_restart_serves_payloads_before_its_research_index_and_a_reader_gets_the_whole_index(
+        api, research_dir, tmp_path):
+    """A start serves payloads as soon as they are loaded and builds the research indexes after; a
+    research read in between builds it first: never an empty or partial index."""
+    from model_manager.service import ModelManager
+
+    api.post("/api/models", json={"name": "r", "path": str(research_dir)})
+    factors, matrix = api.get("/api/models/r/factors").json(), api.get("/api/models/r/matrix?metric=gain").json()
+    symbols = api.get("/api/models/r/symbols").json()
+    settings = Settings(data_dir=tmp_path / "data", watch_enabled=False)
+    store = Store(settings.db_path)
+    try:
+        manager = ModelManager(settings, store=store)
+        registry = manager.serve()
+        registry.load_registered()  # a start's first load (the server sets `ready` once it returns)
+        model = registry.get("r")
+        assert model.view.research_pending
+        assert registry.payload("r", "SOLUSDT").size > 0
+        assert json.loads(manager.symbols_json("r")) == symbols
+        assert manager.factors("r") == factors and manager.matrix("r", "gain") == matrix
+        assert not model.view.research_pending
+        registry.finish_research()  # what the server runs once `ready` is set: nothing left to build
+        assert manager.matrix("r", "kendall_tau")["symbols"]
+    finally:
+        store.close()
+
+
 def test_importance_is_cached_with_the_model_info(api, research_dir, tmp_path):
     api.post("/api/models", json={"name": "r", "path": str(research_dir)})
     metas = [json.loads(p.read_text()) for p in (tmp_path / "data" / "cache" / "models").glob("*.meta.json")]
