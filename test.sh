@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite: ./test.sh [PYTEST ARGS...]   e.g. ./test.sh tests/test_ops.py -x -q
+# With no arguments: ruff, then every test, spread over the cores (pytest-xdist, `-n N --dist loadfile`);
+# chosen tests run in one process unless given `-n N` themselves.
 #
 # First makes sure the test-only system needs are there: the browser tests drive Debian's `chromium`
 # package (never a downloaded browser build), the completion tests run zsh and fish. Missing ones are
@@ -60,9 +62,14 @@ if chromium_path="$(find_chromium)"; then
     say "browser tests use $chromium_path"
 fi
 
-if [ "$#" = 0 ]; then  # a full run also lints; a run of chosen tests does not
+if [ "$#" = 0 ]; then  # a full run also lints, and runs the tests on every core (at most 4)
     say ".venv/bin/ruff check ."
     "$ROOT/.venv/bin/ruff" check . || { echo "test.sh: error: ruff found problems (fix them, or run .venv/bin/ruff check --fix .)" >&2; exit 1; }
+    # most tests wait on real servers, timers and child processes rather than compute, so two at a
+    # time halve the run even on two cores; a file's tests stay together (its fixtures are built once)
+    cores="$(nproc 2>/dev/null || echo 1)"
+    [ "$cores" -gt 4 ] && cores=4
+    [ "$cores" -gt 1 ] && set -- -n "$cores" --dist loadfile
 fi
 
 say ".venv/bin/python -m pytest $*"

@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -148,7 +149,10 @@ def test_fifos_sockets_and_directories_named_like_artifacts_are_refused_without_
     (d / "ETHUSDT_mid_chg_1m_ic.csv").unlink()
     (d / "ETHUSDT_mid_chg_1m_ic.csv").mkdir()
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(d / "XRPUSDT_mid_chg_1m_model.json"))
+    short = Path(tempfile.mkdtemp(prefix="mm-sock-"))  # a socket's path has at most 107 bytes; tmp_path's may not
+    sock.bind(str(short / "s"))
+    os.rename(short / "s", d / "XRPUSDT_mid_chg_1m_model.json")
+    short.rmdir()
     write_group(d, "XRPUSDT_mid_chg_1m")
     write_group(d, "DOGEUSDT_mid_chg_1m", model_json=model_json(models))  # a clean group next to them
     try:
