@@ -88,6 +88,9 @@ class Registry:
         self._unserved_lock = threading.Lock()
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
+        self._research = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mm-research")  # see queue_research
+        self._research_queued: set[int] = set()  # id() of the models with an index build queued
+        self._research_lock = threading.Lock()
         self.models: dict[str, LoadedModel] = {}
         self.lock = threading.RLock()  # held while the set of models changes
         self.plain_bodies = PlainBodies(cache)
@@ -155,13 +158,33 @@ class Registry:
         log.info("loaded %d models (%d groups), the rest from worker 0's records in %.1fs",
                  len(self.models), groups, time.monotonic() - started)
 
-    def finish_research(self) -> None:
-        """Build the research indexes the first load left pending (it serves payloads without them)."""
+    def build_research(self) -> None:
+        """Queue the research indexes the first load left pending (it serves payloads without them)."""
         for model in list(self.models.values()):
-            try:
-                model.finish_research()
-            except Exception:  # its first reader builds it again (and answers the error)
-                log.exception("the research index of %s was not built", model.name)
+            self.queue_research(model)
+
+    def queue_research(self, model: LoadedModel) -> None:
+        """Build `model`'s pending research index in the background thread (one build at a time, at
+        most one queued per model). A re-read returns once its payloads are served, so the watcher's
+        next change does not wait behind an index build (1.2 s at 1,000 groups of 300 factors). A
+        research read that comes first builds the index itself (`LoadedModel.researched`)."""
+        with self._research_lock:
+            if id(model) in self._research_queued:
+                return
+            self._research_queued.add(id(model))
+        try:
+            self._research.submit(self._build_research, model)
+        except RuntimeError:  # closing: a reader still builds it
+            with self._research_lock:
+                self._research_queued.discard(id(model))
+
+    def _build_research(self, model: LoadedModel) -> None:
+        with self._research_lock:  # an install from now on queues another build
+            self._research_queued.discard(id(model))
+        try:
+            model.finish_research()
+        except Exception:  # its first reader builds it again (and answers the error)
+            log.exception("the research index of %s was not built", model.name)
 
     def warm_up(self) -> None:
         """Start the model check process now (it takes ~1 s), ahead of the first check."""
@@ -169,6 +192,7 @@ class Registry:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._research.shutdown(wait=False, cancel_futures=True)
 
     # -- what is registered ----------------------------------------------------------------------
     def sync_registrations(self) -> bool:
@@ -312,6 +336,11 @@ class Registry:
         if model is not None and keys:
             self._load(model, keys)
 
+    def following(self, name: str) -> bool:
+        """Whether this worker is following another worker's registration of `name` (see _follow_new):
+        its groups are installed from that worker's records, not looked at here meanwhile."""
+        return name in self._registering
+
     def _recorded_elsewhere(self, name: str) -> set[str]:
         """The groups of a model another worker registered and is still recording (see _follow_new)."""
         return self._pending.get(name, set()) if name in self._registering else set()
@@ -393,8 +422,8 @@ class Registry:
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
             if self.on_reloaded is not None:  # the other workers install them too, before our research index
                 self.on_reloaded()
-            if self.ready.is_set():  # (the first load's wait until every model is served: `finish_research`)
-                model.finish_research()
+            if self.ready.is_set():  # (a start's first load queues them all once every model is served)
+                self.queue_research(model)
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
             # is served now, and a hold set by another process is announced
             self._follow_model(model)

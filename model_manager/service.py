@@ -343,7 +343,7 @@ class ModelManager(VersionCommands):
             self.registry.ready.set()
             self.role.primary_loaded()
         # the research indexes, left for after the payloads are served (a reader builds its own first)
-        loop.run_in_executor(None, self.registry.finish_research)
+        self.registry.build_research()
         # a registration made through another worker is served from its records, not checked again here
         self.registry.follows_registrations = self.role.shared
         self.registry.adopts_unrecorded = self.role.primary

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from model_manager.artifacts import split_artifact_name
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 600.0  # seconds between cache sweeps (see Watched.sweep_cache)
+STEP_MS = 25  # watchfiles yields the changes seen once none came for this long
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "afs", "ceph", "glusterfs", "lustre"}
 
 
@@ -103,6 +105,9 @@ class Watched(Protocol):
 
     def changed_groups(self, name: str) -> set[str]:
         """Groups whose files changed since they were read (a stat-only check)."""
+
+    def following(self, name: str) -> bool:
+        """Whether another worker is registering this model (its groups are not read here yet)."""
 
     def sweep_cache(self) -> int:
         """Delete cache entries nothing uses any more."""
@@ -197,6 +202,8 @@ class Watcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         for name in list(self.models.directories()):
+            if self.models.following(name):  # none of its groups is installed yet: all would look new,
+                continue                     # and be parsed again once it is (a look after it finds changes)
             for key in await loop.run_in_executor(None, self.models.changed_groups, name):
                 self._pending.setdefault((name, key), now)
 
@@ -231,7 +238,7 @@ class Watcher:
                 def relevant(_change, path: str, dirs: dict[str, str] = dirs) -> bool:
                     return event_target(path, dirs) is not None  # unrelated events never wake us (or watchfiles' log)
 
-                async for changes in awatch(*paths, watch_filter=relevant, recursive=False, debounce=50, step=25,
+                async for changes in awatch(*paths, watch_filter=relevant, recursive=False, debounce=50, step=STEP_MS,
                                             stop_event=self._rewatch, force_polling=polling,
                                             poll_delay_ms=int(self.interval * 1000),
                                             yield_on_timeout=False, ignore_permission_denied=True):
@@ -243,7 +250,8 @@ class Watcher:
                 await asyncio.sleep(min(self.interval, 1.0))
 
     def _on_changes(self, changes, dirs: dict[str, str]) -> None:
-        now = time.monotonic()
+        # watchfiles yields once no change came for STEP_MS: the files have been quiet that long already
+        now = time.monotonic() - STEP_MS / 1000
         for _change, path in changes:
             target = event_target(path, dirs)
             if target is None:
@@ -255,7 +263,9 @@ class Watcher:
     async def _debounce_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
-            await asyncio.sleep(0.05 if self._pending else 0.1)
+            # until the first pending group is due (a change seen meanwhile is due later), at most 0.1 s
+            first = min(self._pending.values(), default=math.inf) + self.debounce
+            await asyncio.sleep(min(max(first - time.monotonic(), 0.005), 0.1))
             now = time.monotonic()
             due = [k for k, t in self._pending.items() if now - t >= self.debounce]
             if not due:

@@ -166,10 +166,23 @@ def test_a_restart_serves_payloads_before_its_research_index_and_a_reader_gets_t
         assert json.loads(manager.symbols_json("r")) == symbols
         assert manager.factors("r") == factors and manager.matrix("r", "gain") == matrix
         assert not model.view.research_pending
-        registry.finish_research()  # what the server runs once `ready` is set: nothing left to build
+        registry.build_research()  # what the server queues once `ready` is set: nothing left to build
         assert manager.matrix("r", "kendall_tau")["symbols"]
     finally:
         store.close()
+
+
+def test_research_reads_right_after_a_refresh_see_the_new_files(api, research_dir):
+    """A refresh builds its research index in the background, after its payloads are served: a read
+    that comes at once still gets the index of the new files."""
+    api.post("/api/models", json={"name": "r", "path": str(research_dir)})
+    for rounds in range(3):
+        (research_dir / "SOLUSDT_mid_chg_1m_ic.csv").write_text(ic_text(10 + rounds))
+        assert api.post("/api/models/r/refresh").status_code == 200
+        ic = {p.name.split("_")[0]: ic_from_file(p) for p in research_dir.glob("*_ic.csv")}
+        symbols, factors, values = expected_matrix({s: cols["ic"] for s, cols in ic.items()})
+        body = api.get("/api/models/r/matrix", params={"metric": "ic"}).json()
+        assert (body["symbols"], body["factors"], body["values"]) == (symbols, factors, values)
 
 
 def test_importance_is_cached_with_the_model_info(api, research_dir, tmp_path):
