@@ -166,7 +166,7 @@ class Registry:
     def queue_research(self, model: LoadedModel) -> None:
         """Build `model`'s pending research index in the background thread (one build at a time, at
         most one queued per model). A re-read returns once its payloads are served, so the watcher's
-        next change does not wait behind an index build (1.2 s at 1,000 groups of 300 factors). A
+        next change does not wait behind an index build (1.2 s at 1,000 groups of 150 factors). A
         research read that comes first builds the index itself (`LoadedModel.researched`)."""
         with self._research_lock:
             if id(model) in self._research_queued:
@@ -439,7 +439,7 @@ class Registry:
         # a registration's, whose hook wrote them): their records are not written again. Groups another
         # worker recorded (`follow`) are served from its versions: nothing is recorded here.
         if follow:
-            live = self.versions.live_infos(model.name)
+            live = self.versions.live_infos(model.name, snap.groups.keys())
             futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
                        for k, g in snap.groups.items()}
         else:

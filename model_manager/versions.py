@@ -19,7 +19,7 @@ import gzip
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from model_manager import versionrules as rules
@@ -81,14 +81,18 @@ class VersionStore:
         rows = self.store.query("SELECT group_key, version FROM live_periods WHERE model = ? AND live_until IS NULL", (model,))
         return dict(rows)
 
-    def live_infos(self, model: str) -> dict[str, VersionInfo]:
-        """{group_key: the version it serves now} of every group of `model` with one, in one query
-        (what a worker following another's registration serves, without a query per group)."""
+    def live_infos(self, model: str, keys: Collection[str] | None = None) -> dict[str, VersionInfo]:
+        """{group_key: the version it serves now} of every group of `model` with one (or of `keys`),
+        in one query (what a worker following another's re-read serves, without a query per group)."""
         columns = ", ".join(f"v.{c}" for c in _COLUMNS)
+        only, args = "", [model]
+        if keys is not None and len(keys) <= 500:  # one group re-read among thousands: not all of them
+            only, args = f" AND p.group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
         rows = self.store.query(f"SELECT {columns} FROM live_periods p JOIN versions v ON v.model = p.model "  # noqa: S608 - fixed column names
                                 "AND v.group_key = p.group_key AND v.version = p.version "
-                                "WHERE p.model = ? AND p.live_until IS NULL ORDER BY p.id", (model,))
-        return {row[1]: _info(row) for row in rows}  # the latest open period wins, as in `live`
+                                f"WHERE p.model = ?{only} AND p.live_until IS NULL ORDER BY p.id", tuple(args))
+        found = {row[1]: _info(row) for row in rows}  # the latest open period wins, as in `live`
+        return found if keys is None else {k: found[k] for k in keys if k in found}
 
     def live_groups(self, model: str) -> dict[str, LiveGroup]:
         """{group_key: LiveGroup} of every group of a model with a live version, with when each of
