@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -29,18 +30,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT = 10.0  # seconds a change waits for the other workers to serve it (then they do it on their own)
-_SYNC, _DONE = b"sync", b"done"
+_SYNC, _DONE, _GROUPS = b"sync", b"done", b"groups"
+MAX_NAMED_GROUPS = 200  # a poke names at most this many re-read groups (else: follow everything)
 
 
 class Peers:
     """This worker's end: `start` listens for the others' requests (running `follow` for each), `sync`
     asks the others to follow now and waits for them."""
 
-    def __init__(self, directory: Path, index: int, count: int, follow: Callable[[], None]):
+    def __init__(self, directory: Path, index: int, count: int, follow: Callable[[], None],
+                 follow_groups: Callable[[str, set[str]], None] | None = None):
         self.directory = Path(directory)
         self.index = index
         self.count = count
         self.follow = follow
+        self.follow_groups = follow_groups  # a poke that names the groups re-read (else `follow`)
         self._sock: socket.socket | None = None
         self._ids = itertools.count()
 
@@ -68,28 +72,37 @@ class Peers:
             if sock is None:
                 return
             try:
-                message, sender = sock.recvfrom(64)
+                message, sender = sock.recvfrom(65536)
             except OSError:
                 return  # closed: the worker is stopping
-            if not message.startswith(_SYNC):
+            if not message.startswith((_SYNC, _GROUPS)):
                 continue
             try:
-                self.follow()
+                named = _named_groups(message) if self.follow_groups is not None else None
+                if named is not None:
+                    self.follow_groups(*named)
+                else:
+                    self.follow()
             except Exception:  # the request still gets its answer; the next look may do better
                 if self._sock is not None:  # (not this worker stopping meanwhile)
                     log.exception("following a change made by another worker failed")
-            if sender:  # a `poke` has no address to answer to
+            if sender and message.startswith(_SYNC):  # a `poke` has no address to answer to
                 with contextlib.suppress(OSError):
                     sock.sendto(_DONE + message[len(_SYNC):], sender)
 
-    def poke(self) -> None:
+    def poke(self, model: str | None = None, groups: set[str] | None = None) -> None:
         """Have every other running worker follow the store now, without waiting for them (after
-        the primary installed what its watcher found: no request waits on it)."""
+        the primary installed what its watcher found: no request waits on it). Naming the `model`
+        and the `groups` re-read lets them install those without looking at the rest of the directory
+        (at 5,000 groups that look is a listing and 20,000 `stat`s); they still look every second."""
+        message = _SYNC
+        if model is not None and groups and len(groups) <= MAX_NAMED_GROUPS:
+            message = _GROUPS + json.dumps({"model": model, "groups": sorted(groups)}).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             for index in range(self.count):
                 if index != self.index:
                     with contextlib.suppress(OSError):  # not running, or stuck with a full queue: it looks on its own
-                        sock.sendto(_SYNC, socket.MSG_DONTWAIT, self._path(index))
+                        sock.sendto(message, socket.MSG_DONTWAIT, self._path(index))
 
     def sync(self, timeout: float = SYNC_TIMEOUT) -> int:
         """Have every other running worker follow the store now; returns how many confirmed. Blocking:
@@ -134,3 +147,17 @@ class Peers:
             if message == _DONE + token:
                 confirmed += 1
         return confirmed
+
+
+def _named_groups(message: bytes) -> tuple[str, set[str]] | None:
+    """(model, groups) of a poke that names them; None for any other message (or a malformed one)."""
+    if not message.startswith(_GROUPS):
+        return None
+    try:
+        named = json.loads(message[len(_GROUPS):])
+        model, groups = named["model"], named["groups"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(model, str) or not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return None
+    return model, set(groups)

@@ -95,7 +95,8 @@ class Registry:
         self.lock = threading.RLock()  # held while the set of models changes
         self.plain_bodies = PlainBodies(cache)
         self.ready = asyncio.Event()  # set once the registered models are loaded
-        self.on_reloaded: Callable[[], None] | None = None  # after a re-read is installed (tells the other workers)
+        # after a re-read is installed: (model, the groups re-read, or None for all) (tells the other workers)
+        self.on_reloaded: Callable[[str, set[str] | None], None] | None = None
         self.on_dropped: Callable[[str], None] | None = None  # a model is no longer served (forgets its fleet)
         set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
@@ -421,7 +422,7 @@ class Registry:
                 model.error = None
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
             if self.on_reloaded is not None:  # the other workers install them too, before our research index
-                self.on_reloaded()
+                self.on_reloaded(model.name, only if recorded is None else None)  # (groups it parsed itself)
             if self.ready.is_set():  # (a start's first load queues them all once every model is served)
                 self.queue_research(model)
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
@@ -549,6 +550,16 @@ class Registry:
         return moved
 
     # -- a worker that does not watch: groups the primary worker re-read ------------------------------
+    def follow_groups(self, name: str, keys: set[str]) -> bool:
+        """Install the groups of `name` the primary worker says it has just re-read, from its parse
+        records and versions, without looking at the rest of the directory; then its live versions.
+        (`follow_live` looks at every group each second, for anything this missed.)"""
+        model = self.models.get(name)
+        if model is None or model.error or name in self._registering:
+            return self.follow_live(files=True, look=True)
+        moved = self._follow_files_of(model, set(keys) | self._pending.get(name, set()))
+        return self._follow_model(model) or moved
+
     def _follow_pending(self, asked: bool = False) -> bool:
         """Look again at the groups `_follow_files_of` left waiting (see `_due`)."""
         moved = False

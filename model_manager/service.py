@@ -386,7 +386,7 @@ class ModelManager(VersionCommands):
             self.registry.load_recorded()
 
     def _start_peers(self) -> None:
-        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now)
+        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now, self._follow_groups)
         try:
             peers.start()
         except OSError as exc:
@@ -416,6 +416,11 @@ class ModelManager(VersionCommands):
             self._follow(look=asked)
         if asked and self._auth is not None:
             self._auth.tokens.clear()
+
+    def _follow_groups(self, name: str, keys: set[str]) -> None:
+        """The groups of a model the primary worker has just re-read (its poke names them): served now."""
+        with self._follow_lock:
+            self.registry.follow_groups(name, keys)
 
     def _follow(self, look: bool = False) -> None:
         """Serve live versions changed by other processes (a pin set with the CLI) within a second,

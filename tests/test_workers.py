@@ -410,3 +410,36 @@ def test_metrics_of_workers_add_up_and_a_dead_workers_counts_stay(tmp_path):
     assert samples[("model_manager_groups", (("model", "m"), ("status", "ok")))] == 3  # shared state: once
     assert {labels for name, labels in samples if name == "process_cpu_seconds_total"} == \
         {(("worker", "0"),), (("worker", "1"),)}
+
+
+def test_a_poke_names_the_groups_re_read_and_anything_else_follows_everything():
+    """The primary's poke after a re-read names the model and its groups, so the other workers install
+    those without listing the whole directory; a poke without them, with too many, or garbled, and a
+    `sync`, have them follow everything (real Unix datagram sockets)."""
+    import queue
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from model_manager.peers import MAX_NAMED_GROUPS, Peers
+
+    seen: queue.Queue = queue.Queue()
+    directory = Path(tempfile.mkdtemp(prefix="mm-peers-"))  # a socket's path must be short
+    primary = Peers(directory, 0, 2, lambda: seen.put(("all",)))
+    other = Peers(directory, 1, 2, lambda: seen.put(("all",)), lambda model, groups: seen.put(("groups", model, groups)))
+    other.start()
+    try:
+        primary.poke("m", {"SOLUSDT_mid_chg_1m", "BTCUSDT_mid_chg_1m"})
+        assert seen.get(timeout=5) == ("groups", "m", {"SOLUSDT_mid_chg_1m", "BTCUSDT_mid_chg_1m"})
+        primary.poke("m", None)  # a whole directory re-read
+        assert seen.get(timeout=5) == ("all",)
+        primary.poke("m", {f"S{i:04d}USDT_mid_chg_1m" for i in range(MAX_NAMED_GROUPS + 1)})
+        assert seen.get(timeout=5) == ("all",)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b'groups{"model": 1, "groups": "x"}', str(directory / "peer-1.sock"))
+        assert seen.get(timeout=5) == ("all",)
+        assert primary.sync(timeout=5) == 1 and seen.get(timeout=5) == ("all",)
+        assert seen.empty()
+    finally:
+        other.close()
+        shutil.rmtree(directory, ignore_errors=True)
