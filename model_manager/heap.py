@@ -1,4 +1,5 @@
-"""Giving freed memory back to the system after a big load.
+"""Giving freed memory back to the system after a big load, and keeping the cyclic garbage
+collector out of big builds.
 
 CPython hands the memory of a freed object back to the C allocator, which keeps it for later. After a
 big load (thousands of groups parsed, the research index rebuilt) most of what was allocated on the
@@ -9,8 +10,10 @@ Where the C library is not glibc this does nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 import threading
@@ -46,3 +49,41 @@ def release_free_memory() -> bool:
         log.debug("malloc_trim failed", exc_info=True)
         return False
     return True
+
+
+_paused = [0, False]  # builds in progress that paused the collector; whether it was enabled before
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """Pause the cyclic garbage collector for a build that allocates many objects which all live
+    until it ends (a research index: about a million numbers and lists at 5,000 groups). Each such
+    build otherwise set off a full collection, which walks every object of the process (0.1-0.25 s
+    at 5,000 groups, stopping every thread) and found nothing to free. Reference counting still frees
+    everything as usual; only cycles wait until the last build ends. Nestable, from any thread."""
+    with _lock:
+        if _paused[0] == 0:
+            _paused[1] = gc.isenabled()
+            gc.disable()
+        _paused[0] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _paused[0] -= 1
+            if _paused[0] == 0 and _paused[1]:
+                gc.enable()
+
+
+FREEZE_MIN_GROUPS = 100  # a load of at least this many groups ends with `freeze_loaded`
+
+
+def freeze_loaded() -> None:
+    """After a big load (a start, the registration of many groups): collect cyclic garbage once, then
+    move every object alive to the collector's permanent generation (`gc.freeze`). A full collection
+    walks every object it tracks: with 5,000 groups loaded, 0.1-0.25 s that stopped every thread
+    about once per refresh and found nothing to free. Frozen objects are still freed by reference
+    counting when a refresh replaces them (the loaded state holds no cycles); later collections walk
+    only what came after."""
+    gc.collect()
+    gc.freeze()

@@ -44,6 +44,7 @@ from model_manager.cache import CacheDir, LiveEntries, PlainBodies
 from model_manager.clock import now_iso
 from model_manager.errors import DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UnprocessableError
 from model_manager.events import ChangeWaiters, EventBus, announce
+from model_manager.heap import FREEZE_MIN_GROUPS, freeze_loaded
 from model_manager.isolation import set_check_memory, start_checker
 from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
@@ -289,6 +290,8 @@ class Registry:
         self._announce(model, {})
         with self.lock:
             self.models[name] = model
+        if len(snap.groups) >= FREEZE_MIN_GROUPS:
+            freeze_loaded()
         return model
 
     def drop(self, name: str) -> None:
@@ -612,6 +615,8 @@ class Registry:
         if not ready and not gone:
             return False
         self._load(model, set(ready) | gone, recorded=ready)
+        if following is not None and len(ready) >= FREEZE_MIN_GROUPS:  # another worker's registration
+            freeze_loaded()
         return True
 
     def _follow_model(self, model: LoadedModel) -> bool:

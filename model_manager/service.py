@@ -36,6 +36,7 @@ from model_manager.converter import ConvertResult, convert_file, pickles_in
 from model_manager.errors import ConflictError, DuplicateSymbolError, ModelManagerError, NotFoundError, PathError, UsageError, ValidationError
 from model_manager.files import private_dir
 from model_manager.fleet import Fleet, LiveGroup
+from model_manager.heap import freeze_loaded
 from model_manager.keys import KeyStore
 from model_manager.metrics import Metrics, SharedMetrics
 from model_manager.peers import Peers
@@ -344,6 +345,7 @@ class ModelManager(VersionCommands):
             self.role.primary_loaded()
         # the research indexes, left for after the payloads are served (a reader builds its own first)
         self.registry.build_research()
+        loop.run_in_executor(None, freeze_loaded)  # what the load left, out of later full collections (heap.py)
         # a registration made through another worker is served from its records, not checked again here
         self.registry.follows_registrations = self.role.shared
         self.registry.adopts_unrecorded = self.role.primary

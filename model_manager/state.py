@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from model_manager.artifacts import GroupSnapshot, Issue
 from model_manager.clock import now_iso
-from model_manager.heap import release_free_memory
+from model_manager.heap import cyclic_gc_paused, release_free_memory
 from model_manager.research import ResearchIndex, build_index
 
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
@@ -111,8 +111,9 @@ class ModelView:
         """This view with its own research index and prebuilt symbol list (itself when it has them)."""
         if not self.research_pending:
             return self
-        body = json.dumps(self.symbols_list(), separators=(",", ":"), allow_nan=False).encode()
-        view = dataclasses.replace(self, research=_research(self.groups), research_pending=False, symbols_body=body)
+        with cyclic_gc_paused():
+            body = json.dumps(self.symbols_list(), separators=(",", ":"), allow_nan=False).encode()
+            view = dataclasses.replace(self, research=_research(self.groups), research_pending=False, symbols_body=body)
         release_free_memory()  # what the load and the index build allocated on the way, now free
         return view
 

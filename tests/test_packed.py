@@ -108,3 +108,45 @@ def _glibc() -> bool:
     import platform
 
     return platform.libc_ver()[0] == "glibc"
+
+
+def test_big_builds_pause_the_cyclic_collector_and_a_big_load_is_frozen_out_of_it():
+    import gc
+    import threading
+    import weakref
+
+    from model_manager.heap import cyclic_gc_paused, freeze_loaded
+
+    assert gc.isenabled()
+    started, release = threading.Event(), threading.Event()
+
+    def other_build():
+        with cyclic_gc_paused():
+            started.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_build)
+    thread.start()
+    started.wait(10)
+    with cyclic_gc_paused():  # two builds at once, from two threads: enabled again only after both
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+    release.set()
+    thread.join(10)
+    assert gc.isenabled()
+
+    class Node:
+        pass
+
+    loop = Node()
+    loop.me = loop  # a cycle: collected by freeze_loaded's collection, not frozen
+    gone = weakref.ref(loop)
+    del loop
+    alive = [Node() for _ in range(100)]
+    frozen_before = gc.get_freeze_count()
+    try:
+        freeze_loaded()
+        assert gone() is None
+        assert gc.get_freeze_count() >= frozen_before + len(alive)
+    finally:
+        gc.unfreeze()
