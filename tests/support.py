@@ -238,13 +238,19 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
                                      preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + self.startup_timeout
+        answered: set[int] = set()  # the workers that answered: each listens only once it has started
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                status, _, _ = http("GET", self.url + "/healthz", timeout=2)
+                status, _, raw = http("GET", self.url + "/healthz", timeout=2)
                 if status == 200:
-                    return
+                    health = json.loads(raw)
+                    answered.add(health.get("worker", 0))
+                    if len(answered) >= health.get("workers", 1):
+                        return
+                    time.sleep(0.02)  # a fresh connection may reach another worker
+                    continue
             except OSError:
                 pass
             time.sleep(0.1)
