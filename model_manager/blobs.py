@@ -50,8 +50,10 @@ class BlobStore:
         return digest
 
     def ensure(self, data: bytes, digest: str) -> None:
-        """Make sure the blob `digest` is on disk (rewrite it from `data` if a sweep took it)."""
-        if not self._intact(self.path(digest), digest):
+        """Make sure the blob `digest` that `put` has just checked or written is still on disk (rewrite
+        it from `data` if a sweep took it). Only its presence is looked at: the bytes are checked
+        whenever they are read."""
+        if not self.path(digest).is_file():
             self.put(data)
 
     def get(self, digest: str, what: str = "payload", *, mapped: bool = False) -> bytes | memoryview:

@@ -195,6 +195,12 @@ def _recv_frame(sock: socket.socket) -> tuple[dict, bytearray]:
     return header, _recv_exact(sock, int(header["size"]))
 
 
+# A check child lives for one batch: giving freed pages back to the kernel (jemalloc's default, after
+# 10 s) only makes it fault them in again for the next model. Kept, they are reused: a third of the
+# page faults and half the kernel time of checking large models (bench/README.md, item 46).
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
 @functools.cache
 def check_allocator() -> str | None:
     """The malloc the check process runs with: jemalloc when the system has it (Debian/Ubuntu:
@@ -235,6 +241,7 @@ class _CheckServer:
         allocator = check_allocator()
         if allocator is not None:
             env["LD_PRELOAD"] = " ".join(p for p in (os.environ.get("LD_PRELOAD"), allocator) if p)
+            env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
         self.memory_mb = _check_memory_mb()
         code = f"from model_manager.isolation import _serve_checks; _serve_checks({theirs.fileno()}, {self.memory_mb})"
         try:

@@ -3,6 +3,7 @@ own, a crash or a hang names the file that did it and costs one time limit, and 
 are still checked."""
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def test_the_check_process_runs_with_jemalloc_when_the_system_has_it():
     can run); the checks answer the same either way."""
     from pathlib import Path
 
-    from model_manager.isolation import _CheckServer, check_allocator, check_info
+    from model_manager.isolation import JEMALLOC_CONF, _CheckServer, check_allocator, check_info
 
     allocator = check_allocator()
     if allocator is None:
@@ -158,3 +159,7 @@ def test_the_check_process_runs_with_jemalloc_when_the_system_has_it():
     assert server is not None
     mapped = Path(f"/proc/{server.proc.pid}/maps").read_text()
     assert allocator in mapped and "libjemalloc" in mapped
+    # its children live one batch: freed pages are kept for the next model, not handed back
+    environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+    expected = os.environ.get("MALLOC_CONF", JEMALLOC_CONF)
+    assert f"MALLOC_CONF={expected}".encode() in environ

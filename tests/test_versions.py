@@ -293,6 +293,15 @@ def test_identical_bytes_stored_once_and_sweep(vs, tmp_path, retrains):
     assert vs.sweep() == 1 and not vs.blobs.exists(orphan) and vs.blobs.exists(info.blob_sha256)
 
 
+def test_a_blob_swept_between_its_write_and_its_row_is_written_again(vs):
+    """`record` writes the blob, then commits the row that names it; a sweep in between may take an
+    identical old orphan that `put` found intact. `ensure` (in the row's transaction) puts it back."""
+    digest = vs.blobs.put(b"a payload")
+    assert vs.blobs.delete(digest)
+    vs.blobs.ensure(b"a payload", digest)
+    assert vs.blobs.get(digest) == b"a payload"
+
+
 def test_unregister_keeps_history_and_drops_pins(vs, store, tmp_path, retrains):
     d = tmp_path / "models"
     store.add_model("m", str(d))
