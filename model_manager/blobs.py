@@ -53,7 +53,7 @@ class BlobStore:
         """Make sure the blob `digest` that `put` has just checked or written is still on disk (rewrite
         it from `data` if a sweep took it). Only its presence is looked at: the bytes are checked
         whenever they are read."""
-        if not self.path(digest).is_file():
+        if not self.exists(digest):
             self.put(data)
 
     def get(self, digest: str, what: str = "payload", *, mapped: bool = False) -> bytes | memoryview:

@@ -196,8 +196,8 @@ def _recv_frame(sock: socket.socket) -> tuple[dict, bytearray]:
 
 
 # A check child lives for one batch: giving freed pages back to the kernel (jemalloc's default, after
-# 10 s) only makes it fault them in again for the next model. Kept, they are reused: a third of the
-# page faults and half the kernel time of checking large models (bench/README.md, item 46).
+# 10 s) only makes it fault them in again for the next model. Kept, they are reused: 10-15 % fewer
+# page faults and 2-9 % less CPU checking large models (bench/README.md, item 46).
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
