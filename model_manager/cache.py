@@ -1,7 +1,9 @@
 """The cache directory under the data dir: every on-disk layout the server keeps, and its sweep.
 
     models/<sha of a model file>.meta.json   ModelInfo of a model file (pkl or json) already checked
-    json/<sha of json>.json                  a model's JSON text (converted from a pickle, or read)
+    json/<sha of json>.json                  a model's JSON text, as earlier releases kept it (read, swept;
+                                             the JSON of a converted model is now found in the versions
+                                             that serve it: see `ModelJsonSource`)
     payloads/raw-<etag>.json                 a served payload's plain body, written at its first request
                                              without gzip (the gzip bytes are versions' blobs)
     snapshots/<sha of root+group>.json       a served group's parse, so a restart can skip re-parsing
@@ -19,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from model_manager import __version__
 from model_manager.conversion import ModelInfo, sha256
@@ -38,13 +41,25 @@ class LiveEntries:
     etags: set[str] = field(default_factory=set)     # ETags (unquoted) of served payloads
 
 
-class CacheDir:
-    """One data dir's cache. Safe to share between threads and processes (atomic writes only)."""
+class ModelJsonSource(Protocol):
+    """Where the JSON of a model converted from a pickle is found once a version serves it (the
+    version's payload holds it: `VersionStore`), so it is written to disk once, in the payload."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def has_model_json(self, json_sha: str) -> bool: ...
+
+    def find_model_json(self, json_sha: str) -> bytes | None: ...
+
+
+class CacheDir:
+    """One data dir's cache. Safe to share between threads and processes (atomic writes only).
+    `models_elsewhere`: see `ModelJsonSource` (without one, a converted model's JSON is never known
+    here, and each load of a pickle checks it again)."""
+
+    def __init__(self, directory: str | os.PathLike, models_elsewhere: ModelJsonSource | None = None):
         self.root = private_dir(directory)  # 0700, and so each part (files in them are 0600)
         for sub in SUBDIRS:
             private_dir(self.root / sub)
+        self.models_elsewhere = models_elsewhere
         self._real_paths: dict[str, tuple[float, str]] = {}  # see _real_path
 
     # -- model conversions --------------------------------------------------------------------
@@ -57,40 +72,31 @@ class CacheDir:
         except TypeError:
             return None
 
-    def put_model(self, source_sha: str, info: ModelInfo, json_bytes: bytes | None = None) -> None:
-        """Record a checked model; `json_bytes` (a pickle's conversion) is kept for later payloads."""
-        if json_bytes is not None:
-            jpath = self.root / "json" / f"{info.json_sha256}.json"
-            if not jpath.exists():
-                atomic_write(jpath, json_bytes, durable=False)
+    def put_model(self, source_sha: str, info: ModelInfo) -> None:
+        """Record a checked model (its JSON is not kept here: see `ModelJsonSource`)."""
         atomic_write(self.root / "models" / f"{source_sha}.meta.json", json.dumps(info.as_dict()).encode(), durable=False)
 
     def has_json(self, json_sha: str) -> bool:
+        """Whether the model JSON with this sha256 can be had (`model_json`) without a check."""
         path = self.root / "json" / f"{json_sha}.json"
         if path.is_file():
             _touch(path)  # about to be used: keep it out of the next sweep's reach
             return True
-        return False
+        return self.models_elsewhere is not None and self.models_elsewhere.has_model_json(json_sha)
 
     def model_json(self, json_sha: str) -> bytes | None:
+        """The model JSON with this sha256 (checked against it), or None."""
         path = self.root / "json" / f"{json_sha}.json"
         try:
             data = path.read_bytes()
         except OSError:
-            return None
-        if sha256(data) != json_sha:
+            data = None
+        if data is not None:
+            if sha256(data) == json_sha:
+                _touch(path)
+                return data
             path.unlink(missing_ok=True)
-            return None
-        _touch(path)
-        return data
-
-    def put_json(self, json_bytes: bytes) -> str:
-        """Keep a model's JSON text (its sha256 names it, and is returned)."""
-        digest = sha256(json_bytes)
-        path = self.root / "json" / f"{digest}.json"
-        if not path.exists():
-            atomic_write(path, json_bytes, durable=False)
-        return digest
+        return self.models_elsewhere.find_model_json(json_sha) if self.models_elsewhere is not None else None
 
     # -- plain bodies of served payloads (the gzip bytes are versions' blobs, see versions.py) ------
     def plain_body_path(self, etag: str) -> Path:

@@ -51,7 +51,7 @@ from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
 from model_manager.versionrecords import content_sha256
-from model_manager.versions import Recorded, StoredPayload, VersionInfo, VersionStore, candidate
+from model_manager.versions import Prebuilt, Recorded, StoredPayload, VersionInfo, VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
@@ -247,37 +247,44 @@ class Registry:
             return True
         return False
 
-    def payload_hook(self, model_name: str, root: str, *, record: bool = True
-                     ) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
+    def payload_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
         """A `load_directory(prepare=...)` hook run in the worker that just parsed a group, and the dict
-        it fills. With `record`, the group's payload is built (and recorded as a version) there and
-        then: the converted JSON is compressed and dropped at once, instead of every group's JSON
-        waiting in memory for a second pass (360 MB for 200 groups of 300-tree models). Without it
-        (a registration, whose versions are recorded only once the registration is written), the
-        JSON goes to the cache instead, and `install` builds the payloads from there."""
+        it fills: the group's payload is built (and recorded as a version) there and then, so the
+        converted JSON is compressed and dropped at once, instead of every group's JSON waiting in
+        memory for a second pass (360 MB for 200 groups of 300-tree models)."""
         built: dict[str, Built] = {}
 
         def hook(group: GroupSnapshot) -> None:
-            if record:
-                built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
-                return
-            if group.model_json is not None:
-                self._stash_json(group)
-            self._write_record(root, group)  # other workers then restore the group instead of checking it
+            built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
         return hook, built
 
-    def _stash_json(self, group: GroupSnapshot) -> None:
-        try:
-            if not self.cache.has_json(group.model_sha256):
-                self.cache.put_json(group.model_json)
-            group.model_json = None
-        except OSError as exc:  # a full disk: keep it in memory for this once
-            log.warning("converted model not cached: %s", exc)
+    def registration_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prebuilt]]:
+        """The same for a registration, whose versions are written only once the registration is: each
+        valid group's first version is built, gzipped and stored where the group was parsed
+        (`VersionStore.prebuild`), and `install` writes the rows. The parse is recorded, so the other
+        workers restore the group instead of checking it."""
+        numbers = self.versions.next_numbers(model_name)  # (a name registered before keeps its numbers)
+        prebuilt: dict[str, Prebuilt] = {}
 
-    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot) -> LoadedModel:
-        """Serve a model the service has just registered: record each group's first version and serve it."""
+        def hook(group: GroupSnapshot) -> None:
+            if group.model_json is not None and not group.errors:
+                try:
+                    cand = candidate(model_name, group, group.model_json)
+                    prebuilt[group.group_key] = self.versions.prebuild(cand, numbers.get(group.group_key, 1))
+                    group.model_json = None
+                except (OSError, ModelManagerError) as exc:  # (a full disk) `install` records it the usual way
+                    log.warning("%s/%s: version not built ahead: %s", model_name, group.group_key, exc)
+            elif group.errors:
+                group.model_json = None  # makes no version
+            self._write_record(root, group)
+        return hook, prebuilt
+
+    def install(self, name: str, path: str, registered_at: str, snap: DirectorySnapshot,
+                prebuilt: dict[str, Prebuilt] | None = None) -> LoadedModel:
+        """Serve a model the service has just registered: record each group's first version (with the
+        body `registration_hook` built ahead, if any) and serve it."""
         model = LoadedModel(name, path, registered_at)
-        model.install(self._states(model, snap, {}, {}))
+        model.install(self._states(model, snap, {}, {}, prebuilt=prebuilt or {}))
         model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:
@@ -430,7 +437,8 @@ class Registry:
             return "partial" if failed else "ok"
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
-                built: dict[str, Built], *, follow: bool = False) -> dict[str, GroupState]:
+                built: dict[str, Built], *, follow: bool = False,
+                prebuilt: dict[str, Prebuilt] | None = None) -> dict[str, GroupState]:
         # groups not built by a payload hook were not parsed here (restored from their parse records, or
         # a registration's, whose hook wrote them): their records are not written again. Groups another
         # worker recorded (`follow`) are served from its versions: nothing is recorded here.
@@ -439,7 +447,8 @@ class Registry:
             futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
                        for k, g in snap.groups.items()}
         else:
-            futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=False)
+            futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=False,
+                                               prebuilt=(prebuilt or {}).get(k))
                        for k, g in snap.groups.items() if k not in built}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
@@ -458,10 +467,12 @@ class Registry:
                                       failure or "; ".join(i.message for i in group.errors), generation)
         return out
 
-    def _build_payload(self, model_name: str, group: GroupSnapshot, root: str, *, parsed: bool) -> Built:
-        """Record a valid group's payload as a version (a new one only when its content changed) and
-        return what the group serves: its live version. The parse of a group `parsed` here is recorded
-        for the next start and the other workers (see `_restore`): a served one, or a broken one."""
+    def _build_payload(self, model_name: str, group: GroupSnapshot, root: str, *, parsed: bool,
+                       prebuilt: Prebuilt | None = None) -> Built:
+        """Record a valid group's payload as a version (a new one only when its content changed; with
+        the body built ahead, if any) and return what the group serves: its live version. The parse
+        of a group `parsed` here is recorded for the next start and the other workers (see
+        `_restore`): a served one, or a broken one."""
         if group.errors:
             group.model_json = None
             if parsed:  # the other workers show the trouble too (a restart re-reads it)
@@ -470,14 +481,15 @@ class Registry:
         in_memory, sha = group.model_json, group.model_sha256
 
         def model_json() -> bytes:  # only called when a new version is built
-            data = in_memory or self.cache.model_json(sha)
+            data = in_memory or self.cache.model_json(sha)  # (or from a version that serves the same model)
             if data is None:
-                raise LookupError("converted model missing from the cache; it will be rebuilt on the next change")
+                raise LookupError("the converted model is no longer kept; it is checked again at the next change "
+                                  "of the group's files")
             return data
 
         group.model_json = None  # the JSON need not stay in memory
         try:
-            recorded = self.versions.record(candidate(model_name, group, model_json))
+            recorded = self.versions.record(candidate(model_name, group, model_json), prebuilt)
             payload = self._live_payload(recorded)
             if recorded.created and self.metrics is not None:
                 self.metrics.versions.labels(model_name).inc()
@@ -663,13 +675,21 @@ class Registry:
         (names, sizes, mtimes and inodes: the signature the watcher trusts). Used for a model's first
         load in this process, so a restart reads a small record instead of unpickling, hashing and
         parsing again; its version (unchanged content makes none) then gives the bytes to serve.
-        A broken group's record (`broken`) only serves the other workers: a start checks it again."""
+        A broken group's record (`broken`) only serves the other workers: a start checks it again, and
+        also a group whose model JSON no kept version holds (a registering worker that died before
+        recording it): the model file is then the only place it can come from."""
+        kept = None if broken else self.versions.kept_model_shas()
+
         def one(key: str) -> GroupSnapshot | None:
             fields = self.cache.read_record(str(root), key)
             group = snapshot_from_record(fields) if fields is not None else None
             if group is None or group.files != scanned[key] or group.signature != file_signature(root, scanned[key]):
                 return None
-            return group if broken or not group.errors else None  # a start re-checks broken files
+            if broken:
+                return group
+            if group.errors or (group.model_sha256 not in kept and not self.cache.has_json(group.model_sha256)):
+                return None
+            return group
 
         keys = list(scanned)
         found = self.executor.map(one, keys)
@@ -677,8 +697,8 @@ class Registry:
 
     def sweep_cache(self) -> int:
         """Delete cache entries no loaded group uses any more (superseded by retraining, removed
-        groups, unregistered models). Without this the cache grows by a model's JSON and payload
-        at every rewrite. Returns how many files went."""
+        groups, unregistered models). Without this the cache grows by a plain body at every
+        rewrite. Returns how many files went."""
         live = LiveEntries()
         for model in list(self.models.values()):
             for state in model.view.groups.values():

@@ -122,7 +122,7 @@ class ModelManager(VersionCommands):
     @property
     def cache(self) -> CacheDir:
         if self._cache is None:
-            self._cache = CacheDir(self.settings.cache_dir)
+            self._cache = CacheDir(self.settings.cache_dir, models_elsewhere=self.versions)
         return self._cache
 
     @property
@@ -172,7 +172,7 @@ class ModelManager(VersionCommands):
                                         "choose another name or remove it first")
                 model = self._served(name)
                 return Registration(name, abspath, False, None, model)
-            hook = self.registry.payload_hook(name, abspath, record=False)[0] if self.registry else None
+            hook, prebuilt = self.registry.registration_hook(name, abspath) if self.registry else (None, None)
             snap = load_directory(abspath, cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
                                   executor=self.registry.executor if self.registry else None, prepare=hook)
             if not snap.groups:
@@ -188,7 +188,7 @@ class ModelManager(VersionCommands):
                                        detail=f"{name} -> {abspath} ({len(snap.groups)} groups)")
             # versions are recorded once the registration is written: a refused one leaves none
             if self.registry is not None:
-                model = self.registry.install(name, abspath, row.registered_at, snap)
+                model = self.registry.install(name, abspath, row.registered_at, snap, prebuilt)
             else:
                 model = None
                 self._record_first_versions(name, snap)

@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (model, group_key, version)
 );
 CREATE INDEX IF NOT EXISTS versions_blob ON versions (blob_sha256, pruned);
+CREATE INDEX IF NOT EXISTS versions_model ON versions (model_sha256, pruned);  -- a converted model's JSON: see VersionStore.find_model_json
 CREATE TABLE IF NOT EXISTS live_periods (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     model      TEXT NOT NULL,

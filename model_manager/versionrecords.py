@@ -1,5 +1,6 @@
 """The value types of versions (see `versions.py`): a version record, a version's stored bytes, a
-group's content waiting for a number (`Candidate`, made by `candidate`) and what recording did."""
+group's content waiting for a number (`Candidate`, made by `candidate`), a body built ahead of its row
+(`Prebuilt`) and what recording did."""
 from __future__ import annotations
 
 import json
@@ -71,6 +72,18 @@ class Candidate:
     status: str
     build: Callable[[int], bytes]   # the final body with metadata.version = N
     detail: Callable[[], dict]      # what a diff needs (only called for a new version)
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    """A candidate's body for version `version`, built, gzipped and stored (`VersionStore.prebuild`)
+    ahead of its row: a registration builds each group's first version where the group is parsed,
+    while its model JSON is in memory, and writes the rows once the registration is written."""
+
+    version: int
+    blob_sha256: str
+    payload_sha256: str
+    size: int
 
 
 @dataclass(frozen=True)

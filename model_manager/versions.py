@@ -12,6 +12,11 @@ Recording, in `VersionStore.record(candidate(...))`:
    moves the live period if the live version changed and prunes what retention lets go.
 A kill at any point leaves either no row (and at most an orphan blob, swept later) or a committed row
 whose bytes are on disk: numbers never skip, never repeat.
+
+A registration, whose versions may be written only once the registration is, does step 2 for each
+group while the group is parsed and its model JSON is in memory (`prebuild`), and steps 1 and 3 at
+the end (`record(cand, prebuilt)`). A version's payload holds its model's JSON, which is where a
+later version of the same model takes it from (`find_model_json`): it is written to disk once.
 """
 from __future__ import annotations
 
@@ -26,15 +31,24 @@ from model_manager import versionrules as rules
 from model_manager.blobs import ORPHAN_GRACE_SECONDS, BlobStore
 from model_manager.clock import isoformat, timestamp_from_iso, utc_now
 from model_manager.conversion import sha256
-from model_manager.errors import ConflictError, NotFoundError, UnprocessableError
+from model_manager.errors import ConflictError, ModelManagerError, NotFoundError, UnprocessableError
 from model_manager.fleet import LiveGroup
 from model_manager.gz import LEVEL as GZIP_LEVEL
 from model_manager.gz import gzip_both, gzip_bytes
 from model_manager.store import Store
 from model_manager.versiondiff import diff_versions
-from model_manager.versionrecords import Candidate, Recorded, StoredPayload, VersionInfo, candidate, content_sha256
+from model_manager.versionrecords import (
+    Candidate,
+    Prebuilt,
+    Recorded,
+    StoredPayload,
+    VersionInfo,
+    candidate,
+    content_sha256,
+)
 
-__all__ = ["Candidate", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate", "content_sha256"]
+__all__ = ["Candidate", "Prebuilt", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate",
+           "content_sha256"]
 
 _COLUMNS = ("model", "group_key", "version", "symbol", "etag", "payload_sha256", "blob_sha256", "size",
             "content_sha256", "model_sha256", "created_at", "live_from", "live_until", "dim", "factor_count",
@@ -155,9 +169,10 @@ class VersionStore:
                 "versions": [i.to_dict(live=live, pinned=pinned, periods=periods.get(i.version)) for i in infos]}
 
     # -- recording --------------------------------------------------------------------------------
-    def record(self, cand: Candidate) -> Recorded:
+    def record(self, cand: Candidate, prebuilt: Prebuilt | None = None) -> Recorded:
         """Record `cand` as the group's next version unless it equals the latest one (see the module
-        docstring). ConflictError only if other writers keep winning the race for the next number."""
+        docstring); with the body `prebuild` stored when its number is still the next one.
+        ConflictError only if other writers keep winning the race for the next number."""
         if cand.status == "error":
             raise UnprocessableError(f"{cand.group_key} has errors: it makes no version")
         model, group = cand.model_name, cand.group_key
@@ -170,21 +185,25 @@ class VersionStore:
                     changed = rules.sync_live(db, model, group, isoformat(utc_now()))
                 return Recorded(latest, False, self.live(model, group), changed)
             number = (latest.version if latest else 0) + 1
-            raw = cand.build(number)
-            packed = gzip_bytes(raw, GZIP_LEVEL)
-            blob = self.blobs.put(packed)
+            packed: bytes | None = None
+            if prebuilt is None or prebuilt.version != number:
+                prebuilt, packed = self._build(cand, number)
             if detail is None:
                 detail = json.dumps(cand.detail(), separators=(",", ":"), allow_nan=False)
-            digest = sha256(raw)
             with self.store.transaction() as db:
                 if rules.max_version(db, model, group) != number - 1:
                     continue  # another process recorded first: look again
-                self.blobs.ensure(packed, blob)  # a concurrent sweep may have taken an unnamed blob
+                blob = prebuilt.blob_sha256
+                if packed is not None:
+                    self.blobs.ensure(packed, blob)  # a concurrent sweep may have taken an unnamed blob
+                elif not self.blobs.exists(blob):  # swept before its row was written: build it again
+                    prebuilt = None
+                    continue
                 now = isoformat(utc_now())
                 db.execute(f"INSERT INTO versions ({', '.join(_COLUMNS[:11])}, dim, factor_count, model_source, "
                            "status, detail) VALUES (" + ", ".join("?" * 16) + ")",
-                           (model, group, number, cand.symbol, f'"{digest[:32]}"', digest, blob, len(raw),
-                            cand.content_sha256, cand.model_sha256, now, cand.dim, cand.factor_count,
+                           (model, group, number, cand.symbol, f'"{prebuilt.payload_sha256[:32]}"', prebuilt.payload_sha256,
+                            blob, prebuilt.size, cand.content_sha256, cand.model_sha256, now, cand.dim, cand.factor_count,
                             cand.model_source, cand.status, detail))
                 if rules.is_held(db, model) and rules.held_version(db, model, group) is None:
                     # a group that first appears during a hold: its first version is what it is held at
@@ -195,8 +214,53 @@ class VersionStore:
             self._delete_blobs(doomed)
             info = self.get(model, group, number)
             return Recorded(info, True, self.live(model, group), changed,
-                            StoredPayload(number, info.etag, packed, len(raw)))
+                            StoredPayload(number, info.etag, packed, prebuilt.size) if packed is not None else None)
         raise ConflictError(f"versions of {model}/{group} kept changing while recording; try again")
+
+    def prebuild(self, cand: Candidate, number: int) -> Prebuilt:
+        """Step 2 of recording `cand` as version `number`, ahead of its row (see the module docstring).
+        A blob no row comes to name is an orphan, which the sweep removes."""
+        if cand.status == "error":
+            raise UnprocessableError(f"{cand.group_key} has errors: it makes no version")
+        return self._build(cand, number)[0]
+
+    def _build(self, cand: Candidate, number: int) -> tuple[Prebuilt, bytes]:
+        """The body of version `number` built, gzipped and stored durably; and its gzip bytes."""
+        raw = cand.build(number)
+        packed = gzip_bytes(raw, GZIP_LEVEL)
+        return Prebuilt(number, self.blobs.put(packed), sha256(raw), len(raw)), packed
+
+    def next_numbers(self, model: str) -> dict[str, int]:
+        """{group_key: the number its next version takes} for the groups of `model` with versions (a
+        group without any starts at 1)."""
+        return {key: top + 1 for key, top in self.store.query(
+            "SELECT group_key, MAX(version) FROM versions WHERE model = ? GROUP BY group_key", (model,))}
+
+    # -- the model JSON in versions' payloads (`cache.ModelJsonSource`) ---------------------------------
+    def has_model_json(self, json_sha: str) -> bool:
+        """Whether a kept version's payload (its blob still on disk) holds the model JSON with this sha256."""
+        rows = self.store.query("SELECT blob_sha256 FROM versions WHERE model_sha256 = ? AND pruned = 0 "
+                                "ORDER BY created_at DESC LIMIT 4", (json_sha,))
+        return any(self.blobs.exists(blob) for (blob,) in rows)
+
+    def kept_model_shas(self) -> set[str]:
+        """The sha256 of every model JSON a kept version's payload holds (one query)."""
+        return {sha for (sha,) in self.store.query("SELECT DISTINCT model_sha256 FROM versions "
+                                                   "WHERE pruned = 0 AND model_sha256 IS NOT NULL")}
+
+    def find_model_json(self, json_sha: str) -> bytes | None:
+        """The model JSON with this sha256, out of a kept version's payload (checked against the sha256),
+        or None when no kept version holds it or its bytes are damaged."""
+        rows = self.store.query(f"{_SELECT} WHERE model_sha256 = ? AND pruned = 0 ORDER BY created_at DESC LIMIT 4",
+                                (json_sha,))
+        for info in map(_info, rows):
+            try:
+                data = self._model_json(info)
+            except (ModelManagerError, OSError, ValueError, KeyError, TypeError):
+                continue
+            if sha256(data) == json_sha:
+                return data
+        return None
 
     def _heal(self, info: VersionInfo, cand: Candidate) -> None:
         """Rewrite a version's missing blob when the same content rebuilds exactly its payload (it
@@ -383,7 +447,7 @@ class VersionStore:
         return result
 
     def _model_json(self, info: VersionInfo) -> bytes:
-        body = gzip.decompress(self.payload(info.model, info.group_key, info.version).gzip)
+        body = gzip.decompress(self.stored(info).gzip)
         return json.loads(body)["payload"]["model_json"].encode("utf-8")
 
 

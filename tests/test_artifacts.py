@@ -28,6 +28,8 @@ from model_manager.artifacts import (
 from model_manager.cache import CacheDir
 from model_manager.errors import ArtifactError, PathError
 from model_manager.jsonsafe import json_safe
+from model_manager.store import Store
+from model_manager.versions import VersionStore, candidate
 from tests.support import FACTORS, N_FEATURES, write_group
 
 
@@ -223,18 +225,39 @@ def test_dim_factors_without_ic_have_null_tau(tmp_path, models):
     assert payload_head("m", g)["payload"]["metadata"]["group_key"] == "SOLUSDT_x"
 
 
-def test_conversion_cache_skips_reconversion_and_survives_corruption(tmp_path, model_dir):
-    cache = CacheDir(tmp_path / "cache")
+def test_a_converted_models_json_is_taken_from_the_version_that_serves_it(tmp_path, model_dir):
+    versions = VersionStore(Store(tmp_path / "db.sqlite"), tmp_path / "data")
+    cache = CacheDir(tmp_path / "cache", models_elsewhere=versions)
     files, _ = scan_directory(model_dir)
-    first = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
-    second = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
-    assert second.model_json is None  # came from the cache: nothing unpickled
+    key = "SOLUSDT_mid_chg_1m"
+    first = load_group(model_dir, key, files[key], cache=cache)
+    assert first.model_json is not None and not list((tmp_path / "cache" / "json").iterdir())  # written once: in a version
+    again = load_group(model_dir, key, files[key], cache=cache)
+    assert again.model_json == first.model_json  # no version holds it yet: checked again
+    recorded = versions.record(candidate("m", first, first.model_json))
+    second = load_group(model_dir, key, files[key], cache=cache)
+    assert second.model_json is None  # the check is cached and the JSON is in the version: nothing unpickled
     assert second.model_sha256 == first.model_sha256
     assert cache.model_json(first.model_sha256) == first.model_json
-    # a damaged cache entry is a miss, not a wrong answer
-    (tmp_path / "cache" / "json" / f"{first.model_sha256}.json").write_bytes(b"{}")
-    assert cache.model_json(first.model_sha256) is None
-    third = load_group(model_dir, "SOLUSDT_mid_chg_1m", files["SOLUSDT_mid_chg_1m"], cache=cache)
+    # a version's blob gone is a miss, not a wrong answer: the model is checked again
+    versions.blobs.path(recorded.version.blob_sha256).unlink()
+    assert not cache.has_json(first.model_sha256) and cache.model_json(first.model_sha256) is None
+    third = load_group(model_dir, key, files[key], cache=cache)
+    assert third.model_json == first.model_json
+
+
+def test_model_json_kept_by_an_earlier_release_is_read_and_checked(tmp_path, model_dir):
+    cache = CacheDir(tmp_path / "cache")
+    files, _ = scan_directory(model_dir)
+    key = "SOLUSDT_mid_chg_1m"
+    first = load_group(model_dir, key, files[key], cache=cache)
+    kept = tmp_path / "cache" / "json" / f"{first.model_sha256}.json"
+    kept.write_bytes(first.model_json)
+    second = load_group(model_dir, key, files[key], cache=cache)
+    assert second.model_json is None and cache.model_json(first.model_sha256) == first.model_json
+    kept.write_bytes(b"{}")  # a damaged entry is a miss, not a wrong answer
+    assert cache.model_json(first.model_sha256) is None and not kept.exists()
+    third = load_group(model_dir, key, files[key], cache=cache)
     assert third.model_json == first.model_json
 
 
@@ -368,6 +391,9 @@ def test_ubj_model_is_read_like_json(tmp_path, models):
     original.load_model(d / "SOLUSDT_x_model.ubj")
     x = xgb.DMatrix(np.random.default_rng(0).normal(size=(50, N_FEATURES)).astype(np.float32), feature_names=FACTORS)
     assert served.predict(x).tobytes() == original.predict(x).tobytes()
+    versions = VersionStore(Store(tmp_path / "db.sqlite"), tmp_path / "data")
+    cache.models_elsewhere = versions
+    versions.record(candidate("m", g, g.model_json))
     again = load_directory(d, cache=cache).groups["SOLUSDT_x"]  # the conversion is cached like a pickle's
     assert again.model_json is None and cache.model_json(again.model_sha256) == g.model_json
 

@@ -29,22 +29,26 @@ def test_sweep_removes_superseded_entries_and_keeps_live_ones(tmp_path, settings
     model = manager.register("m", str(d)).model
     cache = settings.cache_dir
     registry.plain_body(registry.payload("m", "BTCUSDT"))  # a plain body is kept for clients without gzip
+    first_sol = registry.payload("m", "SOLUSDT")
+    registry.plain_body(first_sol)
     before = _files(cache)
     assert registry.sweep_cache() == 0  # everything is live (and young)
 
-    # retrain SOLUSDT twice: each retrain leaves a converted JSON behind; its versions are kept
-    superseded = []
+    # retrain SOLUSDT twice: its first payload's plain body is superseded; its versions are kept
     for seed in (1, 2):
         (d / "SOLUSDT_mid_chg_1m_model.pkl").write_bytes(pickle.dumps(models["named"] if seed == 1 else models["classifier"]))
         registry.refresh("m")
-        superseded.append(model.groups["SOLUSDT_mid_chg_1m"].snapshot.model_sha256 + ".json")
+    assert not any((cache / "json").iterdir())  # a converted model's JSON is kept in its versions only
+    sol = model.groups["SOLUSDT_mid_chg_1m"]
+    # JSON an earlier release kept: the live model's stays, a superseded one goes
+    (cache / "json" / f"{sol.snapshot.model_sha256}.json").write_bytes(b"{}")
+    (cache / "json" / f"{'0' * 64}.json").write_bytes(b"{}")
     _age(settings.data_dir)
     removed = registry.sweep_cache()
     after = _files(cache)
-    assert removed >= 1 and superseded[0] in before | {superseded[0]} and superseded[0] not in after
-    # (the first SOLUSDT model converts to the same JSON as BTCUSDT's booster: that one stays, in use)
-    sol = model.groups["SOLUSDT_mid_chg_1m"]
-    assert sol.snapshot.model_sha256 + ".json" in after
+    superseded_plain = f"raw-{first_sol.etag.strip(chr(34))}.json"
+    assert removed >= 2 and superseded_plain in before and superseded_plain not in after
+    assert f"{'0' * 64}.json" not in after and f"{sol.snapshot.model_sha256}.json" in after
     assert sol.payload.version == 3
     btc = model.groups["BTCUSDT_mid_chg_1m"].payload
     plain = f"raw-{btc.etag.strip(chr(34))}.json"
@@ -71,6 +75,6 @@ def test_sweep_spares_young_entries(tmp_path, settings, models):
     registry.sweep_cache()  # an unregistered model's version bytes go at once (their records stay) ...
     assert _files(settings.cache_dir) == kept  # ... the cache is unused now, but young: a load may still need it
     _age(settings.data_dir)
-    assert registry.sweep_cache() >= 2  # the converted JSON and the plain body
+    assert registry.sweep_cache() >= 1  # the plain body
     assert not any((settings.cache_dir / "payloads").iterdir())
     assert not any(p.suffix == ".gz" for p in (settings.data_dir / "versions").rglob("*"))

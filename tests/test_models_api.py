@@ -67,7 +67,7 @@ def test_register_rejects_bad_input(api, body, needle):
     assert needle in r.json()["detail"]
 
 
-def test_register_rejects_empty_dirs_and_duplicate_symbols(api, tmp_path, models):
+def test_register_rejects_empty_dirs_and_duplicate_symbols(api, settings, tmp_path, models):
     (tmp_path / "empty").mkdir()
     r = api.post("/api/models", json={"name": "e", "path": str(tmp_path / "empty")})
     assert r.status_code == 400 and "no model groups" in r.json()["detail"]
@@ -77,6 +77,17 @@ def test_register_rejects_empty_dirs_and_duplicate_symbols(api, tmp_path, models
     r = api.post("/api/models", json={"name": "d", "path": str(d)})
     assert r.status_code == 400
     assert "SOLUSDT" in r.json()["detail"] and "SOLUSDT_mid_chg_1m" in r.json()["detail"] and "SOLUSDT_mid_chg_5m" in r.json()["detail"]
+    # the groups were checked and their bodies built before the duplicates were known: no version is recorded
+    store = Store(settings.db_path)
+    try:
+        assert store.query("SELECT COUNT(*) FROM versions WHERE model = 'd'")[0][0] == 0
+    finally:
+        store.close()
+    for stale in d.glob("SOLUSDT_mid_chg_5m_*"):
+        stale.unlink()
+    assert api.post("/api/models", json={"name": "d", "path": str(d)}).status_code == 201
+    history = api.get("/api/models/d/symbols/SOLUSDT/versions").json()
+    assert [v["version"] for v in history["versions"]] == [1] and history["live_version"] == 1
 
 
 def test_symbols_factors_and_detail(api, model_dir):

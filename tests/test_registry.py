@@ -3,6 +3,7 @@ change, and a changed or damaged record only costs a re-parse."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 
 from model_manager import registry as registry_module
@@ -58,6 +59,31 @@ def test_restart_restores_unchanged_groups_and_reparses_changed_ones(settings, d
     assert _loaded(settings) == again
 
 
+def test_a_registered_pickles_json_is_written_once_and_found_in_its_version(settings, demo_dir):
+    """A registration keeps a converted model's JSON in its version's payload only (no copy in the
+    cache); a later version of the same model (here: a changed IC table) takes it from there, without
+    checking the pickle again."""
+    with ModelManager(settings) as manager:
+        manager.serve()
+        done = manager.register("demo", str(demo_dir))
+        pickled = [k for k, s in done.model.groups.items() if s.payload is not None and s.snapshot.model_source == "pkl"]
+        assert pickled
+        assert not list((settings.cache_dir / "json").iterdir())
+        before = {p.name: p.stat().st_ino for p in (settings.cache_dir / "models").iterdir()}
+        first_json = json.loads(gzip.decompress(manager.versions.payload("demo", pickled[0], 1).gzip))["payload"]["model_json"]
+    ic = demo_dir / f"{pickled[0]}_ic.csv"
+    rows = list(csv.reader(ic.read_text().splitlines()))
+    rows[1][[c.lower() for c in rows[0]].index("kendall_tau")] = "0.5"
+    ic.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    again = _loaded(settings)
+    assert again[pickled[0]][2] is not None
+    with ModelManager(settings) as manager:
+        payload = json.loads(gzip.decompress(manager.versions.payload("demo", pickled[0], 2).gzip))["payload"]
+        assert payload["model_json"] == first_json and payload["metadata"]["version"] == 2
+    assert {p.name: p.stat().st_ino for p in (settings.cache_dir / "models").iterdir()} == before  # nothing checked again
+    assert not list((settings.cache_dir / "json").iterdir())
+
+
 def _served(registry, name: str) -> dict:
     return {k: s.payload.etag if s.payload else None for k, s in registry.get(name).groups.items()}
 
@@ -91,13 +117,30 @@ def test_a_registration_through_another_worker_is_followed_not_checked_again(set
         assert groups and all(s.payload is not None for s in groups.values() if not s.snapshot.errors)
 
 
+def test_a_start_after_a_registering_worker_died_checks_its_unrecorded_groups_again(settings, demo_dir):
+    """The registering worker wrote the parse records and the registration, then died before recording
+    the versions (the bodies it built ahead are orphans). A start does not restore those groups from
+    their records (their converted JSON is nowhere but in the model files): it checks them again."""
+    with ModelManager(settings) as worker:
+        registry = worker.serve()
+        hook = registry.registration_hook("demo", str(demo_dir))[0]
+        load_directory(str(demo_dir), cache=worker.cache, max_bytes=settings.max_artifact_bytes, prepare=hook)
+        worker.store.add_model("demo", str(demo_dir))
+    with ModelManager(settings) as fresh:
+        registry = fresh.serve()
+        assert registry.sync_registrations()
+        groups = registry.get("demo").groups
+        assert any(s.snapshot.model_source == "pkl" for s in groups.values())
+        assert all(s.payload is not None and s.outcome == "loaded" for s in groups.values() if not s.snapshot.errors)
+
+
 def test_the_primary_adopts_groups_a_registering_worker_left_unrecorded(settings, demo_dir, monkeypatch):
     """A worker that registered a model and died before recording its versions: records and the
     registration are written, no version. The primary worker follows, then loads the groups itself."""
     monkeypatch.setattr(registry_module, "ADOPT_SECONDS", 0.0)
     with ModelManager(settings) as worker:
         registry = worker.serve()
-        hook = registry.payload_hook("demo", str(demo_dir), record=False)[0]
+        hook = registry.registration_hook("demo", str(demo_dir))[0]
         load_directory(str(demo_dir), cache=worker.cache, max_bytes=settings.max_artifact_bytes, prepare=hook)
         worker.store.add_model("demo", str(demo_dir))
     with ModelManager(settings) as primary:

@@ -302,6 +302,41 @@ def test_a_blob_swept_between_its_write_and_its_row_is_written_again(vs):
     assert vs.blobs.get(digest) == b"a payload"
 
 
+def test_a_body_built_ahead_is_recorded_without_the_model_json(vs, tmp_path, retrains):
+    """A registration builds each group's first version while the group's JSON is in memory
+    (`prebuild`) and writes the row later (`record(cand, prebuilt)`), without the JSON."""
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    group = parse(d)
+    prebuilt = vs.prebuild(candidate("m", group, group.model_json), 1)
+    assert vs.history("m", KEY) == [] and vs.blobs.exists(prebuilt.blob_sha256)  # no row yet
+
+    def gone() -> bytes:
+        raise AssertionError("the JSON is not needed: the body was built ahead")
+
+    recorded = vs.record(candidate("m", group, gone), prebuilt)
+    assert (recorded.created, recorded.version.version, recorded.live.version) == (True, 1, 1)
+    assert recorded.version.blob_sha256 == prebuilt.blob_sha256 and recorded.version.size == prebuilt.size
+    raw = gzip.decompress(vs.payload("m", KEY, 1).gzip)
+    assert recorded.version.etag == f'"{sha256(raw)[:32]}"' and json.loads(raw)["payload"]["metadata"]["version"] == 1
+    # the version's payload is where the model JSON is found from now on
+    assert vs.has_model_json(group.model_sha256) and vs.find_model_json(group.model_sha256) == group.model_json
+    assert not vs.has_model_json("0" * 64) and vs.find_model_json("0" * 64) is None
+
+    # a body built for a number taken meanwhile, or swept before its row, is built again from the JSON
+    retrain(d, retrains[1])
+    second = parse(d)
+    stale = vs.prebuild(candidate("m", second, second.model_json), 1)
+    assert vs.record(candidate("m", second, second.model_json), stale).version.version == 2
+    retrain(d, retrains[2])
+    third = parse(d)
+    swept = vs.prebuild(candidate("m", third, third.model_json), 3)
+    assert vs.blobs.delete(swept.blob_sha256)
+    info = vs.record(candidate("m", third, third.model_json), swept).version
+    assert info.version == 3 and vs.blobs.exists(info.blob_sha256)
+    assert json.loads(gzip.decompress(vs.payload("m", KEY, 3).gzip))["payload"]["model_json"].encode() == third.model_json
+
+
 def test_unregister_keeps_history_and_drops_pins(vs, store, tmp_path, retrains):
     d = tmp_path / "models"
     store.add_model("m", str(d))

@@ -107,8 +107,8 @@ def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: li
         issues.append(Issue("error", "corrupt", f"{name} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})", name))
         return ModelRead(source, name)
     if cache and not cached:
-        try:  # the JSON of a converted file is kept only when it is the one served
-            cache.put_model(source_sha, info, model_json if source != "json" and served else None)
+        try:  # (the JSON of a converted file served is kept by the version that serves it)
+            cache.put_model(source_sha, info)
         except OSError as exc:  # a full disk must not stop serving
             log.warning("conversion cache not written: %s", exc)
     return ModelRead(source, name, info, model_json if served else None)
