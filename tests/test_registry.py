@@ -117,15 +117,21 @@ def test_a_registration_through_another_worker_is_followed_not_checked_again(set
         assert groups and all(s.payload is not None for s in groups.values() if not s.snapshot.errors)
 
 
-def test_a_start_after_a_registering_worker_died_checks_its_unrecorded_groups_again(settings, demo_dir):
-    """The registering worker wrote the parse records and the registration, then died before recording
-    the versions (the bodies it built ahead are orphans). A start does not restore those groups from
-    their records (their converted JSON is nowhere but in the model files): it checks them again."""
+def _registered_by_a_worker_that_died(settings, demo_dir) -> None:
+    """What a worker that registered `demo` leaves when it dies before recording the versions: the
+    parse records, the bodies built ahead (orphans) and the registration row, no version."""
     with ModelManager(settings) as worker:
         registry = worker.serve()
         hook = registry.registration_hook("demo", str(demo_dir))[0]
         load_directory(str(demo_dir), cache=worker.cache, max_bytes=settings.max_artifact_bytes, prepare=hook)
         worker.store.add_model("demo", str(demo_dir))
+
+
+def test_a_start_after_a_registering_worker_died_checks_its_unrecorded_groups_again(settings, demo_dir):
+    """The registering worker wrote the parse records and the registration, then died before recording
+    the versions (the bodies it built ahead are orphans). A start does not restore those groups from
+    their records (their converted JSON is nowhere but in the model files): it checks them again."""
+    _registered_by_a_worker_that_died(settings, demo_dir)
     with ModelManager(settings) as fresh:
         registry = fresh.serve()
         assert registry.sync_registrations()
@@ -138,11 +144,7 @@ def test_the_primary_adopts_groups_a_registering_worker_left_unrecorded(settings
     """A worker that registered a model and died before recording its versions: records and the
     registration are written, no version. The primary worker follows, then loads the groups itself."""
     monkeypatch.setattr(registry_module, "ADOPT_SECONDS", 0.0)
-    with ModelManager(settings) as worker:
-        registry = worker.serve()
-        hook = registry.registration_hook("demo", str(demo_dir))[0]
-        load_directory(str(demo_dir), cache=worker.cache, max_bytes=settings.max_artifact_bytes, prepare=hook)
-        worker.store.add_model("demo", str(demo_dir))
+    _registered_by_a_worker_that_died(settings, demo_dir)
     with ModelManager(settings) as primary:
         registry = primary.serve()
         registry.follows_registrations = registry.adopts_unrecorded = True
