@@ -29,7 +29,7 @@ from model_manager.files import atomic_write, private_dir
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = f"{__version__}/1"  # parse records of another release are not trusted
+RECORD_VERSION = f"{__version__}/2"  # parse records of another release (or layout) are not trusted
 SUBDIRS = ("models", "json", "payloads", "snapshots")
 
 
@@ -105,8 +105,10 @@ class CacheDir:
 
     # -- parse records ------------------------------------------------------------------------
     def write_record(self, root: str, group_key: str, fields: dict) -> None:
-        """Keep a served group's parse (a JSON-able dict) for the next start."""
-        body = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """Keep a served group's parse (a JSON-able dict) for the next start. Its keys keep their order:
+        a payload rebuilt from a restored parse (a lost blob written back, `VersionStore._heal`) must be
+        the same bytes, info.pkl's keys in their order included."""
+        body = json.dumps(fields, separators=(",", ":"), allow_nan=False)
         record = {"version": RECORD_VERSION, "sha256": sha256(body.encode()), "fields": body}
         atomic_write(self._record_path(root, group_key), json.dumps(record).encode(), durable=False)
 

@@ -40,6 +40,7 @@ from model_manager.artifacts import (
     file_signature,
     load_directory,
     scan_directory,
+    served_json_again,
 )
 from model_manager.cache import CacheDir, LiveEntries, PlainBodies
 from model_manager.clock import now_iso
@@ -479,12 +480,15 @@ class Registry:
                 self._write_record(root, group)
             return None, None
         in_memory, sha = group.model_json, group.model_sha256
+        model_file, source, max_bytes = group.model_file, group.model_source, self.settings.max_artifact_bytes
 
         def model_json() -> bytes:  # only called when a new version is built
             data = in_memory or self.cache.model_json(sha)  # (or from a version that serves the same model)
+            if data is None and model_file and source:  # no copy kept: the model file is the source
+                data = served_json_again(Path(root).resolve(), model_file, source, sha, max_bytes)
             if data is None:
-                raise LookupError("the converted model is no longer kept; it is checked again at the next change "
-                                  "of the group's files")
+                raise LookupError(f"{model_file or 'the model file'} changed or could not be read again since it "
+                                  "was parsed; it is checked again at the next change of the group's files")
             return data
 
         group.model_json = None  # the JSON need not stay in memory

@@ -71,10 +71,7 @@ def test_a_registered_pickles_json_is_written_once_and_found_in_its_version(sett
         assert not list((settings.cache_dir / "json").iterdir())
         before = {p.name: p.stat().st_ino for p in (settings.cache_dir / "models").iterdir()}
         first_json = json.loads(gzip.decompress(manager.versions.payload("demo", pickled[0], 1).gzip))["payload"]["model_json"]
-    ic = demo_dir / f"{pickled[0]}_ic.csv"
-    rows = list(csv.reader(ic.read_text().splitlines()))
-    rows[1][[c.lower() for c in rows[0]].index("kendall_tau")] = "0.5"
-    ic.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    _set_tau(demo_dir, pickled[0], "0.5")
     again = _loaded(settings)
     assert again[pickled[0]][2] is not None
     with ModelManager(settings) as manager:
@@ -82,6 +79,98 @@ def test_a_registered_pickles_json_is_written_once_and_found_in_its_version(sett
         assert payload["model_json"] == first_json and payload["metadata"]["version"] == 2
     assert {p.name: p.stat().st_ino for p in (settings.cache_dir / "models").iterdir()} == before  # nothing checked again
     assert not list((settings.cache_dir / "json").iterdir())
+
+
+def _set_tau(demo_dir, group_key: str, tau: str) -> None:
+    ic = demo_dir / f"{group_key}_ic.csv"
+    rows = list(csv.reader(ic.read_text().splitlines()))
+    rows[1][[c.lower() for c in rows[0]].index("kendall_tau")] = tau
+    ic.write_text("\n".join(",".join(r) for r in rows) + "\n")
+
+
+def _pickled(model) -> list[str]:
+    return [k for k, s in model.groups.items() if s.payload is not None and s.snapshot.model_source == "pkl"]
+
+
+def _loaded_at(registry, name: str) -> dict:
+    return {k: (s.outcome, s.payload.version if s.payload else None) for k, s in registry.get(name).groups.items()
+            if not s.snapshot.errors}
+
+
+def test_a_missing_blob_of_a_converted_model_is_rebuilt_from_its_model_file_at_a_start(settings, demo_dir):
+    """The blob of a pickle group's live version is lost while the server is down. The start restores
+    the group from its parse record; no kept version holds its JSON any more, so the pickle is checked
+    again and the blob is written back: the same version, byte for byte."""
+    with ModelManager(settings) as manager:
+        manager.serve()
+        key = _pickled(manager.register("demo", str(demo_dir)).model)[0]
+        info = manager.versions.get("demo", key, 1)
+        blob = manager.versions.blobs.path(info.blob_sha256)
+        body = gzip.decompress(blob.read_bytes())
+    blob.unlink()
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        assert registry.sync_registrations()
+        state = registry.get("demo").groups[key]
+        assert (state.outcome, state.payload.version) == ("loaded", 1)
+        assert gzip.decompress(manager.versions.payload("demo", key, 1).gzip) == body
+
+
+def test_a_damaged_blob_does_not_stop_the_next_versions_of_its_model(settings, demo_dir):
+    """The only version holding a converted model's JSON has a damaged blob. A change of the group's IC
+    table still makes a new version: the pickle is checked again for its JSON."""
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        key = _pickled(manager.register("demo", str(demo_dir)).model)[0]
+        blob = manager.versions.blobs.path(manager.versions.get("demo", key, 1).blob_sha256)
+        blob.write_bytes(blob.read_bytes()[:100])
+        for version, tau in ((2, "0.5"), (3, "0.6")):
+            _set_tau(demo_dir, key, tau)
+            registry.refresh("demo")
+            state = registry.get("demo").groups[key]
+            assert (state.outcome, state.payload.version) == ("updated", version)
+            model_json = json.loads(gzip.decompress(manager.versions.payload("demo", key, version).gzip))["payload"]["model_json"]
+            assert json.loads(model_json)["learner"]
+
+
+def test_a_registration_whose_models_json_was_in_a_model_unregistered_meanwhile(settings, demo_dir):
+    """`new` is registered from the directory `old` serves: the pickles are not converted again, their
+    JSON is in `old`'s versions. `old` is unregistered before `new` records its versions (its versions
+    pruned at once): the pickles are checked again, and every group of `new` is served."""
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        manager.register("old", str(demo_dir))
+        install = registry.install
+
+        def install_after_unregister(*args, **kwargs):
+            manager.store.remove_model("old")  # `model-manager unregister old`, from another process
+            return install(*args, **kwargs)
+
+        registry.install = install_after_unregister
+        new = manager.register("new", str(demo_dir)).model
+        assert _pickled(new)
+        assert set(_loaded_at(registry, "new").values()) == {("loaded", 1)}
+
+
+def test_bodies_built_ahead_and_swept_before_their_rows_are_built_again(settings, demo_dir):
+    """A sweep removes the blobs a registration built ahead before `install` writes their rows (an
+    orphan left by a refused attempt, older than the grace period, has the same bytes): `install`
+    builds them again from the model files, and no row names a missing blob."""
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        install = registry.install
+
+        def install_after_sweep(name, path, registered_at, snap, prebuilt=None):
+            assert prebuilt
+            for built in prebuilt.values():
+                manager.versions.blobs.delete(built.blob_sha256)
+            return install(name, path, registered_at, snap, prebuilt)
+
+        registry.install = install_after_sweep
+        assert _pickled(manager.register("demo", str(demo_dir)).model)
+        assert set(_loaded_at(registry, "demo").values()) == {("loaded", 1)}
+        for (blob,) in manager.store.query("SELECT blob_sha256 FROM versions WHERE model = 'demo'"):
+            assert manager.versions.blobs.exists(blob)
 
 
 def _served(registry, name: str) -> dict:

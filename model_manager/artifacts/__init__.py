@@ -21,6 +21,7 @@ rarely read fields small), `scan` (listing, ignored files), `parse` (factors.txt
 names), `models` (model files), `load` (load_group, load_directory), `payload` (the SPEC §2 payload).
 """
 from model_manager.artifacts.load import DEFAULT_MAX_BYTES, load_directory, load_group
+from model_manager.artifacts.models import served_json_again
 from model_manager.artifacts.parse import FACTOR_COLUMN_NAMES, MISSING_TOKENS, parse_factors, parse_ic, split_symbol
 from model_manager.artifacts.payload import build_payload_bytes, dim_factors, payload_head
 from model_manager.artifacts.scan import (
@@ -39,5 +40,5 @@ __all__ = [
     "DEFAULT_MAX_BYTES", "FACTOR_COLUMN_NAMES", "KINDS", "MISSING_TOKENS", "MODEL_KINDS", "DirectorySnapshot", "GroupSnapshot",
     "Issue", "build_payload_bytes", "check_directory", "dim_factors", "file_signature", "ignored_entries", "ignored_hint",
     "load_directory", "load_group", "parse_factors", "parse_ic", "payload_head", "scan_directory",
-    "split_artifact_name", "split_symbol",
+    "served_json_again", "split_artifact_name", "split_symbol",
 ]

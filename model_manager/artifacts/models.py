@@ -23,6 +23,7 @@ from model_manager.cache import CacheDir
 from model_manager.clock import iso_from_timestamp
 from model_manager.conversion import ModelInfo, sha256
 from model_manager.errors import ArtifactError
+from model_manager.files import read_artifact
 from model_manager.isolation import check_model
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,21 @@ def cached_info(source: str, source_sha: str, cache: CacheDir | None, served: bo
     if cached and served and source != "json" and not cache.has_json(cached.json_sha256):
         cached = None
     return cached
+
+
+def served_json_again(root: Path, model_file: str, source: str, json_sha: str, max_bytes: int,
+                      check: Check = check_model) -> bytes | None:
+    """The JSON of a group's served model file, read and checked again (in the check process): for
+    when a new version needs it and no copy is kept any more (the versions that held it pruned, their
+    blobs swept, missing or damaged). None when the file no longer holds the model `json_sha` names
+    (it changed since it was parsed: its refresh serves it) or can no longer be read or checked."""
+    try:
+        data = read_artifact(root / model_file, root=root, max_bytes=max_bytes)
+        _info, text, _ = check(data, source, model_file)
+    except ArtifactError as exc:
+        log.info("%s checked again, without success: %s", model_file, exc)
+        return None
+    return text if sha256(text) == json_sha else None
 
 
 def _check(kind: str, name: str, data: bytes, cache: CacheDir | None, issues: list[Issue], *,
