@@ -29,7 +29,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,6 +89,7 @@ class Registry:
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
         self._unserved_lock = threading.Lock()
+        self._announced: dict[tuple[str, str], int] = {}  # (model, group): the newest version announced here
         workers = settings.load_workers or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mm-load")
         self._research = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mm-research")  # see queue_research
@@ -445,6 +446,8 @@ class Registry:
         # worker recorded (`follow`) are served from its versions: nothing is recorded here.
         if follow:
             live = self.versions.live_infos(model.name, snap.groups.keys())
+            if previous:
+                self._follow_unserved(model.name, snap.groups.keys(), previous, live)
             futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
                        for k, g in snap.groups.items()}
         else:
@@ -500,6 +503,8 @@ class Registry:
             if recorded.created and (recorded.live is None or recorded.live.version != recorded.version.version):
                 with self._unserved_lock:  # announced once the load is installed (see _announce)
                     self._unserved.append((model_name, group.group_key, recorded.version.version, recorded.version.etag))
+            if recorded.created:
+                self._announced[(model_name, group.group_key)] = recorded.version.version
         except LookupError as exc:
             return None, str(exc)
         except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
@@ -508,6 +513,24 @@ class Registry:
         if parsed:
             self._write_record(root, group)
         return payload, None
+
+    def _follow_unserved(self, name: str, keys: Collection[str], previous: dict[str, GroupState],
+                         live: dict[str, VersionInfo]) -> None:
+        """The versions another worker recorded in the re-read this one follows and does not serve (a
+        hold or a pin): queued for `_announce`, as the recording worker queues its own, so every
+        worker's event stream tells of them, once each."""
+        for key, newest in self.versions.newest_numbers(name, keys).items():
+            old = previous.get(key)
+            serving = live[key].version if key in live else 0
+            floor = max(self._announced.get((name, key), 0), serving,
+                        old.payload.version if old is not None and old.payload is not None else 0)
+            if newest <= floor:
+                continue
+            self._announced[(name, key)] = newest
+            with self._unserved_lock:
+                self._unserved.extend((name, key, info.version, info.etag)
+                                      for info in reversed(self.versions.history(name, key))
+                                      if floor < info.version and info.version != serving)
 
     def _followed_payload(self, model_name: str, group: GroupSnapshot, live: VersionInfo | None) -> Built:
         """What a group another worker recorded serves: its live version's bytes (read only)."""

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 
+import httpx
 import pytest
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
@@ -163,6 +164,66 @@ def test_broken_files_show_on_every_worker(two_workers, model_dir):
     wait_for(broken_everywhere, timeout=30, what="every worker reporting the broken file")
     # and every worker still serves the last good payload
     assert {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/ETHUSDT", token)} == {headers["etag"]}
+
+
+class _WorkerEvents:
+    """The event stream of model `m` read from one given worker: a keep-alive connection is opened
+    until that worker answers it, and the stream is sent on it."""
+
+    def __init__(self, server: ServerProcess, token: str, worker: int):
+        self.events: list[tuple[str, dict]] = []
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(200):
+            self.client = httpx.Client(base_url=server.url, headers=headers, timeout=httpx.Timeout(10, read=None),
+                                       limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+            if self.client.get("/healthz").json()["worker"] == worker:
+                break
+            self.client.close()
+        else:
+            raise AssertionError(f"worker {worker} never answered")
+        self.opened = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.opened.wait(10)
+
+    def _read(self) -> None:
+        try:
+            with self.client.stream("GET", "/api/models/m/events") as response:
+                self.opened.set()
+                fields: dict[str, str] = {}
+                for line in response.iter_lines():
+                    if not line:  # the end of one event
+                        if "event" in fields:
+                            self.events.append((fields["event"], json.loads(fields.get("data", "null"))))
+                        fields = {}
+                    elif not line.startswith(":"):  # (a comment: keep-alive)
+                        field, _, value = line.partition(":")
+                        fields[field] = value.removeprefix(" ")
+        except httpx.HTTPError:
+            pass
+
+    def versions(self, symbol: str) -> list[tuple[int, bool]]:
+        return [(d["version"], d["live"]) for kind, d in list(self.events) if kind == "version" and d["symbol"] == symbol]
+
+
+def test_every_workers_event_stream_tells_of_a_version_made_during_a_hold(two_workers, model_dir):
+    """SPEC §8: a new version that is not served (a hold) is a `version` event with `live: false` on
+    every event stream, whichever worker recorded it; once each."""
+    server = two_workers
+    token = bootstrap(server)
+    assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
+    streams = [_WorkerEvents(server, token, worker) for worker in (0, 1)]
+    try:
+        assert server.post("/api/models/m/hold", {"reason": "checking a retrain"}, token=token)[0] == 200
+        retrain(model_dir, "SOLUSDT_mid_chg_1m", trees=7)
+        wait_for(lambda: all((2, False) in s.versions("SOLUSDT") for s in streams), timeout=30,
+                 what="a version event with live: false on both workers")
+        assert http("DELETE", server.url + "/api/models/m/hold", token=token)[0] == 200
+        wait_for(lambda: all((2, True) in s.versions("SOLUSDT") for s in streams), timeout=30,
+                 what="the released version live on both workers")
+        assert [s.versions("SOLUSDT") for s in streams] == [[(2, False), (2, True)]] * 2
+    finally:
+        for stream in streams:
+            stream.client.close()
 
 
 def _long_polls_waiting(server: ServerProcess, token: str) -> float:
