@@ -249,16 +249,32 @@ class Registry:
             return True
         return False
 
-    def payload_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Built]]:
-        """A `load_directory(prepare=...)` hook run in the worker that just parsed a group, and the dict
-        it fills: the group's payload is built (and recorded as a version) there and then, so the
-        converted JSON is compressed and dropped at once, instead of every group's JSON waiting in
-        memory for a second pass (360 MB for 200 groups of 300-tree models)."""
-        built: dict[str, Built] = {}
+    def payload_hook(self, model_name: str, root: str,
+                     keys: Collection[str] | None) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prebuilt], set[str]]:
+        """A `load_directory(prepare=...)` hook for a re-read of `keys` (None: all), run in the worker
+        that just parsed a group, and what it fills: the body of each changed group's new version is
+        built, gzipped and stored there and then (`VersionStore.prebuild`), so the converted JSON is
+        compressed and dropped at once instead of every group's JSON waiting in memory (360 MB for
+        200 groups of 300-tree models); and the keys of the groups parsed. The rows are written only
+        once the re-read is accepted (`_states`): a refused one (a duplicate symbol) records nothing."""
+        heads = self.versions.heads(model_name, keys)
+        prebuilt: dict[str, Prebuilt] = {}
+        parsed: set[str] = set()
 
         def hook(group: GroupSnapshot) -> None:
-            built[group.group_key] = self._build_payload(model_name, group, root, parsed=True)
-        return hook, built
+            parsed.add(group.group_key)
+            if group.errors or group.model_json is None:
+                return
+            number, pruned, content = heads.get(group.group_key, (0, False, None))
+            try:
+                cand = candidate(model_name, group, group.model_json)
+                if pruned or content != cand.content_sha256:  # (unchanged content makes no version)
+                    prebuilt[group.group_key] = self.versions.prebuild(cand, number + 1)
+            except (OSError, ModelManagerError) as exc:  # (a full disk) `_states` records it the usual way
+                log.warning("%s/%s: version not built ahead: %s", model_name, group.group_key, exc)
+                return
+            group.model_json = None  # (the model file is read again in the rare case it is needed)
+        return hook, prebuilt, parsed
 
     def registration_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prebuilt]]:
         """The same for a registration, whose versions are written only once the registration is: each
@@ -286,7 +302,7 @@ class Registry:
         """Serve a model the service has just registered: record each group's first version (with the
         body `registration_hook` built ahead, if any) and serve it."""
         model = LoadedModel(name, path, registered_at)
-        model.install(self._states(model, snap, {}, {}, prebuilt=prebuilt or {}))
+        model.install(self._states(model, snap, {}, prebuilt=prebuilt or {}))
         model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:
@@ -393,11 +409,13 @@ class Registry:
             try:
                 root = check_directory(model.path)
                 scanned, _ = scan_directory(root)
+                prebuilt: dict[str, Prebuilt] = {}
+                parsed: set[str] = set()
                 if recorded is not None:
-                    snap, built = DirectorySnapshot(str(root), dict(recorded)), {}
+                    snap = DirectorySnapshot(str(root), dict(recorded))
                 else:
                     restored = self._restore(model, root, scanned) if only is None and not model.groups else {}
-                    hook, built = self.payload_hook(model.name, str(root))
+                    hook, prebuilt, parsed = self.payload_hook(model.name, str(root), only)
                     snap = load_directory(str(root), cache=self.cache, max_bytes=self.settings.max_artifact_bytes,
                                           executor=self.executor, only=set(scanned) - set(restored) if restored else only,
                                           scanned=scanned, prepare=hook)
@@ -416,7 +434,7 @@ class Registry:
                 if raise_duplicates:
                     raise exc
                 return "refused"
-            new_states = self._states(model, snap, model.groups, built, follow=recorded is not None)
+            new_states = self._states(model, snap, model.groups, follow=recorded is not None, prebuilt=prebuilt, parsed=parsed)
             with model.install_lock:
                 previous = model.groups
                 for key in set(previous) - set(scanned):
@@ -438,12 +456,13 @@ class Registry:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")
             return "partial" if failed else "ok"
 
-    def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState],
-                built: dict[str, Built], *, follow: bool = False,
-                prebuilt: dict[str, Prebuilt] | None = None) -> dict[str, GroupState]:
-        # groups not built by a payload hook were not parsed here (restored from their parse records, or
-        # a registration's, whose hook wrote them): their records are not written again. Groups another
-        # worker recorded (`follow`) are served from its versions: nothing is recorded here.
+    def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState], *,
+                follow: bool = False, prebuilt: dict[str, Prebuilt] | None = None,
+                parsed: Collection[str] = ()) -> dict[str, GroupState]:
+        # each group's version recorded (with the body built ahead, if any) and its payload. The parse
+        # records of the groups `parsed` here are written; the others were restored from their records,
+        # or are a registration's, whose hook wrote them. Groups another worker recorded (`follow`) are
+        # served from its versions: nothing is recorded here.
         if follow:
             live = self.versions.live_infos(model.name, snap.groups.keys())
             if previous:
@@ -451,12 +470,12 @@ class Registry:
             futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
                        for k, g in snap.groups.items()}
         else:
-            futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=False,
+            futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=k in parsed,
                                                prebuilt=(prebuilt or {}).get(k))
-                       for k, g in snap.groups.items() if k not in built}
+                       for k, g in snap.groups.items()}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
-            payload, failure = built[key] if key in built else futures[key].result()
+            payload, failure = futures[key].result()
             old = previous.get(key)
             generation = old.generation + 1 if old else 1
             if payload is not None:
@@ -519,7 +538,7 @@ class Registry:
         """The versions another worker recorded in the re-read this one follows and does not serve (a
         hold or a pin): queued for `_announce`, as the recording worker queues its own, so every
         worker's event stream tells of them, once each."""
-        for key, newest in self.versions.newest_numbers(name, keys).items():
+        for key, (newest, _, _) in self.versions.heads(name, keys).items():
             old = previous.get(key)
             serving = live[key].version if key in live else 0
             floor = max(self._announced.get((name, key), 0), serving,

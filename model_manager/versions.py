@@ -288,22 +288,17 @@ class VersionStore:
                                 (model, group_key))
         return _info(rows[0]) if rows else None
 
-    def newest_numbers(self, model: str, keys: Collection[str]) -> dict[str, int]:
-        """{group_key: the number of its newest version} of the groups `keys` of `model` that have one
-        (one query; all of the model's groups are read when `keys` are many)."""
-        only, args = "", [model]
-        if len(keys) <= 500:
-            only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
-        rows = self.store.query(f"SELECT group_key, MAX(version) FROM versions WHERE model = ?{only} "  # noqa: S608 - placeholders only
-                                "GROUP BY group_key", tuple(args))
-        return {key: number for key, number in rows if key in keys}
-
-    def heads(self, model: str) -> dict[str, tuple[int, bool, str]]:
+    def heads(self, model: str, keys: Collection[str] | None = None) -> dict[str, tuple[int, bool, str]]:
         """{group_key: (number, pruned, content_sha256) of its latest version} for every group of `model`
-        with versions, in one query (SQLite takes the bare columns from the row with the MAX)."""
-        rows = self.store.query("SELECT group_key, MAX(version), pruned, content_sha256 FROM versions WHERE model = ? "
-                                "GROUP BY group_key", (model,))
-        return {key: (number, bool(pruned), content) for key, number, pruned, content in rows}
+        with versions (or of `keys`), in one query (SQLite takes the bare columns from the row with
+        the MAX). Few `keys` are looked up by name; many read all of the model's groups."""
+        only, args = "", [model]
+        if keys is not None and len(keys) <= 500:
+            only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
+        rows = self.store.query(f"SELECT group_key, MAX(version), pruned, content_sha256 FROM versions "  # noqa: S608 - placeholders only
+                                f"WHERE model = ?{only} GROUP BY group_key", tuple(args))
+        return {key: (number, bool(pruned), content) for key, number, pruned, content in rows
+                if keys is None or key in keys}
 
     def group_removed(self, model: str, group_key: str) -> None:
         """A group's files are gone: its live period ends (its records, pin and numbers stay)."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import shutil
+
+import pytest
 
 from model_manager import registry as registry_module
 from model_manager.artifacts import load_directory
+from model_manager.errors import DuplicateSymbolError
 from model_manager.service import ModelManager
 from tests import support
 
@@ -171,6 +175,30 @@ def test_bodies_built_ahead_and_swept_before_their_rows_are_built_again(settings
         assert set(_loaded_at(registry, "demo").values()) == {("loaded", 1)}
         for (blob,) in manager.store.query("SELECT blob_sha256 FROM versions WHERE model = 'demo'"):
             assert manager.versions.blobs.exists(blob)
+
+
+def test_a_re_read_refused_for_a_duplicate_symbol_records_no_version(settings, demo_dir):
+    """A re-read that would put a symbol in two groups is refused whole: the changed group's new
+    version is not recorded nor made live, so the workers that serve what the store says live agree
+    with the one that refused it."""
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        keys = sorted(k for k, s in manager.register("demo", str(demo_dir)).model.groups.items() if s.payload is not None)
+        changed, twin = keys[0], keys[1]
+        live = manager.versions.live_versions("demo")
+        _set_tau(demo_dir, changed, "0.5")
+        for path in list(demo_dir.glob(f"{twin}_*")):  # a second group of the same symbol
+            shutil.copy(path, demo_dir / path.name.replace(twin, f"{twin}x"))
+        with pytest.raises(DuplicateSymbolError):
+            registry.refresh("demo")
+        assert manager.versions.live_versions("demo") == live
+        assert manager.store.query("SELECT COUNT(*) FROM versions WHERE model = 'demo'") == [(len(live),)]
+        assert registry.get("demo").groups[changed].payload.version == 1
+        for path in list(demo_dir.glob(f"{twin}x_*")):  # the duplicate removed: the change goes through
+            path.unlink()
+        registry.refresh("demo")
+        assert registry.get("demo").groups[changed].payload.version == 2
+        assert manager.versions.live_versions("demo") == {**live, changed: 2}
 
 
 def _served(registry, name: str) -> dict:
