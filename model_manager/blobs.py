@@ -7,6 +7,7 @@ blob is a `DamagedDataError`, never bytes served silently. Identical bytes are s
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import time
@@ -36,6 +37,8 @@ class BlobStore:
         digest = sha256(data)
         target = self.path(digest)
         if self._intact(target, digest):
+            with contextlib.suppress(OSError):  # stored again now: not an orphan the sweep may take yet
+                os.utime(target)
             return digest
         if target.parent.name not in self._made:  # 256 subdirectories at most: made once each
             target.parent.mkdir(exist_ok=True, mode=0o700)

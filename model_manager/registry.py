@@ -263,7 +263,9 @@ class Registry:
 
         def hook(group: GroupSnapshot) -> None:
             parsed.add(group.group_key)
-            if group.errors or group.model_json is None:
+            if group.errors:
+                group.model_json = None  # makes no version
+            if group.model_json is None:
                 return
             number, pruned, content = heads.get(group.group_key, (0, False, None))
             try:

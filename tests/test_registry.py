@@ -201,6 +201,28 @@ def test_a_re_read_refused_for_a_duplicate_symbol_records_no_version(settings, d
         assert manager.versions.live_versions("demo") == {**live, changed: 2}
 
 
+def test_a_re_reads_hook_keeps_no_model_json_in_memory(settings, demo_dir):
+    """Each group a re-read parses leaves the hook without its converted JSON: a changed one's body is
+    built and stored, an unchanged one makes no version, a broken one makes none either."""
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        keys = sorted(k for k, s in manager.register("demo", str(demo_dir)).model.groups.items() if s.payload is not None)
+        (demo_dir / f"{keys[0]}_factors.txt").write_text("a\nb\n")  # fewer factors than the model's features
+        _set_tau(demo_dir, keys[1], "0.5")
+        hook, prebuilt, parsed = registry.payload_hook("demo", str(demo_dir), None)
+        seen: dict[str, tuple[bool, bytes | None]] = {}
+
+        def watch(group) -> None:
+            had_json = group.model_json is not None
+            hook(group)
+            seen[group.group_key] = (had_json, group.model_json)
+
+        load_directory(str(demo_dir), cache=None, max_bytes=settings.max_artifact_bytes, prepare=watch)
+        assert seen[keys[0]][0] and seen[keys[1]][0]  # (no cache: every model checked and converted)
+        assert all(json is None for _, json in seen.values())
+        assert set(prebuilt) == {keys[1]} and parsed == set(seen)
+
+
 def _served(registry, name: str) -> dict:
     return {k: s.payload.etag if s.payload else None for k, s in registry.get(name).groups.items()}
 

@@ -290,6 +290,9 @@ def test_identical_bytes_stored_once_and_sweep(vs, tmp_path, retrains):
     assert vs.sweep() == 0 and vs.blobs.exists(orphan)  # too young: its row may be about to commit
     old = time.time() - 3600
     os.utime(vs.blobs.path(orphan), (old, old))
+    assert vs.blobs.put(b"left by a writer killed before its row") == orphan  # stored again: young again
+    assert vs.sweep() == 0 and vs.blobs.exists(orphan)
+    os.utime(vs.blobs.path(orphan), (old, old))
     assert vs.sweep() == 1 and not vs.blobs.exists(orphan) and vs.blobs.exists(info.blob_sha256)
 
 
