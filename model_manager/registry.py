@@ -251,7 +251,8 @@ class Registry:
 
     def payload_hook(self, model_name: str, root: str,
                      keys: Collection[str] | None) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prebuilt], set[str]]:
-        """A `load_directory(prepare=...)` hook for a re-read of `keys` (None: all), run in the worker
+        """A `load_directory(prepare=...)` hook for a re-read of `keys` (None: all; a registration's:
+        `registration_hook`), run in the worker
         that just parsed a group, and what it fills: the body of each changed group's new version is
         built, gzipped and stored there and then (`VersionStore.prebuild`), so the converted JSON is
         compressed and dropped at once instead of every group's JSON waiting in memory (360 MB for
@@ -279,23 +280,13 @@ class Registry:
         return hook, prebuilt, parsed
 
     def registration_hook(self, model_name: str, root: str) -> tuple[Callable[[GroupSnapshot], None], dict[str, Prebuilt]]:
-        """The same for a registration, whose versions are written only once the registration is: each
-        valid group's first version is built, gzipped and stored where the group was parsed
-        (`VersionStore.prebuild`), and `install` writes the rows. The parse is recorded, so the other
+        """`payload_hook` for a registration, whose versions are written only once the registration is
+        (`install` writes the rows). Each group's parse is also recorded here and then, so the other
         workers restore the group instead of checking it."""
-        numbers = self.versions.next_numbers(model_name)  # (a name registered before keeps its numbers)
-        prebuilt: dict[str, Prebuilt] = {}
+        prebuild, prebuilt, _ = self.payload_hook(model_name, root, None)  # (a name registered before keeps its numbers)
 
         def hook(group: GroupSnapshot) -> None:
-            if group.model_json is not None and not group.errors:
-                try:
-                    cand = candidate(model_name, group, group.model_json)
-                    prebuilt[group.group_key] = self.versions.prebuild(cand, numbers.get(group.group_key, 1))
-                    group.model_json = None
-                except (OSError, ModelManagerError) as exc:  # (a full disk) `install` records it the usual way
-                    log.warning("%s/%s: version not built ahead: %s", model_name, group.group_key, exc)
-            elif group.errors:
-                group.model_json = None  # makes no version
+            prebuild(group)
             self._write_record(root, group)
         return hook, prebuilt
 

@@ -230,12 +230,6 @@ class VersionStore:
         packed = gzip_bytes(raw, GZIP_LEVEL)
         return Prebuilt(number, self.blobs.put(packed), sha256(raw), len(raw)), packed
 
-    def next_numbers(self, model: str) -> dict[str, int]:
-        """{group_key: the number its next version takes} for the groups of `model` with versions (a
-        group without any starts at 1)."""
-        return {key: top + 1 for key, top in self.store.query(
-            "SELECT group_key, MAX(version) FROM versions WHERE model = ? GROUP BY group_key", (model,))}
-
     # -- the model JSON in versions' payloads (`cache.ModelJsonSource`) ---------------------------------
     def has_model_json(self, json_sha: str) -> bool:
         """Whether a kept version's payload (its blob still on disk) holds the model JSON with this sha256."""
