@@ -67,7 +67,8 @@ def load_pickled_model(data: bytes, name: str = "model.pkl"):
         obj = safe_loads(data)
         booster = _booster_of(obj, name)
         booster.num_features()  # forces the model to be usable now, not at first predict
-    messages = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    messages = [str(w.message).strip().splitlines()[0] for w in caught
+                if str(w.message).strip() and not issubclass(w.category, ResourceWarning)]  # not the model's: see parse
     return booster, list(dict.fromkeys(messages))
 
 

@@ -234,6 +234,8 @@ class ServerProcess:
         self.stop()
 
     def start(self) -> None:
+        if self._log.closed:  # started again after a stop: the log goes on
+            self._log = open(self._log.name, "ab")
         cmd = [*CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
                                      preexec_fn=self.preexec_fn)
@@ -241,6 +243,7 @@ class ServerProcess:
         answered: set[int] = set()  # the workers that answered: each listens only once it has started
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 status, _, raw = http("GET", self.url + "/healthz", timeout=2)
@@ -258,15 +261,18 @@ class ServerProcess:
         raise RuntimeError(f"server did not become healthy in {self.startup_timeout}s:\n{self.output()}")
 
     def stop(self, timeout: float = 10) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+            if self.proc is None or self.proc.poll() is not None:
+                return None if self.proc is None else self.proc.returncode
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        finally:
+            self._log.close()  # output() reads the file by name
 
     def output(self) -> str:
         return Path(self._log.name).read_text(errors="replace")

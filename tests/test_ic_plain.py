@@ -53,3 +53,25 @@ def test_the_usual_tables_take_the_plain_path():
         assert ic["columns"][1:] == ["ic", "rank_ic", "kendall_tau"] and notes == []
         assert ic["rows"][0] == ["ofi_1m", 0.1, 0.2, 0.05] and ic["rows"][1][0] == "spread_bps"
     assert plain_table('"factor","ic"\n"a","1"\n') is None  # quoted: pandas reads it
+
+
+def test_a_warning_about_some_other_objects_file_is_not_a_note_on_the_table():
+    """The garbage collector may find another object's unclosed file while pandas reads a table; the
+    ResourceWarning it raises then is not about the table."""
+    import gc
+    import warnings
+
+    def collecting(phase, info):
+        if phase == "start":
+            warnings.warn("unclosed file <_io.BufferedRandom name='elsewhere.log'>", ResourceWarning, stacklevel=1)
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(collecting)
+    gc.set_threshold(1)  # a collection every few allocations: several while pandas reads
+    try:
+        names, values, notes = _pandas_table('"factor","ic"\n"ofi_1m","0.1"\n', "ic.csv")
+    finally:
+        gc.callbacks.remove(collecting)
+        gc.set_threshold(*threshold)
+    assert names == ["factor", "ic"] and [list(r) for r in values] == [["ofi_1m", "0.1"]]
+    assert notes == []

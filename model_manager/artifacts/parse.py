@@ -136,7 +136,9 @@ def _pandas_table(text: str, name: str) -> tuple[list, Any, list[str]]:
                 UserWarning, name, 0))
     except Exception as exc:  # pandas raises several parser error types
         raise ArtifactError(f"{name} is not a readable CSV table: {str(exc).splitlines()[0][:200]}", code="corrupt") from None
-    notes = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught]
+    # a ResourceWarning is the garbage collector finding some other object's unclosed file while pandas
+    # ran: it says nothing about this table
+    notes = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught if not issubclass(w.category, ResourceWarning)]
     return list(df.columns), df.to_numpy(dtype=object), notes
 
 
