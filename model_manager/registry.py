@@ -433,7 +433,13 @@ class Registry:
                 for key in set(previous) - set(scanned):
                     self._group_removed(model.name, key)
                     self.waiters.changed(model.name, key)
-                model.install(dict(sorted({**kept, **new_states}.items())), defer_research=True)
+                # a pin or rollback made while this re-read ran installed its version (it does not wait
+                # for the re-read): the unchanged groups are taken as they are now, and every group serves
+                # what the store says is live, so no long poll or event stream is told of a version the
+                # pin has just replaced
+                groups = {**{k: previous[k] for k in kept if k in previous}, **new_states}
+                groups.update(self._live_corrections(model.name, groups))
+                model.install(dict(sorted(groups.items())), defer_research=True)
                 model.error = None
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
             if self.on_reloaded is not None:  # the other workers install them too, before our research index
@@ -664,19 +670,7 @@ class Registry:
 
     def _follow_model(self, model: LoadedModel) -> bool:
         with model.install_lock:  # not `model.lock`: an emergency rollback must not wait for a long re-read
-            live = self.versions.live_versions(model.name)
-            changed: dict[str, GroupState] = {}
-            for key, state in model.groups.items():
-                number = live.get(key)
-                if number is None or (state.payload is not None and state.payload.version == number):
-                    continue
-                try:
-                    payload = _payload_bytes(self.versions.payload(model.name, key, number, mapped=True), key)
-                except ModelManagerError as exc:
-                    log.warning("%s/%s: live version %s not served: %s", model.name, key, number, exc)
-                    continue
-                changed[key] = dataclasses.replace(state, payload=payload, refreshed_at=now_iso(), outcome="live_changed",
-                                                   message=f"now serving version {number}")
+            changed = self._live_corrections(model.name, model.groups)
             hold = self.versions.hold_info(model.name)
             if not changed and hold == model.hold:
                 return False
@@ -688,6 +682,24 @@ class Registry:
             model.hold = hold
             self._announce(model, previous)
             return True
+
+    def _live_corrections(self, name: str, groups: dict[str, GroupState]) -> dict[str, GroupState]:
+        """The states of `groups` that do not serve the version the store says is live (a pin, a
+        rollback, an unpin or a release made since they were built), each with its live version."""
+        live = self.versions.live_versions(name)
+        changed: dict[str, GroupState] = {}
+        for key, state in groups.items():
+            number = live.get(key)
+            if number is None or (state.payload is not None and state.payload.version == number):
+                continue
+            try:
+                payload = _payload_bytes(self.versions.payload(name, key, number, mapped=True), key)
+            except ModelManagerError as exc:
+                log.warning("%s/%s: live version %s not served: %s", name, key, number, exc)
+                continue
+            changed[key] = dataclasses.replace(state, payload=payload, refreshed_at=now_iso(), outcome="live_changed",
+                                               message=f"now serving version {number}")
+        return changed
 
     def _announce(self, model: LoadedModel, previous: dict[str, GroupState]) -> None:
         """Tell the event stream and the waiting long polls what an install changed."""

@@ -292,3 +292,45 @@ def test_the_primary_adopts_groups_a_registering_worker_left_unrecorded(settings
         assert registry.follow_live()  # past ADOPT_SECONDS: checked and recorded here
         assert all(s.payload is not None for s in registry.get("demo").groups.values() if not s.snapshot.errors)
         assert any(_served(registry, "demo").values())
+
+
+def test_a_pin_made_while_a_re_read_runs_is_never_undone_by_it(settings, demo_dir, monkeypatch):
+    """A pin does not wait for a re-read of other groups. The re-read installs the groups it did not
+    read as they are when it installs, not as they were when it started: nothing announces the
+    version the pin replaced, and the pinned one is served throughout."""
+    import threading
+
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        keys = sorted(k for k, s in manager.register("demo", str(demo_dir)).model.groups.items() if s.payload is not None)
+        pinned, reread = keys[0], keys[1]
+        symbol = registry.get("demo").groups[pinned].snapshot.symbol
+        _set_tau(demo_dir, pinned, "0.5")
+        registry.refresh("demo")
+        assert registry.get("demo").groups[pinned].payload.version == 2
+
+        reached, go = threading.Event(), threading.Event()
+        record = manager.versions.record
+
+        def paused(*args, **kwargs):  # the real recording, once the test has pinned
+            reached.set()
+            assert go.wait(30)
+            return record(*args, **kwargs)
+
+        monkeypatch.setattr(manager.versions, "record", paused)
+        _set_tau(demo_dir, reread, "0.5")
+        thread = threading.Thread(target=registry.refresh_groups, args=("demo", {reread}))
+        thread.start()
+        try:
+            assert reached.wait(30)  # the re-read has parsed its group and is recording it
+            last = registry.events.since("demo", None)[-1].id
+            manager.pin("demo", symbol, 1, reason="bad retrain")
+            assert registry.get("demo").groups[pinned].payload.version == 1
+        finally:
+            go.set()
+            thread.join(30)
+        assert registry.get("demo").groups[pinned].payload.version == 1
+        assert registry.get("demo").groups[reread].payload.version == 2
+        told = [(e.data["group_key"], e.data["version"]) for e in registry.events.since("demo", last)
+                if e.kind == "version" and e.data["live"]]
+        assert told == [(pinned, 1), (reread, 2)]
