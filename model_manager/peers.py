@@ -47,6 +47,8 @@ class Peers:
         self.follow_groups = follow_groups  # a poke that names the groups re-read (else `follow`)
         self._sock: socket.socket | None = None
         self._ids = itertools.count()
+        self._missed: set[int] = set()  # workers a message could not reach: their queue was full
+        self._missed_lock = threading.Lock()
 
     def _path(self, index: int) -> str:
         return str(self.directory / f"peer-{index}.sock")
@@ -101,8 +103,32 @@ class Peers:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             for index in range(self.count):
                 if index != self.index:
-                    with contextlib.suppress(OSError):  # not running, or stuck with a full queue: it looks on its own
-                        sock.sendto(message, socket.MSG_DONTWAIT, self._path(index))
+                    self._send(sock, message, index)
+
+    def retry_missed(self) -> None:
+        """Ask the workers a poke or a sync could not reach (a full queue: busy following) to follow
+        everything, now that they may have room. Their own look each second only sees new versions;
+        a re-read that changed a group's status and made none would otherwise stay unseen there."""
+        with self._missed_lock:
+            if not self._missed:
+                return
+            missed, self._missed = self._missed, set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            for index in missed:
+                self._send(sock, _SYNC, index)
+
+    def _send(self, sock: socket.socket, message: bytes, index: int) -> bool:
+        """Send without waiting; a worker whose queue is full is remembered for `retry_missed`. One that
+        is not running is not: it reads everything from the store when it starts."""
+        try:
+            sock.sendto(message, socket.MSG_DONTWAIT, self._path(index))
+            return True
+        except BlockingIOError:
+            with self._missed_lock:
+                self._missed.add(index)
+        except OSError:
+            pass
+        return False
 
     def sync(self, timeout: float = SYNC_TIMEOUT) -> int:
         """Have every other running worker follow the store now; returns how many confirmed. Blocking:
@@ -116,15 +142,8 @@ class Peers:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(reply_path)
             try:
-                waiting = 0
-                for index in range(self.count):
-                    if index == self.index:
-                        continue
-                    try:
-                        sock.sendto(_SYNC + token, socket.MSG_DONTWAIT, self._path(index))
-                        waiting += 1
-                    except OSError:  # not running now (it reads everything from the store when it starts),
-                        pass         # or stuck with a full queue: not waited for
+                # a worker not running now, or stuck with a full queue, is not waited for (see `_send`)
+                waiting = sum(self._send(sock, _SYNC + token, index) for index in range(self.count) if index != self.index)
                 return self._collect(sock, token, waiting, timeout)
             finally:
                 with contextlib.suppress(FileNotFoundError):

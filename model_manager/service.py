@@ -432,6 +432,8 @@ class ModelManager(VersionCommands):
         if self.role.shared and self.registry.sync_registrations():
             self._watch_set_changed()
         self.registry.follow_live(files=not self.role.primary, look=look)
+        if self.peers is not None:
+            self.peers.retry_missed()
         self.fleet.flush()
         if self.shared_metrics is not None:
             self.shared_metrics.publish()

@@ -504,3 +504,45 @@ def test_a_poke_names_the_groups_re_read_and_anything_else_follows_everything():
     finally:
         other.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_worker_a_poke_could_not_reach_is_asked_to_follow_everything_later():
+    """A worker busy following may have a full queue; a poke it never received (a re-read that made
+    no version, say, only a changed status) is not lost: `retry_missed` asks it to follow everything
+    once it has room (real Unix datagram sockets)."""
+    import queue
+    import shutil
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from model_manager.peers import Peers
+
+    seen: queue.Queue = queue.Queue()
+    busy = threading.Event()
+    directory = Path(tempfile.mkdtemp(prefix="mm-peers-"))
+
+    def follow_groups(model, groups) -> None:
+        seen.put(("groups", model, groups))
+        busy.wait(30)  # following a large model: the queue fills meanwhile
+
+    primary = Peers(directory, 0, 2, lambda: None)
+    other = Peers(directory, 1, 2, lambda: seen.put(("all",)), follow_groups)
+    other.start()
+    try:
+        primary.retry_missed()  # nothing missed: nothing sent
+        sent = 0
+        while not primary._missed and sent < 1000:
+            primary.poke("m", {f"S{sent}USDT_mid_chg_1m"})
+            sent += 1
+        assert primary._missed == {1}, "the queue never filled"
+        busy.set()
+        received = [seen.get(timeout=5) for _ in range(sent - 1)]  # every poke but the one refused
+        assert all(r[0] == "groups" for r in received)
+        primary.retry_missed()
+        assert seen.get(timeout=5) == ("all",)
+        assert not primary._missed and seen.empty()
+    finally:
+        busy.set()
+        other.close()
+        shutil.rmtree(directory, ignore_errors=True)
