@@ -12,7 +12,7 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from model_manager.server import error_responses
@@ -30,7 +30,7 @@ from model_manager.service import ModelManager
                  "`Last-Event-ID` to receive what was missed (within the last 1,000 events). A comment line "
                  "every 15 s keeps proxies from closing the stream.")
 async def model_events(request: Request, manager: Manager, name: Name,
-                       last_event_id: Annotated[str | None, Parameter(header="last-event-id", default=None, max_length=32)] = None
+                       last_event_id: Annotated[str | None, HeaderParameter(name="last-event-id", max_length=32)] = None
                        ) -> ServerSentEvent:
     manager.serving.get(name)  # 404 for an unknown model
     last = int(last_event_id) if last_event_id and last_event_id.isdigit() else None

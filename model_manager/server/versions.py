@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, post
-from litestar.params import Body, Parameter
+from litestar.params import Body, JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from model_manager.server import error_responses
@@ -30,7 +30,7 @@ class ReasonBody(Struct, forbid_unknown_fields=False):
 
 
 OptionalReason = Annotated[ReasonBody | None, Body(description="An optional reason, kept in the audit trail")]
-QueryReason = Annotated[str, Parameter(query="reason", default="", max_length=1000, description="Why: kept in the audit trail")]
+QueryReason = Annotated[str, QueryParameter(name="reason", max_length=1000, description="Why: kept in the audit trail")]
 
 
 class VersionsController(UnderModels):
@@ -43,7 +43,7 @@ class VersionsController(UnderModels):
 
     @post("/{name:str}/symbols/{symbol:str}/pin", summary="Serve one version until unpinned", status_code=200,
           sync_to_thread=True, responses=error_responses(400, 401, 403, 404, 409))
-    def pin(self, request: Request, manager: Manager, name: Name, symbol: Symbol, data: PinBody) -> dict[str, Any]:
+    def pin(self, request: Request, manager: Manager, name: Name, symbol: Symbol, data: JSONBody[PinBody]) -> dict[str, Any]:
         return manager.pin(name, symbol, data.version, reason=data.reason, client=client_address(request))
 
     @delete("/{name:str}/symbols/{symbol:str}/pin", summary="Drop the pin: serve the latest (or held) version",
@@ -69,6 +69,6 @@ class VersionsController(UnderModels):
     @get("/{name:str}/symbols/{symbol:str}/diff", summary="What changed between two versions", sync_to_thread=True,
          responses=error_responses(400, 401, 404))
     def diff(self, manager: Manager, name: Name, symbol: Symbol,
-             from_: Annotated[int | None, Parameter(query="from", ge=1, le=2**63 - 1, description="Default: the version before `to`")] = None,
-             to: Annotated[int | None, Parameter(ge=1, le=2**63 - 1, description="Default: the latest version")] = None) -> dict[str, Any]:
+             from_: Annotated[int | None, QueryParameter(name="from", ge=1, le=2**63 - 1, description="Default: the version before `to`")] = None,
+             to: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1, description="Default: the latest version")] = None) -> dict[str, Any]:
         return manager.diff(name, symbol, from_, to)
