@@ -10,11 +10,11 @@ the functions that use them: a server process imports this module for `ModelInfo
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass, field, fields
 
 from model_manager.errors import ArtifactError
 from model_manager.modelsummary import model_summary
+from model_manager.warned import recorded_warnings
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,10 @@ def load_pickled_model(data: bytes, name: str = "model.pkl"):
     """
     from model_manager.safepickle import safe_loads
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with recorded_warnings() as messages:
         obj = safe_loads(data)
         booster = _booster_of(obj, name)
         booster.num_features()  # forces the model to be usable now, not at first predict
-    messages = [str(w.message).strip().splitlines()[0] for w in caught
-                if str(w.message).strip() and not issubclass(w.category, ResourceWarning)]  # not the model's: see parse
     return booster, list(dict.fromkeys(messages))
 
 

@@ -75,3 +75,43 @@ def test_a_warning_about_some_other_objects_file_is_not_a_note_on_the_table():
         gc.set_threshold(*threshold)
     assert names == ["factor", "ic"] and [list(r) for r in values] == [["ofi_1m", "0.1"]]
     assert notes == []
+
+
+def test_tables_read_in_two_threads_at_once_leave_the_warnings_machinery_as_it_was():
+    """Registrations parse groups in several threads. Recording the warnings of one table read must
+    not leave another read's recorder installed for the rest of the process."""
+    import threading
+    import warnings
+
+    from model_manager.warned import recorded_warnings
+
+    shown, filters = warnings._showwarnmsg_impl, list(warnings.filters)
+    inside, second_waiting, first_done = threading.Event(), threading.Event(), threading.Event()
+    got: dict[str, list[str]] = {}
+
+    def first() -> None:
+        with recorded_warnings() as messages:
+            inside.set()
+            second_waiting.wait(5)
+            threading.Event().wait(0.2)  # the second thread is now starting its own block
+            warnings.warn("first", UserWarning, stacklevel=1)
+        first_done.set()
+        got["first"] = messages
+
+    def second() -> None:
+        inside.wait(5)
+        second_waiting.set()
+        with recorded_warnings() as messages:  # ends after the first block ended
+            first_done.wait(5)
+            warnings.warn("second", UserWarning, stacklevel=1)
+        got["second"] = messages
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert got == {"first": ["first"], "second": ["second"]}
+    assert warnings._showwarnmsg_impl is shown and warnings.filters == filters
+    _, _, notes = _pandas_table("factor,ic\nofi_1m,0.1,9\n", "ic.csv")  # a read's warnings are still its notes
+    assert notes and all(note.startswith("ic.csv: ") for note in notes)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import warnings
 from typing import Any
 
 from model_manager.artifacts.snapshot import Issue
 from model_manager.errors import ArtifactError
+from model_manager.warned import recorded_warnings
 
 FACTOR_COLUMN_NAMES = ("factor", "factor_name", "name")
 MISSING_TOKENS = {"", "nan", "NaN", "NAN", "none", "None", "null", "NULL", "NA", "N/A", "n/a", "-", "inf", "-inf", "Inf", "-Inf"}
@@ -126,19 +126,14 @@ def _pandas_table(text: str, name: str) -> tuple[list, Any, list[str]]:
             return fields[:header_width]
 
         header_width = len(next(csv.reader(io.StringIO(text.lstrip("\r\n")))))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded_warnings() as caught:
             df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
                              skip_blank_lines=True, index_col=False, engine="python", on_bad_lines=truncate)
         if long_rows:
-            caught.append(warnings.WarningMessage(
-                f"{len(long_rows)} row(s) have more fields than the header; the extra fields were ignored",
-                UserWarning, name, 0))
+            caught.append(f"{len(long_rows)} row(s) have more fields than the header; the extra fields were ignored")
     except Exception as exc:  # pandas raises several parser error types
         raise ArtifactError(f"{name} is not a readable CSV table: {str(exc).splitlines()[0][:200]}", code="corrupt") from None
-    # a ResourceWarning is the garbage collector finding some other object's unclosed file while pandas
-    # ran: it says nothing about this table
-    notes = [f"{name}: {str(w.message).splitlines()[0][:200]}" for w in caught if not issubclass(w.category, ResourceWarning)]
+    notes = [f"{name}: {message[:200]}" for message in caught]
     return list(df.columns), df.to_numpy(dtype=object), notes
 
 
