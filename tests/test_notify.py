@@ -88,18 +88,19 @@ def retrain_and_wait(server, token, retrainer) -> int:
 class EventReader:
     """An event stream read in a thread: every event (and keep-alive comment) lands in `events`."""
 
-    def __init__(self, server, token: str, last_event_id: str | None = None):
+    def __init__(self, server, token: str, last_event_id: str | None = None, model: str = MODEL):
         headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self.events: list[dict] = []
         self.comments: list[str] = []
+        self.unnamed: list[dict] = []  # frames with data but no `event:`: a browser fires a `message` for each
         self.ended = threading.Event()
         self.status: int | None = None
         self._changed = threading.Condition()
         self._opened: queue.Queue = queue.Queue()
         self._client = httpx.Client(timeout=httpx.Timeout(10, read=None))
-        self._thread = threading.Thread(target=self._read, args=(server.url + f"/api/models/{MODEL}/events", headers), daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(server.url + f"/api/models/{model}/events", headers), daemon=True)
         self._thread.start()
         self.status = self._opened.get(timeout=30)
 
@@ -114,6 +115,8 @@ class EventReader:
                             self.comments.append(line[1:].strip())
                             self._changed.notify_all()
                     elif not line:
+                        if "data" in event and "event" not in event:
+                            self.unnamed.append(event)
                         if "event" in event:
                             with self._changed:
                                 self.events.append({**event, "data": json.loads(event.get("data", "null"))})
@@ -257,8 +260,27 @@ def test_event_stream_sends_keep_alive_comments(setup):
     server, token, _ = setup  # MODEL_MANAGER_EVENTS_KEEPALIVE=1
     stream = EventReader(server, token)
     try:
-        wait_for(lambda: stream.comments, timeout=15, what="a keep-alive comment")
-        assert stream.comments[0] == "keep-alive"
+        wait_for(lambda: len(stream.comments) >= 2, timeout=15, what="two keep-alive comments")
+        assert stream.comments[:2] == ["keep-alive", "keep-alive"]
+        assert stream.unnamed == []  # a comment only: no empty event for the client
+    finally:
+        stream.close()
+
+
+def test_event_stream_of_an_unregistered_model_tells_it_and_ends(setup):
+    server, token, retrainer = setup
+    auth = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(server.url + "/api/models", json={"name": "gone", "path": str(retrainer.directory)},
+                         headers=auth, timeout=90)
+    assert created.status_code == 201, created.text
+    stream = EventReader(server, token, model="gone")
+    try:
+        assert stream.status == 200
+        assert httpx.delete(server.url + "/api/models/gone", headers=auth, timeout=30).status_code == 204
+        stream.wait_for(lambda e: e["event"] == "model", timeout=10, what="the unregistered event")
+        assert stream.ended.wait(10), "the stream stayed open after its model was unregistered"
+        assert stream.events[-1]["data"] == {"event": "unregistered"}
+        assert get(server, "/api/models/gone/events", token).status_code == 404  # a reconnect: gone for good
     finally:
         stream.close()
 

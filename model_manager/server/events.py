@@ -40,6 +40,8 @@ async def model_events(request: Request, manager: Manager, name: Name,
 async def _stream(manager: ModelManager, name: str, last: int | None) -> AsyncIterator[ServerSentEventMessage]:
     async for event in manager.serving.events.subscribe(name, last):
         if event is None:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield ServerSentEventMessage(comment="keep-alive", data=None)  # (its default, "", adds an empty event)
         else:
             yield ServerSentEventMessage(data=json.dumps(event.data, separators=(",", ":")), event=event.kind, id=str(event.id))
+            if event.kind == "model" and event.data.get("event") == "unregistered":
+                return  # nothing more will come (a reconnect is answered 404)
