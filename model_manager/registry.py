@@ -392,12 +392,16 @@ class Registry:
             outcome = "refused"
             raise
         finally:
-            if self.metrics is not None:
+            if self.metrics is not None and recorded is None:  # (following another worker's re-read: it counted it)
                 self.metrics.refreshes.labels(outcome).inc()
                 self.metrics.refresh_seconds.observe(time.monotonic() - started)
 
     def _reload(self, model: LoadedModel, only: set[str] | None, raise_duplicates: bool, client: str | None,
                 recorded: dict[str, GroupSnapshot] | None) -> str:
+        def refresh_failed(detail: str) -> None:  # audited once: by the worker that re-read the files
+            if recorded is None:
+                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {detail}")
+
         with model.lock:
             try:
                 root = check_directory(model.path)
@@ -415,7 +419,7 @@ class Registry:
                     snap.groups.update(restored)
             except PathError as exc:
                 model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
-                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
+                refresh_failed(str(exc))
                 return "failed"
             kept = {k: model.groups[k] for k in scanned if k in model.groups and (only is None or k not in only)}
             merged = {**{k: g.snapshot for k, g in kept.items()}, **snap.groups}
@@ -423,7 +427,7 @@ class Registry:
             if dupes:
                 exc = DuplicateSymbolError(dupes)
                 model.error = f"change refused: {exc} (previous state kept and still served)"
-                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {exc}")
+                refresh_failed(str(exc))
                 if raise_duplicates:
                     raise exc
                 return "refused"
@@ -452,7 +456,7 @@ class Registry:
             self.events.publish(model.name, "model", {"event": "refreshed"})
             failed = [k for k, s in new_states.items() if s.outcome in ("failed", "kept_previous")]
             if failed:
-                self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {', '.join(failed[:20])}")
+                refresh_failed(", ".join(failed[:20]))
             return "partial" if failed else "ok"
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState], *,

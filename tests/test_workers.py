@@ -165,6 +165,18 @@ def test_broken_files_show_on_every_worker(two_workers, model_dir):
     # and every worker still serves the last good payload
     assert {h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/ETHUSDT", token)} == {headers["etag"]}
 
+    # the failed re-read is audited and counted once: by the worker that re-read the files, not again
+    # by the one that followed it
+    def refreshes(outcome: str) -> float:
+        raw = server.get("/metrics", token=token)[2].decode()
+        return sum(sample.value for family in text_string_to_metric_families(raw) for sample in family.samples
+                   if sample.name == "model_manager_refreshes_total" and sample.labels.get("outcome") == outcome)
+
+    time.sleep(2.5)  # every worker has left its counts (each does within a second or two)
+    failures = json.loads(server.get("/api/audit?event=refresh_failed", token=token)[2])["events"]
+    assert len(failures) == 1 and "ETHUSDT" in failures[0]["detail"], failures
+    assert refreshes("partial") == 1
+
 
 class _WorkerEvents:
     """The event stream of model `m` read from one given worker: a keep-alive connection is opened
