@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# the text format 0.0.4; the response adds "; charset=utf-8" itself (as it does for any text/ type)
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 log = logging.getLogger(__name__)
 

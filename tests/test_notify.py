@@ -345,7 +345,7 @@ def test_metrics_parse_need_a_token_and_count_payloads(setup):
     server, token, _ = setup
     assert get(server, "/metrics", None).status_code == 401
     before = get(server, "/metrics", token)
-    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    assert before.status_code == 200 and before.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     families = {f.name for f in text_string_to_metric_families(before.text)}
     assert {"model_manager_http_requests", "model_manager_payload_responses", "model_manager_groups",
             "model_manager_refresh_duration_seconds", "model_manager_fleet_clients_behind", "process_cpu_seconds"} <= families
