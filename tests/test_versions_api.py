@@ -197,6 +197,8 @@ def test_retrain_rollback_hold_release_and_restart(tmp_path, data_dir, trainings
         assert api.call("DELETE", "/api/models/nope/hold")[0] == 404
         assert api.call("GET", "/api/models/m/symbols/SOLUSDT/diff?from=9")[0] == 404
         assert api.call("POST", "/api/models/m/symbols/SOLUSDT/pin", {"version": 0})[0] == 400
+        status, _, raw = api.call("GET", "/api/models/m/symbols/SOLUSDT/diff?from=abc")
+        assert status == 400 and "from:" in json.loads(raw)["detail"] and "from_" not in json.loads(raw)["detail"]
         assert "Traceback" not in server.output()
     finally:
         server.stop()

@@ -56,12 +56,21 @@ def _error_response(request: Request, exc: ModelManagerError) -> Response:
 
 def _validation_error(request: Request, exc: ValidationException) -> Response:
     """Litestar's request validation: say which field is wrong in `detail`, not only in `extra`."""
-    problems = [f"{e.get('key') or e.get('source')}: {e.get('message')}" for e in (exc.extra or []) if isinstance(e, dict)]
+    problems = [f"{_field_name(request, e)}: {e.get('message')}" for e in (exc.extra or []) if isinstance(e, dict)]
     detail = exc.detail + (f" ({'; '.join(problems)})" if problems else "")
     body = {"status_code": 400, "detail": detail}
     if exc.extra:
         body["extra"] = exc.extra
     return Response(body, status_code=400)
+
+
+def _field_name(request: Request, problem: dict) -> str:
+    """The name the client sent: a query parameter named after a Python keyword is declared with a
+    trailing underscore (`from_` for `?from=`), which Litestar reports."""
+    key = problem.get("key") or problem.get("source") or "request"
+    if problem.get("source") == "query" and key.endswith("_") and key not in request.query_params:
+        return key.rstrip("_")
+    return str(key)
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
