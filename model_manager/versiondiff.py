@@ -45,9 +45,8 @@ def diff_versions(store: VersionStore, model: str, group: str, from_version: int
             raise NotFoundError(f"{model}/{group} has no version before v{to_v} to compare with; pass from=")
         from_version = max(older)
     a, b = store.get(model, group, from_version), store.get(model, group, to_v)
-    state = store.versions(model, group)
-    flags = {"live": state["live_version"], "pinned": state["pinned_version"]}
-    out = {"from": a.to_dict(**flags), "to": b.to_dict(**flags), **diff_details(store.detail(a), store.detail(b))}
+    listed = {v["version"]: v for v in store.versions(model, group)["versions"]}  # (with their live periods)
+    out = {"from": listed[a.version], "to": listed[b.version], **diff_details(store.detail(a), store.detail(b))}
     out["predictions"], note = _predictions(store, a, b)
     if note:
         out["predictions_note"] = note

@@ -166,6 +166,9 @@ def test_retrain_rollback_hold_release_and_restart(tmp_path, data_dir, trainings
         # the diff between the latest two versions
         diff = api.json("GET", "/api/models/m/symbols/SOLUSDT/diff")
         assert (diff["from"]["version"], diff["to"]["version"]) == (2, 3)
+        history = {v["version"]: v for v in api.json("GET", "/api/models/m/symbols/SOLUSDT/versions")["versions"]}
+        assert diff["from"] == history[2] and diff["to"] == history[3]  # live periods included
+        assert diff["from"]["live_periods"]
         assert diff["model"]["num_trees"] == {"from": 4, "to": 5}
         assert diff["predictions"]["rows"] > 0 and diff["predictions"]["correlation"] is not None
         assert diff["info"]["changed"]["n_estimators"] == {"from": 4, "to": 5}
