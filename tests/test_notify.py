@@ -285,6 +285,16 @@ def test_event_stream_of_an_unregistered_model_tells_it_and_ends(setup):
         stream.close()
 
 
+def test_a_last_event_id_that_is_not_a_number_replays_nothing(setup):
+    server, token, _ = setup
+    for value in (b"\xb2", b"abc", b"-1", b"\xd9\xa3"):  # "²" (latin-1), text, a sign, an Arabic-Indic digit (UTF-8)
+        with httpx.Client(timeout=10) as client, client.stream(
+                "GET", server.url + f"/api/models/{MODEL}/events",
+                headers=[(b"Authorization", f"Bearer {token}".encode()), (b"Last-Event-ID", value)]) as response:
+            assert response.status_code == 200, value
+            assert response.headers["content-type"].startswith("text/event-stream")
+
+
 def test_event_stream_needs_a_token_and_a_known_model(setup):
     server, token, _ = setup
     assert get(server, f"/api/models/{MODEL}/events", None).status_code == 401

@@ -33,7 +33,8 @@ async def model_events(request: Request, manager: Manager, name: Name,
                        last_event_id: Annotated[str | None, HeaderParameter(name="last-event-id", max_length=32)] = None
                        ) -> ServerSentEvent:
     manager.serving.get(name)  # 404 for an unknown model
-    last = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    # (isdigit alone takes "²": only ASCII digits are an id)
+    last = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else None
     return ServerSentEvent(_stream(manager, name, last), retry_duration=3000)
 
 
