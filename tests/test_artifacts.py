@@ -512,3 +512,58 @@ def test_directory_problems_are_counted(tmp_path, models):
         f.unlink()
     fine = load_directory(d)
     assert fine.problems == [] and fine.status == "warning" and fine.counts()["problems"] == 0
+
+
+def test_a_group_read_while_a_training_rewrites_it_is_never_a_mix_of_two_trainings(tmp_path, training_data):
+    """A training job replaces a group's files one by one. A read that straddles two trainings would
+    pair one's factor list with the other's model (same dim, no feature names: nothing else can tell).
+    A group whose files changed while they were read is read again; one that kept changing is an error,
+    so it is never served. Two trainings are written over each other, a moment apart, while the group
+    is read many times: every read is one training, whole, or that error."""
+    import threading
+
+    from tests.support import replace_file
+
+    x, y = training_data
+    trainings = {}
+    for tag, seed in (("a", 1), ("b", 2)):
+        source = tmp_path / tag
+        model = xgb.XGBRegressor(n_estimators=3 + seed, max_depth=2, n_jobs=1, random_state=seed).fit(x, y)
+        write_group(source, "SOLUSDT_mid_chg_1m", model=model, factors=[f"{tag}_{f}" for f in FACTORS],
+                    info={"symbol": "SOLUSDT", "return_name": "mid_chg_1m", "dim": N_FEATURES, "training": tag})
+        trainings[tag] = {p.name: p.read_bytes() for p in sorted(source.iterdir())}
+    directory = tmp_path / "models"
+    directory.mkdir()
+    for name, data in trainings["a"].items():
+        (directory / name).write_bytes(data)
+    shas = {tag: load_group(tmp_path / tag, "SOLUSDT_mid_chg_1m", scan_directory(tmp_path / tag)[0]["SOLUSDT_mid_chg_1m"]).model_sha256
+            for tag in trainings}
+
+    stop = threading.Event()
+
+    def train() -> None:  # file by file, as a training job does (each one renamed into place)
+        pauses = iter(np.random.default_rng(7).uniform(0, 0.4, size=100_000))
+        while not stop.is_set():
+            for tag in ("b", "a"):
+                for name, data in trainings[tag].items():
+                    replace_file(directory / name, data)
+                stop.wait(next(pauses))  # the next training comes a moment later
+
+    writer = threading.Thread(target=train)
+    writer.start()
+    outcomes = []
+    try:
+        files = scan_directory(directory)[0]["SOLUSDT_mid_chg_1m"]
+        for _ in range(20):
+            group = load_group(directory, "SOLUSDT_mid_chg_1m", files)
+            if "files_changed" in codes(group):
+                outcomes.append("changing")
+                continue
+            tags = {group.factors[0].split("_")[0], group.info["training"],
+                    next(t for t, sha in shas.items() if sha == group.model_sha256) if group.model_sha256 in shas.values() else "?"}
+            assert len(tags) == 1, f"a read mixed trainings: {tags}"
+            outcomes.append(tags.pop())
+    finally:
+        stop.set()
+        writer.join(10)
+    assert {"a", "b"} & set(outcomes), outcomes  # a read again once the files settled is served

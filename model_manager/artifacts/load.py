@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -27,6 +28,9 @@ from model_manager.isolation import check_info, check_model
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+FILES_CHANGED = "files_changed"  # the issue code of a group whose files changed while they were read
+RE_READS = 2                     # such a group is read again this many times at most,
+RE_READ_PAUSE = 0.2              # after this many seconds (twice that the second time)
 
 
 class _Reader:
@@ -120,7 +124,7 @@ class _GroupLoad:
     then `finish` with the answers."""
 
     def __init__(self, root: Path, group_key: str, files: dict[str, str], cache: CacheDir | None, max_bytes: int):
-        self.root, self.group_key, self.files, self.cache = root, group_key, files, cache
+        self.root, self.group_key, self.files, self.cache, self.max_bytes = root, group_key, files, cache, max_bytes
         self.issues: list[Issue] = []
         self.signature = file_signature(root, files)
         self.reader = _Reader(root, files, self.issues, max_bytes)
@@ -140,6 +144,9 @@ class _GroupLoad:
         factors = _factors(group_key, files, reader, root)
         ic = _ic(group_key, files, reader, factors)
         model = read_models(files, reader.read, issues, self.cache, root, mtimes, checked.model, reader.digest)
+        if file_signature(root, files) != self.signature:  # every file is read by now: were they all of one training?
+            issues.append(Issue("error", FILES_CHANGED, f"the files of {group_key} changed while they were read (a "
+                                "training job still writing them?): they are read again at their next change", None))
         if model is None:
             issues.append(Issue("error", "missing_model", _missing(
                 root, group_key, files, f"no model file: add {group_key}_model.json, {group_key}_model.ubj or {group_key}_model.pkl"), None))
@@ -159,19 +166,31 @@ class _GroupLoad:
         )
 
 
-def _finished(loads: list[_GroupLoad]) -> Iterator[GroupSnapshot]:
+def _finished(loads: list[_GroupLoad], re_reads: int = RE_READS) -> Iterator[GroupSnapshot]:
     """Each group's snapshot: those with nothing to check first, then the others as the check process
     answers them (the files of all of them go to one child, see checkbatch.py)."""
     owners = [(n, load) for load in loads for n in range(len(load.items))]
     answers: dict[int, list[Any]] = {}
     for load in loads:
         if not load.items:
-            yield load.finish([])
+            yield _settled(load, load.finish([]), re_reads)
     for index, answer in check_files([item for load in loads for item in load.items]):
         n, load = owners[index]
         answers.setdefault(id(load), []).append(answer)
         if n == len(load.items) - 1:
-            yield load.finish(answers.pop(id(load)))
+            yield _settled(load, load.finish(answers.pop(id(load))), re_reads)
+
+
+def _settled(load: _GroupLoad, group: GroupSnapshot, re_reads: int) -> GroupSnapshot:
+    """`group`, or when its files changed while they were read, the group read again (after a
+    moment, `re_reads` times at most): a snapshot never pairs one training's factor list with another's
+    model. One that still changed stays an error, so it is never served."""
+    for attempt in range(re_reads):
+        if not any(i.code == FILES_CHANGED for i in group.issues):
+            break
+        time.sleep(RE_READ_PAUSE * (attempt + 1))
+        group = next(_finished([_GroupLoad(load.root, load.group_key, load.files, load.cache, load.max_bytes)], 0))
+    return group
 
 
 def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
