@@ -711,6 +711,11 @@ class Registry:
             unserved = [u[1:] for u in self._unserved if u[0] == model.name]
             self._unserved = [u for u in self._unserved if u[0] != model.name]
         announce(self.events, self.waiters, model.name, previous, model.groups, unserved)
+        for key, state in model.groups.items():  # told of as live: never "new" again (see _follow_unserved)
+            old = previous.get(key)
+            if state.payload is not None and (old is None or old.payload is not state.payload):
+                told = (model.name, key)
+                self._announced[told] = max(self._announced.get(told, 0), state.payload.version)
 
     def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
         """The bytes of any kept version of a symbol's group (blocking: sqlite and a file read)."""

@@ -334,3 +334,34 @@ def test_a_pin_made_while_a_re_read_runs_is_never_undone_by_it(settings, demo_di
         told = [(e.data["group_key"], e.data["version"]) for e in registry.events.since("demo", last)
                 if e.kind == "version" and e.data["live"]]
         assert told == [(pinned, 1), (reread, 2)]
+
+
+def test_a_follower_tells_of_each_version_once_also_after_a_rollback(settings, demo_dir):
+    """A worker that follows another's re-reads tells its event streams of every version once: after a
+    rollback, a version recorded but not served (the rollback pins) is new, the versions it already
+    told of as live are not."""
+    with ModelManager(settings) as worker, ModelManager(settings) as other:
+        follower = other.serve()
+        follower.load_registered()
+        follower.follows_registrations = True
+        registry = worker.serve()
+        key = sorted(k for k, s in worker.register("demo", str(demo_dir)).model.groups.items() if s.payload is not None)[0]
+        symbol = registry.get("demo").groups[key].snapshot.symbol
+        assert follower.sync_registrations()
+
+        def retrain(tau: str) -> None:
+            _set_tau(demo_dir, key, tau)
+            registry.refresh_groups("demo", {key})
+            follower.follow_groups("demo", {key})
+
+        retrain("0.5")
+        retrain("0.6")
+        assert follower.get("demo").groups[key].payload.version == 3
+        worker.rollback("demo", symbol, reason="bad retrain")
+        follower.follow_live(files=True, look=True)
+        assert follower.get("demo").groups[key].payload.version == 2
+        last = follower.events.since("demo", None)[-1].id
+        retrain("0.7")
+        told = [(e.data["version"], e.data["live"]) for e in follower.events.since("demo", last) if e.kind == "version"]
+        assert told == [(4, False)]
+        assert follower.get("demo").groups[key].payload.version == 2
