@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +123,40 @@ def test_convert_failures(tmp_path):
 def test_bad_usage_exits_2(args):
     result = run_cli(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["/proc/newdir", "/dev/null/x", "FILE/sub", "FILE", "/sys/newdir"])
+def test_convert_output_that_cannot_be_made_is_one_usage_error(tmp_path, model_dir, where):
+    if where.startswith("/") and not Path(where).parent.exists():
+        pytest.skip(f"no {Path(where).parent} here")
+    output = where.replace("FILE", str(model_dir / "SOLUSDT_mid_chg_1m_factors.txt"))
+    result = run_cli("convert", str(model_dir), "-o", output)
+    assert_one_line_error(result, 2, f"cannot create the output directory {output}: ")
+
+
+def test_convert_writes_nothing_to_stderr_and_names_a_fifo(tmp_path, model_dir):
+    done = run_cli("convert", str(model_dir), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert_one_line_error(run_cli("convert", str(tmp_path / "missing")), 2, "does not exist")  # and only that line
+    fifo = tmp_path / "SOLUSDT_x_model.pkl"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_cli("convert", str(fifo)), 2, str(fifo), "is not a regular file")
+    missing_source = run_cli("convert", str(tmp_path / "missing"), "-o", str(tmp_path / "never"))
+    assert missing_source.returncode == 2 and not (tmp_path / "never").exists()  # the source is checked first
+
+
+@pytest.mark.parametrize("args, names", [
+    (("register", "--list", "--remove", "m", "--data-dir", "DATA"), ("--list", "--remove")),
+    (("register", "--list", "m", "DIR", "--data-dir", "DATA"), ("--list", "NAME PATH")),
+    (("inspect", "DIR", "--symbol", "SOLUSDT", "--matrix", "gain"), ("--symbol", "--matrix")),
+    (("inspect", "DIR", "--group-key", "SOLUSDT_mid_chg_1m"), ("--group-key", "--symbol")),
+    (("inspect", "DIR", "--sort", "ic"), ("--sort", "--symbol")),
+])
+def test_options_that_would_be_ignored_are_refused(tmp_path, model_dir, args, names):
+    data = tmp_path / "data"
+    assert run_cli("register", "m", str(model_dir), "--data-dir", str(data)).returncode == 0
+    result = run_cli(*[{"DIR": str(model_dir), "DATA": str(data)}.get(a, a) for a in args])
+    assert_one_line_error(result, 2, *names)
+    assert result.stdout == ""
+    listed = json.loads(run_cli("register", "--list", "--json", "--data-dir", str(data)).stdout)
+    assert [m["name"] for m in listed["models"]] == ["m"]  # nothing was removed

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from model_manager.settings import ENV_TABLE
+from model_manager.store import Store
 from tests.support import run_in_terminal, write_group
 
 from .support import CLI, REPO, ServerProcess, http, run_cli
@@ -169,9 +170,10 @@ def test_audit_rejects_an_unknown_event_in_one_line(tmp_path):
 
 
 def test_password_without_a_terminal_points_to_password_stdin(tmp_path):
+    Store(tmp_path / "set" / "model-manager.sqlite3").close()  # `set` wants a data dir that has a database
     for command in ("set", "init"):
         # a new session has no controlling terminal: what cron, CI and ssh without -t give
-        result = subprocess.run([*CLI, "password", command, "--data-dir", str(tmp_path / "data")], stdin=subprocess.DEVNULL,
+        result = subprocess.run([*CLI, "password", command, "--data-dir", str(tmp_path / command)], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=120, cwd=REPO, start_new_session=True)
         assert_one_line_error(result, 2, "no terminal", "--password-stdin", f"password {command}")
         assert "Warning" not in result.stderr and "aborted" not in result.stderr
@@ -206,3 +208,25 @@ def test_convert_prints_one_whole_line_per_file_and_json(tmp_path, model_dir):
     assert {r["status"] for r in again["results"]} == {"skipped"}
     assert {os.path.basename(r["target"]) for r in again["results"]} == {"BTCUSDT_mid_chg_1m_model.json",
                                                                            "SOLUSDT_mid_chg_1m_model.json"}
+
+
+@pytest.mark.parametrize("flag, value", [("--token-ttl", "-5"), ("--watch-interval", "-1"), ("--watch-interval", "0"),
+                                         ("--watch-debounce", "-1"), ("--header-timeout", "0"), ("--port", "70000")])
+def test_a_bad_serve_flag_is_named_not_its_env_var(flag, value):
+    result = run_cli("serve", flag, value, "--no-watch")
+    assert_one_line_error(result, 2, f"'{flag}", f": {value} is out of range")
+    assert "MODEL_MANAGER_" not in result.stderr
+
+
+def test_every_help_has_an_example_and_describes_every_argument():
+    commands = [c for c in re.findall(r"^  (\w+)  ", run_cli("--help").stdout, re.M) if c not in ("keys", "password")]
+    commands += ["keys create", "keys list", "keys revoke", "password init", "password set"]
+    assert {"inspect", "versions", "fleet", "audit", "serve"} <= set(commands)
+    for command in commands:
+        helped = run_cli(*command.split(), "--help", env={"COLUMNS": "80"})
+        assert helped.returncode == 0, (command, helped.stderr)
+        assert helped.stdout.rstrip().splitlines()[-1].startswith(f"  Example: model-manager {command}"), (command, helped.stdout)
+        arguments = helped.stdout.split("Arguments:")[1].split("Options:")[0] if "Arguments:" in helped.stdout else ""
+        for line in arguments.strip().splitlines():
+            if re.match(r"^  \S", line):  # an argument's first line: its name, its type, then its help
+                assert len(line.split()) > 3, (command, line)

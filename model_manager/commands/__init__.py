@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from model_manager import __version__
-from model_manager.errors import ModelManagerError
+from model_manager.errors import ModelManagerError, PathError, UsageError
 from model_manager.service import ModelManager
 from model_manager.settings import Settings
 
@@ -51,12 +51,35 @@ DataDirOption = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="MODEL_MANAGER_DATA_DIR", show_envvar=False,
     help="Data dir: the sqlite db (password, tokens, registrations, audit) and the cache. "
          "[env MODEL_MANAGER_DATA_DIR; default: the per-user app dir]")]
+ModelName = Annotated[str, typer.Argument(help="The registered model's name (see model-manager register --list).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the shapes of the HTTP API) instead of tables.")]
+
+
+def example(command: str) -> str:
+    """A command's help ends with one line showing it in use (the names match `serve --demo`)."""
+    return f"Example: {command}"
 
 
 def open_manager(data_dir: Path | None = None, **settings: object) -> ModelManager:
     """The service for this command: settings from the environment, then the flags given."""
     return ModelManager(Settings.from_env().replace(data_dir=data_dir, **settings))
+
+
+def open_existing(data_dir: Path | None = None, *, hint: str = "check --data-dir or MODEL_MANAGER_DATA_DIR") -> ModelManager:
+    """The service for a command that reads or changes what a data dir already holds: PathError when
+    it has no database (a mistyped --data-dir), rather than a new empty one quietly made there."""
+    manager = open_manager(data_dir)
+    if not manager.has_database():
+        raise PathError(f"no database in {manager.settings.data_dir}: nothing has been recorded there yet ({hint})")
+    return manager
+
+
+def refuse_together(given: dict[str, object]) -> None:
+    """UsageError naming the first two of `given` ({"--list": value, ...}) that were set: each makes
+    the other meaningless, so neither may be silently ignored."""
+    named = [option for option, value in given.items() if value]
+    if len(named) > 1:
+        raise UsageError(f"{named[0]} and {named[1]} cannot be used together: pick one")
 
 
 def print_json(data: object) -> None:

@@ -5,14 +5,14 @@ import shlex
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from model_manager.commands import JsonOption, app, print_json
+from model_manager.commands import JsonOption, app, err_console, example, print_json
+from model_manager.commands.tables import stdout_console
 from model_manager.errors import PathError
 
 
-@app.command()
+@app.command(epilog=example("model-manager demo ./demo-models"))
 def demo(
     directory: Path = typer.Argument(..., help="Where to write the demo model directory (created if missing)."),
     force: bool = typer.Option(False, "--force", help="Write even if the directory already has files."),
@@ -28,13 +28,13 @@ def demo(
         raise PathError(f"{directory} exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         raise PathError(f"{directory} is not empty: pick a new directory or pass --force")
-    console = Console(highlight=False)
-    with Console(stderr=True).status("training demo models..."):
+    with err_console.status("training demo models..."):
         from model_manager.demo import write_demo  # numpy, pandas, xgboost: only for this command
 
         groups = write_demo(directory)
     if as_json:
         print_json({"path": str(directory.absolute()), "groups": list(groups)})
         return
+    console = stdout_console()
     console.print(f"wrote {len(groups)} groups to {escape(str(directory))}: {', '.join(groups)}")
     console.print(f"next: [bold]model-manager inspect {escape(shlex.quote(str(directory)))}[/bold]")

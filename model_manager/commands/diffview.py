@@ -6,18 +6,12 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
+from model_manager.commands.tables import Column, print_table, short_time
 from model_manager.errors import UsageError
 
 BAR_WIDTH = 12  # characters on each side of the zero line
-
-
-def short_time(iso: str | None) -> str:
-    """`2026-12-01T10:00:00+00:00` → `2026-12-01 10:00:00` (times are UTC)."""
-    return iso.replace("T", " ").removesuffix("+00:00") if iso else ""
 
 
 def render_diff(console: Console, symbol: str, diff: dict, metric: str, top: int) -> None:
@@ -64,12 +58,10 @@ def _ic(console: Console, rows: list[dict], metric: str, top: int) -> None:
     if top:
         rows = rows[:top]
     scale = max((abs(e["delta"]) for e in rows if e["delta"] is not None), default=0.0)
-    table = Table(box=None, padding=(0, 2), header_style="bold")
-    for column, justify in (("factor", "left"), ("from", "right"), ("to", "right"), ("delta", "right"), ("", "left")):
-        table.add_column(column, justify=justify)
-    for e in rows:
-        table.add_row(escape(str(e["factor"])), _num(e["from"]), _num(e["to"]), _num(e["delta"]), _bar(e["delta"], scale))
-    console.print(table)
+    columns = [Column("factor", fold=True), Column("from", justify="right"), Column("to", justify="right"),
+               Column("delta", justify="right"), Column("", drop=1, decoration=True)]
+    print_table(console, columns, [[str(e["factor"]), _num(e["from"]), _num(e["to"]), _num(e["delta"]), _bar(e["delta"], scale)]
+                                   for e in rows])
 
 
 def _bar(delta: float | None, scale: float) -> Text:
@@ -87,14 +79,10 @@ def _info(console: Console, info: dict) -> None:
     if not (info["changed"] or info["added"] or info["removed"]):
         console.print("[dim]no key changed[/dim]")
         return
-    grid = Table.grid(padding=(0, 2))
-    for key, change in _flat_changes(info["changed"]):
-        grid.add_row(Text(f"~ {key}", style="yellow"), Text(f"{_plain(change['from'])} → {_plain(change['to'])}"))
-    for key in info["added"]:
-        grid.add_row(Text(f"+ {key}", style="green"), Text("added", style="dim"))
-    for key in info["removed"]:
-        grid.add_row(Text(f"- {key}", style="red"), Text("removed", style="dim"))
-    console.print(grid)
+    rows = [[Text(f"~ {key}", style="yellow"), _change(change)] for key, change in _flat_changes(info["changed"])]
+    rows += [[Text(f"+ {key}", style="green"), Text("added", style="dim")] for key in info["added"]]
+    rows += [[Text(f"- {key}", style="red"), Text("removed", style="dim")] for key in info["removed"]]
+    _pairs(console, rows)
 
 
 def _flat_changes(changed: dict) -> list[tuple[str, dict]]:
@@ -119,10 +107,16 @@ def _model(console: Console, model: dict) -> None:
     if not changed:
         console.print("[dim]no parameter changed[/dim]")
         return
-    grid = Table.grid(padding=(0, 2))
-    for key, change in changed.items():
-        grid.add_row(Text(key, style="cyan"), Text(f"{_plain(change['from'])} → {_plain(change['to'])}"))
-    console.print(grid)
+    _pairs(console, [[Text(key, style="cyan"), _change(change)] for key, change in changed.items()])
+
+
+def _pairs(console: Console, rows: list[list[str | Text]]) -> None:
+    """Key → change rows: the keys whole; on a narrow terminal the changes wrap in their column."""
+    print_table(console, [Column("key"), Column("change", fold=True)], rows, header=False)
+
+
+def _change(change: dict) -> str:
+    return f"{_plain(change['from'])} → {_plain(change['to'])}"
 
 
 def _predictions(console: Console, predictions: dict | None, note: str | None) -> None:

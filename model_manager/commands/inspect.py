@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from model_manager.artifacts import DirectorySnapshot, GroupSnapshot
-from model_manager.commands import JsonOption, app, open_manager, print_json
+from model_manager.commands import JsonOption, app, example, open_manager, print_json, refuse_together
 from model_manager.commands.matrix import directory_matrix, render_importance, render_matrix
 from model_manager.commands.tables import Column, print_table, stdout_console
 from model_manager.errors import NotFoundError, PathError, UsageError
@@ -19,7 +19,7 @@ BAR_WIDTH = 20
 LONG_VALUE = 300  # metadata values longer than this are shortened on a terminal (--json has them whole)
 
 
-@app.command()
+@app.command(epilog=example("model-manager inspect ./models --symbol SOLUSDT"))
 def inspect(
     path: Path = typer.Argument(..., help="Model directory to read (never modified)."),
     symbol: str = typer.Option(None, "--symbol", "-s", help="Show one symbol: metadata, IC table and factors."),
@@ -44,6 +44,7 @@ def inspect(
     importance only for groups without errors). Exit codes: 0 ok, 1 errors found with --strict, 2 bad
     path, unknown symbol, unknown --sort or --matrix metric.
     """
+    _check_options(symbol, group_key, sort, matrix)
     with open_manager() as manager:
         snap = manager.inspect(path)
     if not snap.groups:
@@ -72,6 +73,14 @@ def inspect(
         failed = snap.status == "error"
     if strict and failed:
         raise typer.Exit(1)
+
+
+def _check_options(symbol: str | None, group_key: str | None, sort: str | None, matrix: str | None) -> None:
+    """Refuse what would be silently ignored: options that only go with --symbol, and --symbol with --matrix."""
+    refuse_together({"--symbol": symbol, "--matrix": matrix})
+    for option, value in (("--group-key", group_key), ("--sort", sort)):
+        if value and not symbol:
+            raise UsageError(f"{option} {value} goes with --symbol SYMBOL, which was not given")
 
 
 def _listing(snap: DirectorySnapshot) -> dict:

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from model_manager.commands import DataDirOption, app, open_manager
+from model_manager.commands import DataDirOption, app, example, open_existing, open_manager
 from model_manager.errors import ConflictError, UsageError, ValidationError
 from model_manager.store import check_password_strength
 
@@ -18,7 +18,7 @@ app.add_typer(password_app, name="password", short_help=PASSWORD_HELP)
 STDIN_HELP = "Read the password from stdin (one line) instead of prompting; for scripts."
 
 
-@password_app.command("init")
+@password_app.command("init", epilog=example("model-manager password init"))
 def password_init(
     password_stdin: bool = typer.Option(False, "--password-stdin", help=STDIN_HELP),
     data_dir: DataDirOption = None,
@@ -34,14 +34,16 @@ def password_init(
     Console().print("password set: log in with it in the UI or with POST /api/auth/login", highlight=False)
 
 
-@password_app.command("set")
+@password_app.command("set", epilog=example("model-manager password set --data-dir /srv/model-manager"))
 def password_set(
     password_stdin: bool = typer.Option(False, "--password-stdin", help=STDIN_HELP),
     data_dir: DataDirOption = None,
 ) -> None:
     """Set a new password (at least 8 characters) and revoke every token, also on a running server:
-    every client has to log in again. Works whether or not a password was set before."""
-    with open_manager(data_dir) as manager:
+    every client has to log in again. Works whether or not a password was set before; a data dir
+    with no database yet is refused (a mistyped --data-dir): start one with `model-manager password init`."""
+    hint = "check --data-dir or MODEL_MANAGER_DATA_DIR; set a first password with model-manager password init"
+    with open_existing(data_dir, hint=hint) as manager:
         revoked = manager.set_password(_read_password(password_stdin, "set"), client="cli")
     Console().print(f"password changed; {revoked} token(s) revoked: clients must log in again", highlight=False)
 

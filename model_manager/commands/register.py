@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import typer
 from rich.text import Text
 
-from model_manager.commands import DataDirOption, JsonOption, app, err_console, open_manager, print_json
+from model_manager.commands import DataDirOption, JsonOption, app, err_console, example, open_existing, open_manager, print_json, refuse_together
 from model_manager.commands.tables import Column, print_table, stdout_console
 from model_manager.errors import UsageError
+from model_manager.service import Registration
 
 
-@app.command()
+@app.command(epilog=example("model-manager register demo ./demo-models"))
 def register(
     name: str = typer.Argument(None, help="Name to register the directory under (letters, digits, . _ -)."),
     path: str = typer.Argument(None, help="The model directory."),
@@ -29,36 +31,43 @@ def register(
     within one watch interval. With --json: the registration as {"name", "path", "created",
     "group_count", "error_groups"}, or with --list {"models": [...]}.
     """
-    console = stdout_console()
-    with open_manager(data_dir) as manager:
-        if list_:
-            rows = manager.registered()
-            if as_json:
-                print_json({"models": [r.__dict__ for r in rows]})
-            elif rows:
-                print_table(console, [Column("name"), Column("path", fold=True), Column("registered_at")],
-                            [[r.name, r.path, r.registered_at] for r in rows],
-                            title=f"registered models ({manager.settings.db_path})")
-            else:
-                console.print("no models registered")
-            return
-        if remove:
+    refuse_together({"--list": list_, "--remove NAME": remove, "NAME PATH": name or path})
+    if list_:
+        _list(as_json, data_dir)
+    elif remove:
+        with open_existing(data_dir) as manager:
             manager.unregister(remove, client="cli")
-            console.print(Text(f"removed {remove}"))
-            return
-        if not name or not path:
-            raise UsageError("give NAME and PATH (or --list, or --remove NAME); see model-manager register --help")
-        with err_console.status(f"reading {path}..."):
+        stdout_console().print(Text(f"removed {remove}"))
+    elif not name or not path:
+        raise UsageError("give NAME and PATH (or --list, or --remove NAME); see model-manager register --help")
+    else:
+        with open_manager(data_dir) as manager, err_console.status(f"reading {path}..."):
             done = manager.register(name, path, client="cli", require_servable=True)
+        _report(done, as_json)
+
+
+def _report(done: Registration, as_json: bool) -> None:
     groups = len(done.snapshot.groups) if done.snapshot else None
     if as_json:
         print_json({"name": done.name, "path": done.path, "created": done.created, "group_count": groups,
                     "error_groups": done.error_groups})
     elif not done.created:
-        console.print(Text(f"{name} is already registered for {done.path}"))
+        stdout_console().print(Text(f"{done.name} is already registered for {done.path}"))
     else:
-        console.print(Text(f"registered {name} -> {done.path}: {groups} groups"))
+        stdout_console().print(Text(f"registered {done.name} -> {done.path}: {groups} groups"))
     if done.error_groups:
         err_console.print(Text(f"warning: {len(done.error_groups)} of {groups} groups have errors and are not served until "
                                f"fixed ({', '.join(done.error_groups)}; see model-manager inspect {shlex.quote(done.path)})",
                                style="yellow"))
+
+
+def _list(as_json: bool, data_dir: Path | None) -> None:
+    with open_existing(data_dir) as manager:
+        rows, db_path = manager.registered(), manager.settings.db_path
+    if as_json:
+        print_json({"models": [r.__dict__ for r in rows]})
+    elif rows:
+        print_table(stdout_console(), [Column("name"), Column("path", fold=True), Column("registered_at")],
+                    [[r.name, r.path, r.registered_at] for r in rows], title=f"registered models ({db_path})")
+    else:
+        stdout_console().print("no models registered")

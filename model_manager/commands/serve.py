@@ -8,6 +8,7 @@ import shlex
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from enum import Enum
 
 import typer
@@ -16,11 +17,11 @@ from rich.markup import escape
 
 from model_manager import __version__
 from model_manager.auth import new_setup_code
-from model_manager.commands import DataDirOption, app
+from model_manager.commands import DataDirOption, app, example
 from model_manager.errors import ModelManagerError
 from model_manager.isolation import check_allocator, start_checker
 from model_manager.service import ModelManager
-from model_manager.settings import ENV_TABLE, Settings
+from model_manager.settings import ENV_TABLE, MAX_WORKERS, Settings
 from model_manager.store import Store
 from model_manager.workers import WorkerRole, bind_socket, shared_dir, supervise, worker_sockets
 
@@ -47,19 +48,30 @@ def _help(field: str) -> str:
     return f"{text} [env {var}; default {default}]"
 
 
-@app.command()
+def _in_range(low: float, high: float | None = None, *, above: bool = False) -> Callable[[float | None], float | None]:
+    """A flag's check, so that a bad value is reported with the flag's name (Settings, which checks
+    them again, names the environment variables)."""
+    def check(value: float | None) -> float | None:
+        if value is not None and ((value <= low if above else value < low) or (high is not None and value > high)):
+            bound = f"between {low:g} and {high:g}" if high is not None else f"{'more than' if above else 'at least'} {low:g}"
+            raise typer.BadParameter(f"{value:g} is out of range: it must be {bound}")
+        return value
+    return check
+
+
+@app.command(epilog=example("model-manager serve --port 6300 --demo"))
 def serve(
     host: str = typer.Option(None, "--host", help=_help("host")),
-    port: int = typer.Option(None, "--port", "-p", help=_help("port")),
+    port: int = typer.Option(None, "--port", "-p", callback=_in_range(1, 65535), help=_help("port")),
     data_dir: DataDirOption = None,
     watch: bool = typer.Option(None, "--watch/--no-watch", help=_help("watch_enabled")),
-    watch_interval: float = typer.Option(None, "--watch-interval", help=_help("watch_interval")),
-    watch_debounce: float = typer.Option(None, "--watch-debounce", help=_help("watch_debounce")),
+    watch_interval: float = typer.Option(None, "--watch-interval", callback=_in_range(0, above=True), help=_help("watch_interval")),
+    watch_debounce: float = typer.Option(None, "--watch-debounce", callback=_in_range(0), help=_help("watch_debounce")),
     watch_polling: bool = typer.Option(None, "--watch-polling/--no-watch-polling", help=_help("watch_polling")),
-    token_ttl: int = typer.Option(None, "--token-ttl", help=_help("token_ttl")),
-    header_timeout: float = typer.Option(None, "--header-timeout", help=_help("header_timeout")),
+    token_ttl: int = typer.Option(None, "--token-ttl", callback=_in_range(1), help=_help("token_ttl")),
+    header_timeout: float = typer.Option(None, "--header-timeout", callback=_in_range(0, 3600, above=True), help=_help("header_timeout")),
     demo: bool = typer.Option(False, "--demo", help="Generate (once) and register a demo model directory named 'demo'."),
-    workers: int = typer.Option(None, "--workers", "-w", min=0, max=64, help=_help("workers")),
+    workers: int = typer.Option(None, "--workers", "-w", callback=_in_range(0, MAX_WORKERS), help=_help("workers")),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
                                        help="info logs one line per request; warning keeps only problems."),
 ) -> None:

@@ -31,6 +31,11 @@ class Column:
     fold: bool = False           # on a terminal, may wrap inside its cell (a name, a message)
 
 
+def short_time(iso: str | None) -> str:
+    """`2026-12-01T10:00:00+00:00` → `2026-12-01 10:00:00` (the columns say UTC); None → ``."""
+    return iso.replace("T", " ").removesuffix("+00:00") if iso else ""
+
+
 def stdout_console() -> Console:
     """The console commands print to: on a pipe it never wraps a line (soft wrap)."""
     console = Console(highlight=False)

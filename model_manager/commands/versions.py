@@ -6,38 +6,22 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
-from model_manager.commands import DataDirOption, JsonOption, app, open_manager, print_json
-from model_manager.commands.diffview import render_diff, short_time
-from model_manager.errors import PathError
+from model_manager.commands import DataDirOption, JsonOption, ModelName, app, example, open_existing, print_json
+from model_manager.commands.diffview import render_diff
+from model_manager.commands.tables import Column, print_table, short_time, stdout_console
+from model_manager.errors import NotFoundError
 from model_manager.service import ModelManager
 
-Name = Annotated[str, typer.Argument(help="The registered model's name (see model-manager register --list).")]
 Symbol = Annotated[str, typer.Argument(help="The symbol, e.g. SOLUSDT.")]
 ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why: kept in the audit trail (model-manager audit).")]
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "red"}
 
 
-def _manager(data_dir) -> ModelManager:
-    manager = open_manager(data_dir)
-    if not manager.has_database():
-        manager.close()
-        raise PathError(f"no database in {manager.settings.data_dir}: no model is registered there "
-                        "(check --data-dir or MODEL_MANAGER_DATA_DIR)")
-    return manager
-
-
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-@app.command()
-def versions(name: Name, symbol: Symbol, as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
+@app.command(epilog=example("model-manager versions demo SOLUSDT"))
+def versions(name: ModelName, symbol: Symbol, as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
     """Show every version of a symbol's model, newest first.
 
     For each: whether it is live or pinned, when it was created and served (live from–until, UTC),
@@ -46,24 +30,27 @@ def versions(name: Name, symbol: Symbol, as_json: JsonOption = False, data_dir: 
     Versions are recorded by the server (at registration, refresh and watcher reloads); with
     --json the object of GET /api/models/NAME/symbols/SYMBOL/versions is printed as is.
     """
-    with _manager(data_dir) as manager:
+    with open_existing(data_dir) as manager:
         state = manager.version_history(name, symbol)
     if as_json:
         print_json(state)
         return
-    console = _out()
+    console = stdout_console()
     console.print(_state_line(state))
-    table = Table(box=None, padding=(0, 1), header_style="bold")
-    for column, justify in (("version", "left"), ("created", "left"), ("live from", "left"), ("live until", "left"),
-                            ("dim", "right"), ("factors", "right"), ("source", "left"), ("status", "left"), ("pruned", "left")):
-        table.add_column(column, justify=justify)
-    for v in state["versions"]:
-        until = short_time(v["live_until"]) or ("now" if v["live"] else "")
-        table.add_row(Text(f"v{v['version']} ").append_text(_badges(v, state["held"])), short_time(v["created_at"]),
-                      short_time(v["live_from"]), until, _dash(v["dim"]), _dash(v["factor_count"]),
-                      v["model_source"] or "-", Text(v["status"], style=STATUS_STYLE.get(v["status"], "")),
-                      Text("yes", style="dim") if v.get("pruned") else "")
-    console.print(table)
+    print_table(console, VERSION_COLUMNS, [_version_row(v, state["held"]) for v in state["versions"]])
+
+
+# on a narrow terminal the factor count, the source, then the creation time make way (--json has them)
+VERSION_COLUMNS = [Column("version"), Column("created", drop=1), Column("live from"), Column("live until"),
+                   Column("dim", justify="right"), Column("factors", justify="right", drop=3), Column("source", drop=2),
+                   Column("status"), Column("pruned")]
+
+
+def _version_row(v: dict, held: bool) -> list[str | Text]:
+    until = short_time(v["live_until"]) or ("now" if v["live"] else "")
+    return [Text(f"v{v['version']} ").append_text(_badges(v, held)), short_time(v["created_at"]), short_time(v["live_from"]),
+            until, _dash(v["dim"]), _dash(v["factor_count"]), v["model_source"] or "-",
+            Text(v["status"], style=STATUS_STYLE.get(v["status"], "")), Text("yes", style="dim") if v.get("pruned") else ""]
 
 
 def _dash(value: Any) -> str:
@@ -122,9 +109,9 @@ def _changed(symbol: str, before: dict, after: dict, verb: str = "now serves") -
     return f"{symbol} {verb} v{live} ({_why_live(after)}; {since})"
 
 
-@app.command()
+@app.command(epilog=example("model-manager pin demo SOLUSDT 1 --reason 'bad fills'"))
 def pin(
-    name: Name,
+    name: ModelName,
     symbol: Symbol,
     version: Annotated[int, typer.Argument(min=1, help="The version to serve (see model-manager versions NAME SYMBOL).")],
     reason: ReasonOption = "",
@@ -136,19 +123,19 @@ def pin(
     A pruned version cannot be pinned (its bytes are gone). A running server on the same data dir
     serves the pinned version within a second or two.
     """
-    with _manager(data_dir) as manager:
+    with open_existing(data_dir) as manager:
         before = manager.version_history(name, symbol)
         after = manager.pin(name, symbol, version, reason=reason, client="cli")
     _confirm(as_json, after, _changed(symbol, before, after))
 
 
-@app.command()
-def unpin(name: Name, symbol: Symbol, reason: ReasonOption = "", as_json: JsonOption = False,
+@app.command(epilog=example("model-manager unpin demo SOLUSDT"))
+def unpin(name: ModelName, symbol: Symbol, reason: ReasonOption = "", as_json: JsonOption = False,
           data_dir: DataDirOption = None) -> None:
     """Drop a symbol's pin: it serves its latest version again.
 
     While the model is held, it serves the version it is held at instead."""
-    with _manager(data_dir) as manager:
+    with open_existing(data_dir) as manager:
         before = manager.version_history(name, symbol)
         after = manager.unpin(name, symbol, reason=reason, client="cli")
     if before["pinned_version"] is None:
@@ -158,29 +145,29 @@ def unpin(name: Name, symbol: Symbol, reason: ReasonOption = "", as_json: JsonOp
     _confirm(as_json, after, message)
 
 
-@app.command()
-def rollback(name: Name, symbol: Symbol, reason: ReasonOption = "", as_json: JsonOption = False,
+@app.command(epilog=example("model-manager rollback demo SOLUSDT --reason 'bad fills'"))
+def rollback(name: ModelName, symbol: Symbol, reason: ReasonOption = "", as_json: JsonOption = False,
              data_dir: DataDirOption = None) -> None:
     """Pin the version that was live before the current one.
 
     Rolling back twice goes back twice, never forward to the version just rolled away from.
     Exits 1 when no older version has been served. Undo it with model-manager unpin NAME SYMBOL.
     """
-    with _manager(data_dir) as manager:
+    with open_existing(data_dir) as manager:
         before = manager.version_history(name, symbol)
         after = manager.rollback(name, symbol, reason=reason, client="cli")
     _confirm(as_json, after, _changed(symbol, before, after, verb="rolled back: now serves"))
 
 
-@app.command()
-def hold(name: Name, reason: ReasonOption = "", as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
+@app.command(epilog=example("model-manager hold demo --reason 'review the retrain'"))
+def hold(name: ModelName, reason: ReasonOption = "", as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
     """Hold a model: new versions are recorded but not served until it is released.
 
     Every group keeps serving its live version while retrains are recorded, until
     model-manager release NAME. Pins still win."""
-    with _manager(data_dir) as manager:
+    with open_existing(data_dir) as manager:
         was = manager.versions.hold_info(name) if manager.store.get_model(name) else None
-        model = manager.hold(name, reason=reason, client="cli")
+        model = _model_object(manager, manager.hold(name, reason=reason, client="cli"))
     if was is not None:
         message = f"{name} was already held (since {short_time(was['held_at'])})"
     else:
@@ -188,26 +175,40 @@ def hold(name: Name, reason: ReasonOption = "", as_json: JsonOption = False, dat
     _confirm(as_json, model, message)
 
 
-@app.command()
-def release(name: Name, reason: ReasonOption = "", as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
+@app.command(epilog=example("model-manager release demo"))
+def release(name: ModelName, reason: ReasonOption = "", as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
     """End a hold: every group serves its latest version again (pinned groups stay pinned)."""
-    with _manager(data_dir) as manager:
+    with open_existing(data_dir) as manager:
         was = manager.versions.hold_info(name) if manager.store.get_model(name) else None
-        model = manager.release(name, reason=reason, client="cli")
+        model = _model_object(manager, manager.release(name, reason=reason, client="cli"))
     message = f"{name} released: each group serves its latest version (pins still win)" if was else f"{name} was not held"
     _confirm(as_json, model, message)
+
+
+def _model_object(manager: ModelManager, model: dict) -> dict:
+    """The model object POST /api/models/NAME/hold answers, from what the store holds: the groups are
+    those with a live version, and what only a serving process knows (when it last re-read each group,
+    how that went, a directory it cannot read) is null. `model` is the service's offline answer."""
+    live = manager.versions.live_infos(model["name"])
+    groups = [{"group_key": key, "symbol": v.symbol, "status": v.status, "stale": None, "refreshed_at": None, "outcome": None,
+               "message": None, "generation": None, "version": v.version} for key, v in live.items()]
+    statuses = {g["status"] for g in groups}
+    status = "error" if "error" in statuses else "warning" if "warning" in statuses else "ok"
+    return {"name": model["name"], "path": model["path"], "registered_at": model["registered_at"], "refreshed_at": None,
+            "group_count": len(groups), "symbol_count": len({g["symbol"] for g in groups}), "status": status, "error": None,
+            "held": model["held"], "hold": model["hold"], "groups": groups, **model}
 
 
 def _confirm(as_json: bool, data: dict, message: str) -> None:
     if as_json:
         print_json(data)
     else:
-        _out().print(escape(message))
+        stdout_console().print(Text(message))
 
 
-@app.command()
+@app.command(epilog=example("model-manager diff demo SOLUSDT --from 1 --to 2"))
 def diff(
-    name: Name,
+    name: ModelName,
     symbol: Symbol,
     from_version: Annotated[int, typer.Option("--from", min=1, help="The older version (default: the one before --to).")] = None,
     to_version: Annotated[int, typer.Option("--to", min=1, help="The newer version (default: the latest).")] = None,
@@ -223,9 +224,12 @@ def diff(
     agree on the same fixed pseudo-random inputs (mean and max absolute difference, correlation of
     the predictions; when both have the same dim).
     """
-    with _manager(data_dir) as manager:
-        result = manager.diff(name, symbol, from_version, to_version)
+    with open_existing(data_dir) as manager:
+        try:
+            result = manager.diff(name, symbol, from_version, to_version)
+        except NotFoundError as exc:  # the core names the HTTP query parameter (from=)
+            raise NotFoundError(str(exc).replace("pass from=", "pass --from VERSION")) from None
     if as_json:
         print_json(result)
         return
-    render_diff(_out(), symbol, result, metric, top)
+    render_diff(stdout_console(), symbol, result, metric, top)
