@@ -84,7 +84,7 @@ class Registry:
         self._pending: dict[str, set[str]] = {}  # changed groups the primary worker has not recorded yet (see _follow_files_of)
         self._registering: dict[str, _Registering] = {}  # another worker's registrations being followed (_follow_new)
         self.follows_registrations = False  # one of several workers, past its first load: see _follow_new
-        self.adopts_unrecorded = False      # the primary worker: see _follow_new
+        self.adopts_unrecorded = False      # the primary worker: see _follow_new and _follow_files_of
         self.events = EventBus(idle=settings.events_keepalive)  # what happened, for the event stream
         self.waiters = ChangeWaiters()  # long polls waiting for a group's payload to change
         self._unserved: list[tuple[str, str, int, str]] = []  # versions recorded but not live (model, group, n, etag)
@@ -583,8 +583,9 @@ class Registry:
     def follow_live(self, name: str | None = None, *, files: bool = False, look: bool = False) -> bool:
         """Serve each group's live version where it differs from what is served (one model, or every
         model when the versions changed in any process since the last look, or `look` says so). With
-        `files` (a worker that does not watch the directories), first install the groups the primary
-        worker re-read (see `_follow_files_of`). True if anything moved."""
+        `files` (a worker that does not watch the directories; the primary when another worker asks it
+        to follow), first install the groups another worker re-read (see `_follow_files_of`). True if
+        anything moved."""
         seq = None
         if name is None:
             seq = self.versions.state_seq()
@@ -663,7 +664,9 @@ class Registry:
             ready = {k: g for k, g in restored.items() if k in present and _is_recorded(model.name, g, heads)}
         gone = {k for k in keys if k not in scanned and k in model.groups}
         waiting = set(present) - set(ready)
-        if waiting:
+        # (the primary follows another worker's re-read, a refresh asked of it; a group nobody recorded
+        # yet is its own watcher's to re-read, not one to wait for)
+        if waiting and (following is not None or not self.adopts_unrecorded):
             self._pending[model.name] = waiting
         if not ready and not gone:
             return False

@@ -431,7 +431,9 @@ class ModelManager(VersionCommands):
         primary re-read, and each leaves its metrics for the others."""
         if self.role.shared and self.registry.sync_registrations():
             self._watch_set_changed()
-        self.registry.follow_live(files=not self.role.primary, look=look)
+        # the primary re-reads its directories itself; it installs what another worker re-read (a
+        # refresh asked of that one) when that worker asks it to follow
+        self.registry.follow_live(files=not self.role.primary or look, look=look)
         if self.peers is not None:
             self.peers.retry_missed()
         self.fleet.flush()

@@ -558,3 +558,37 @@ def test_a_worker_a_poke_could_not_reach_is_asked_to_follow_everything_later():
         busy.set()
         other.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_refresh_answered_by_another_worker_reaches_the_primary_files_and_all(tmp_path, model_dir):
+    """Without the watcher, a retrain is seen only at a refresh, and the worker the refresh reaches
+    re-reads the files. Every worker, the primary included, then shows the new files (the factor
+    list, not only the payload) before the refresh is answered."""
+    server = ServerProcess(tmp_path / "data", workers=2, extra_args=("--no-watch",))
+    server.start()
+    try:
+        token = bootstrap(server)
+        assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
+        factors_file = model_dir / "SOLUSDT_mid_chg_1m_factors.txt"
+        renamed = [f"new_{f}" for f in factors_file.read_text().split()]
+        replace_file(factors_file, ("\n".join(renamed) + "\n").encode())
+        retrain(model_dir, "SOLUSDT_mid_chg_1m", trees=7)
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(200):  # a connection the secondary worker answers
+            client = httpx.Client(base_url=server.url, headers=headers, timeout=60,
+                                  limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+            if client.get("/healthz").json()["worker"] == 1:
+                break
+            client.close()
+        else:
+            raise AssertionError("worker 1 never answered")
+        try:
+            assert client.post("/api/models/m/refresh").status_code == 200
+        finally:
+            client.close()
+        details = [json.loads(raw) for _, _, raw in all_answers(server, "/api/models/m/symbols/SOLUSDT", token)]
+        assert {tuple(d["factors"]) for d in details} == {tuple(renamed)}
+        assert len({h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/SOLUSDT", token)}) == 1
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.output()
