@@ -77,8 +77,21 @@ class VersionCommands:
             self.registry.follow_live(name)
             self._changed()
             return self.registry.get(name).to_dict()
+        return self._stored_model(name)
+
+    def _stored_model(self, name: str) -> dict[str, Any]:
+        """The model object as the store alone has it (no server serving here): its groups are those
+        with a live version, and what only a serving process knows (when it last re-read each group,
+        how that went, a directory it cannot read) is null."""
         row, hold = self.store.get_model(name), self.versions.hold_info(name)
-        return {"name": row.name, "path": row.path, "registered_at": row.registered_at, "held": hold is not None, "hold": hold}
+        groups = [{"group_key": key, "symbol": v.symbol, "status": v.status, "stale": None, "refreshed_at": None,
+                   "outcome": None, "message": None, "generation": None, "version": v.version}
+                  for key, v in self.versions.live_infos(name).items()]
+        statuses = {g["status"] for g in groups}
+        return {"name": row.name, "path": row.path, "registered_at": row.registered_at, "refreshed_at": None,
+                "group_count": len(groups), "symbol_count": len({g["symbol"] for g in groups}),
+                "status": "error" if "error" in statuses else "warning" if "warning" in statuses else "ok",
+                "error": None, "held": hold is not None, "hold": hold, "groups": groups}
 
     def _followed(self, name: str, answer: dict[str, Any]) -> dict[str, Any]:
         """After a change of what is live: a serving service serves it now (other servers follow

@@ -42,7 +42,7 @@ def diff_versions(store: VersionStore, model: str, group: str, from_version: int
     if from_version is None:
         older = [v for v in infos if v < to_v]
         if not older:
-            raise NotFoundError(f"{model}/{group} has no version before v{to_v} to compare with; pass from=")
+            raise NotFoundError(f"{model}/{group} has no version before v{to_v} to compare it with: name two versions to compare")
         from_version = max(older)
     a, b = store.get(model, group, from_version), store.get(model, group, to_v)
     listed = {v["version"]: v for v in store.versions(model, group)["versions"]}  # (with their live periods)

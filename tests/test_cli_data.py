@@ -119,9 +119,9 @@ def test_hold_json_is_the_model_object_of_the_api(served, tmp_path):
     assert list(released) == list(from_api) and released["held"] is False and released["hold"] is None
 
 
-def test_diff_with_one_version_names_the_cli_option(tmp_path, model_dir):
+def test_diff_with_one_version_names_no_http_parameter(tmp_path, model_dir):
     data = tmp_path / "data"
     assert run_cli("register", "m", str(model_dir), "--data-dir", str(data)).returncode == 0
     result = cli(data, "diff", "m", "SOLUSDT")
-    assert_one_line_error(result, 2, "no version before v1", "--from")
+    assert_one_line_error(result, 2, "no version before v1", "name two versions")
     assert "from=" not in result.stderr

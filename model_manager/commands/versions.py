@@ -11,8 +11,6 @@ from rich.text import Text
 from model_manager.commands import DataDirOption, JsonOption, ModelName, app, example, open_existing, print_json
 from model_manager.commands.diffview import render_diff
 from model_manager.commands.tables import Column, print_table, short_time, stdout_console
-from model_manager.errors import NotFoundError
-from model_manager.service import ModelManager
 
 Symbol = Annotated[str, typer.Argument(help="The symbol, e.g. SOLUSDT.")]
 ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why: kept in the audit trail (model-manager audit).")]
@@ -167,7 +165,7 @@ def hold(name: ModelName, reason: ReasonOption = "", as_json: JsonOption = False
     model-manager release NAME. Pins still win."""
     with open_existing(data_dir) as manager:
         was = manager.versions.hold_info(name) if manager.store.get_model(name) else None
-        model = _model_object(manager, manager.hold(name, reason=reason, client="cli"))
+        model = manager.hold(name, reason=reason, client="cli")
     if was is not None:
         message = f"{name} was already held (since {short_time(was['held_at'])})"
     else:
@@ -180,23 +178,9 @@ def release(name: ModelName, reason: ReasonOption = "", as_json: JsonOption = Fa
     """End a hold: every group serves its latest version again (pinned groups stay pinned)."""
     with open_existing(data_dir) as manager:
         was = manager.versions.hold_info(name) if manager.store.get_model(name) else None
-        model = _model_object(manager, manager.release(name, reason=reason, client="cli"))
+        model = manager.release(name, reason=reason, client="cli")
     message = f"{name} released: each group serves its latest version (pins still win)" if was else f"{name} was not held"
     _confirm(as_json, model, message)
-
-
-def _model_object(manager: ModelManager, model: dict) -> dict:
-    """The model object POST /api/models/NAME/hold answers, from what the store holds: the groups are
-    those with a live version, and what only a serving process knows (when it last re-read each group,
-    how that went, a directory it cannot read) is null. `model` is the service's offline answer."""
-    live = manager.versions.live_infos(model["name"])
-    groups = [{"group_key": key, "symbol": v.symbol, "status": v.status, "stale": None, "refreshed_at": None, "outcome": None,
-               "message": None, "generation": None, "version": v.version} for key, v in live.items()]
-    statuses = {g["status"] for g in groups}
-    status = "error" if "error" in statuses else "warning" if "warning" in statuses else "ok"
-    return {"name": model["name"], "path": model["path"], "registered_at": model["registered_at"], "refreshed_at": None,
-            "group_count": len(groups), "symbol_count": len({g["symbol"] for g in groups}), "status": status, "error": None,
-            "held": model["held"], "hold": model["hold"], "groups": groups, **model}
 
 
 def _confirm(as_json: bool, data: dict, message: str) -> None:
@@ -225,10 +209,7 @@ def diff(
     the predictions; when both have the same dim).
     """
     with open_existing(data_dir) as manager:
-        try:
-            result = manager.diff(name, symbol, from_version, to_version)
-        except NotFoundError as exc:  # the core names the HTTP query parameter (from=)
-            raise NotFoundError(str(exc).replace("pass from=", "pass --from VERSION")) from None
+        result = manager.diff(name, symbol, from_version, to_version)
     if as_json:
         print_json(result)
         return
