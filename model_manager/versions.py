@@ -376,7 +376,14 @@ class VersionStore:
         if info.pruned:
             raise ConflictError(f"version {info.version} of {info.model}/{info.group_key} was pruned: its bytes are gone, "
                                 "so it cannot be served; pin a kept version")
-        db.execute("INSERT OR REPLACE INTO pins (model, group_key, version, reason, pinned_at) VALUES (?, ?, ?, ?, ?)",
+        # pinning the version already pinned keeps the pin as it is (since when, and its reason unless
+        # a new one is given): the pin did not change
+        db.execute("INSERT INTO pins (model, group_key, version, reason, pinned_at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (model, group_key) DO UPDATE SET "
+                   "reason = CASE WHEN pins.version = excluded.version AND excluded.reason = '' THEN pins.reason "
+                   "ELSE excluded.reason END, "
+                   "pinned_at = CASE WHEN pins.version = excluded.version THEN pins.pinned_at ELSE excluded.pinned_at END, "
+                   "version = excluded.version",
                    (info.model, info.group_key, info.version, reason, isoformat(utc_now())))
         rules.bump(db)
         rules.sync_live(db, info.model, info.group_key, isoformat(utc_now()))

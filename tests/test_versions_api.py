@@ -324,9 +324,13 @@ def test_cli_pin_unpin_rollback_hold_release(recorded):
     assert (json.loads(done.stdout)["live_version"], json.loads(done.stdout)["pinned_version"]) == (2, None)
     assert cli(recorded, "unpin", "m", "SOLUSDT").stdout.strip() == "SOLUSDT was not pinned; it serves v2 (latest)"
 
-    done = cli(recorded, "pin", "m", "SOLUSDT", "1", "--json")
+    done = cli(recorded, "pin", "m", "SOLUSDT", "1", "--reason", "first", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["pinned_version"] == 1
+    pin = json.loads(done.stdout)["pin"]
     assert cli(recorded, "pin", "m", "SOLUSDT", "1").stdout.strip() == "SOLUSDT now serves v1 (pinned; unchanged)"
+    assert json.loads(cli(recorded, "versions", "m", "SOLUSDT", "--json").stdout)["pin"] == pin  # the same pin
+    again = json.loads(cli(recorded, "pin", "m", "SOLUSDT", "1", "--reason", "second", "--json").stdout)["pin"]
+    assert again == {**pin, "reason": "second"}  # a new reason, the same pin since the same time
     assert cli(recorded, "unpin", "m", "SOLUSDT").stdout.strip() == "SOLUSDT now serves v2 (latest; was v1)"
 
     held = cli(recorded, "hold", "m", "--reason", "review")
