@@ -54,7 +54,7 @@ def cli(data, *args, env=None):
 
 @pytest.mark.parametrize("args", [("keys", "list"), ("keys", "revoke", "x"), ("keys", "create", "x"), ("register", "--list"),
                                   ("register", "--remove", "x"), ("audit",), ("fleet", "m"), ("versions", "m", "S"),
-                                  ("hold", "m"), ("password", "set", "--password-stdin")])
+                                  ("hold", "m")])
 def test_a_mistyped_data_dir_is_refused_not_created(tmp_path, args):
     typo = tmp_path / "dta"
     result = run_cli(*args, "--data-dir", str(typo), input=PASSWORD + "\n")
@@ -62,11 +62,13 @@ def test_a_mistyped_data_dir_is_refused_not_created(tmp_path, args):
     assert not typo.exists()
 
 
-def test_registering_and_a_first_password_create_the_data_dir(tmp_path, model_dir):
+def test_registering_and_setting_a_password_create_the_data_dir(tmp_path, model_dir):
+    """(`password set` too: start_model_manager.sh --set-password provisions a new machine with it.)"""
     assert run_cli("register", "m", str(model_dir), "--data-dir", str(tmp_path / "a")).returncode == 0
-    made = run_cli("password", "init", "--password-stdin", "--data-dir", str(tmp_path / "b"), input=PASSWORD + "\n")
-    assert made.returncode == 0, made.stderr
-    assert (tmp_path / "a" / "model-manager.sqlite3").is_file() and (tmp_path / "b" / "model-manager.sqlite3").is_file()
+    for action, where in (("init", "b"), ("set", "c")):
+        made = run_cli("password", action, "--password-stdin", "--data-dir", str(tmp_path / where), input=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
+    assert all((tmp_path / where / "model-manager.sqlite3").is_file() for where in "abc")
 
 
 @pytest.mark.parametrize("columns", ["60", "80"])

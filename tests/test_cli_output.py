@@ -11,7 +11,6 @@ import time
 import pytest
 
 from model_manager.settings import ENV_TABLE
-from model_manager.store import Store
 from tests.support import run_in_terminal, write_group
 
 from .support import CLI, REPO, ServerProcess, http, run_cli
@@ -170,7 +169,6 @@ def test_audit_rejects_an_unknown_event_in_one_line(tmp_path):
 
 
 def test_password_without_a_terminal_points_to_password_stdin(tmp_path):
-    Store(tmp_path / "set" / "model-manager.sqlite3").close()  # `set` wants a data dir that has a database
     for command in ("set", "init"):
         # a new session has no controlling terminal: what cron, CI and ssh without -t give
         result = subprocess.run([*CLI, "password", command, "--data-dir", str(tmp_path / command)], stdin=subprocess.DEVNULL,

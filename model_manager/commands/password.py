@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from model_manager.commands import DataDirOption, app, example, open_existing, open_manager
+from model_manager.commands import DataDirOption, app, example, open_manager
 from model_manager.errors import ConflictError, UsageError, ValidationError
 from model_manager.store import check_password_strength
 
@@ -40,10 +40,9 @@ def password_set(
     data_dir: DataDirOption = None,
 ) -> None:
     """Set a new password (at least 8 characters) and revoke every token, also on a running server:
-    every client has to log in again. Works whether or not a password was set before; a data dir
-    with no database yet is refused (a mistyped --data-dir): start one with `model-manager password init`."""
-    hint = "check --data-dir or MODEL_MANAGER_DATA_DIR; set a first password with model-manager password init"
-    with open_existing(data_dir, hint=hint) as manager:
+    every client has to log in again. Works whether or not a password was set before (also on a new
+    data dir, as start_model_manager.sh --set-password does when it provisions a machine)."""
+    with open_manager(data_dir) as manager:
         revoked = manager.set_password(_read_password(password_stdin, "set"), client="cli")
     Console().print(f"password changed; {revoked} token(s) revoked: clients must log in again", highlight=False)
 
