@@ -381,13 +381,14 @@ class Registry:
         return changed
 
     def _load(self, model: LoadedModel, only: set[str] | None, *, raise_duplicates: bool = False,
-              client: str | None = None, recorded: dict[str, GroupSnapshot] | None = None) -> None:
+              client: str | None = None, recorded: dict[str, GroupSnapshot] | None = None, wait: bool = True) -> None:
         """Parse the directory (or the groups in `only`) and install the result, unless it would put a
         symbol in several groups or the directory is unusable (then the previous state stays).
-        `recorded`: the groups of `only` as another worker parsed them (nothing is parsed here)."""
+        `recorded`: the groups of `only` as another worker parsed them (nothing is parsed here).
+        Without `wait`, nothing is done while another re-read of the model runs."""
         started, outcome = time.monotonic(), "failed"
         try:
-            outcome = self._reload(model, only, raise_duplicates, client, recorded)
+            outcome = self._reload(model, only, raise_duplicates, client, recorded, wait)
         except DuplicateSymbolError:
             outcome = "refused"
             raise
@@ -397,12 +398,14 @@ class Registry:
                 self.metrics.refresh_seconds.observe(time.monotonic() - started)
 
     def _reload(self, model: LoadedModel, only: set[str] | None, raise_duplicates: bool, client: str | None,
-                recorded: dict[str, GroupSnapshot] | None) -> str:
+                recorded: dict[str, GroupSnapshot] | None, wait: bool = True) -> str:
         def refresh_failed(detail: str) -> None:  # audited once: by the worker that re-read the files
             if recorded is None:
                 self.store.audit("refresh_failed", client=client, detail=f"{model.name}: {detail}")
 
-        with model.lock:
+        with _holding(model.lock, wait) as held:
+            if not held:
+                return "busy"
             try:
                 root = check_directory(model.path)
                 scanned, _ = scan_directory(root)
@@ -446,8 +449,8 @@ class Registry:
                 model.install(dict(sorted(groups.items())), defer_research=True)
                 model.error = None
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
-            if self.on_reloaded is not None:  # the other workers install them too, before our research index
-                self.on_reloaded(model.name, only if recorded is None else None)  # (groups it parsed itself)
+            if self.on_reloaded is not None and recorded is None:  # the other workers install them too, before
+                self.on_reloaded(model.name, only)                    # our research index (what we followed, they have)
             if self.ready.is_set():  # (a start's first load queues them all once every model is served)
                 self.queue_research(model)
             # a pin, rollback or hold made while this re-read ran (it does not wait for the re-read)
@@ -526,7 +529,7 @@ class Registry:
                 with self._unserved_lock:  # announced once the load is installed (see _announce)
                     self._unserved.append((model_name, group.group_key, recorded.version.version, recorded.version.etag))
             if recorded.created:
-                self._announced[(model_name, group.group_key)] = recorded.version.version
+                self._told(model_name, group.group_key, recorded.version.version)
         except LookupError as exc:
             return None, str(exc)
         except ModelManagerError as exc:  # damaged version bytes, or a race lost five times
@@ -544,11 +547,10 @@ class Registry:
         for key, (newest, _, _) in self.versions.heads(name, keys).items():
             old = previous.get(key)
             serving = live[key].version if key in live else 0
-            floor = max(self._announced.get((name, key), 0), serving,
-                        old.payload.version if old is not None and old.payload is not None else 0)
+            told = self._told(name, key, newest)  # (what was told before)
+            floor = max(told, serving, old.payload.version if old is not None and old.payload is not None else 0)
             if newest <= floor:
                 continue
-            self._announced[(name, key)] = newest
             with self._unserved_lock:
                 self._unserved.extend((name, key, info.version, info.etag)
                                       for info in reversed(self.versions.history(name, key))
@@ -596,7 +598,9 @@ class Registry:
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
-                if files and self._due(model_name, look):  # (a directory in trouble: every group, to see it come back)
+                # (a directory in trouble: every group, to see it come back; the primary's own re-reads
+                # set and clear its errors, a refused change among them)
+                if files and self._due(model_name, look) and not (model.error and self.adopts_unrecorded):
                     keys = set(model.groups) if model.error else self.changed_groups(model.name)
                     moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
@@ -670,7 +674,9 @@ class Registry:
             self._pending[model.name] = waiting
         if not ready and not gone:
             return False
-        self._load(model, set(ready) | gone, recorded=ready)
+        # the primary never waits behind its own re-read (a pin it is asked to serve meanwhile would
+        # wait too): that re-read installs what the files hold now
+        self._load(model, set(ready) | gone, recorded=ready, wait=following is not None or not self.adopts_unrecorded)
         if following is not None and len(ready) >= FREEZE_MIN_GROUPS:  # another worker's registration
             freeze_loaded()
         return True
@@ -717,8 +723,15 @@ class Registry:
         for key, state in model.groups.items():  # told of as live: never "new" again (see _follow_unserved)
             old = previous.get(key)
             if state.payload is not None and (old is None or old.payload is not state.payload):
-                told = (model.name, key)
-                self._announced[told] = max(self._announced.get(told, 0), state.payload.version)
+                self._told(model.name, key, state.payload.version)
+
+    def _told(self, name: str, key: str, version: int) -> int:
+        """Note that the event streams were told of a group's `version` (threads of several re-reads
+        and pins note at once: the newest stays); returns what was noted before."""
+        with self._unserved_lock:
+            before = self._announced.get((name, key), 0)
+            self._announced[(name, key)] = max(before, version)
+            return before
 
     def version_payload(self, name: str, symbol: str, version: int) -> PayloadBytes:
         """The bytes of any kept version of a symbol's group (blocking: sqlite and a file read)."""
@@ -805,6 +818,17 @@ class Registry:
     def plain_body(self, payload: PayloadBytes) -> bytes:
         """The plain body for clients without gzip (blocking: call it from a worker thread)."""
         return self.plain_bodies.get(payload.etag, payload.gzip, payload.size)
+
+
+@contextlib.contextmanager
+def _holding(lock: threading.Lock, wait: bool):
+    """`with lock`, or without `wait` only if it is free: yields whether it is held."""
+    held = lock.acquire(blocking=wait)
+    try:
+        yield held
+    finally:
+        if held:
+            lock.release()
 
 
 def _is_recorded(model_name: str, group: GroupSnapshot, heads: dict[str, tuple[int, bool, str]]) -> bool:

@@ -17,13 +17,25 @@ _lock = threading.Lock()
 @contextlib.contextmanager
 def recorded_warnings() -> Iterator[list[str]]:
     """Yields a list that holds, once the block is over, the first line of each warning the block
-    raised, in order. A ResourceWarning is left out: it is the garbage collector finding some other
-    object's unclosed file while the block ran, and says nothing about what the block read."""
+    raised, in order. Only this thread's: a warning another thread raises meanwhile is shown as it
+    would be without the block. A ResourceWarning is left out too: it is the garbage collector finding
+    some other object's unclosed file while the block ran, and says nothing about what it read."""
     messages: list[str] = []
-    with _lock, warnings.catch_warnings(record=True) as caught:
+    caught: list[tuple[Warning | str, type[Warning]]] = []
+    me = threading.get_ident()
+    with _lock, warnings.catch_warnings():
         warnings.simplefilter("always")
+        show = warnings.showwarning
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            if threading.get_ident() == me:
+                caught.append((message, category))
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = record
         try:
             yield messages
         finally:
-            messages.extend(str(w.message).strip().splitlines()[0] for w in caught
-                            if str(w.message).strip() and not issubclass(w.category, ResourceWarning))
+            messages.extend(str(m).strip().splitlines()[0] for m, category in caught
+                            if str(m).strip() and not issubclass(category, ResourceWarning))

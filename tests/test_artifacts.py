@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -514,31 +515,59 @@ def test_directory_problems_are_counted(tmp_path, models):
     assert fine.problems == [] and fine.status == "warning" and fine.counts()["problems"] == 0
 
 
-def test_a_group_read_while_a_training_rewrites_it_is_never_a_mix_of_two_trainings(tmp_path, training_data):
-    """A training job replaces a group's files one by one. A read that straddles two trainings would
-    pair one's factor list with the other's model (same dim, no feature names: nothing else can tell).
-    A group whose files changed while they were read is read again; one that kept changing is an error,
-    so it is never served. Two trainings are written over each other, a moment apart, while the group
-    is read many times: every read is one training, whole, or that error."""
-    import threading
+GROUP = "SOLUSDT_mid_chg_1m"
 
-    from tests.support import replace_file
 
+def _two_trainings(tmp_path, training_data) -> tuple[dict, dict, Path]:
+    """Two trainings of one group (the same dim, other factors, no feature names): their files'
+    bytes by name, their models' sha256 by tag, and a model directory holding training "a"."""
     x, y = training_data
-    trainings = {}
+    trainings, shas = {}, {}
     for tag, seed in (("a", 1), ("b", 2)):
         source = tmp_path / tag
         model = xgb.XGBRegressor(n_estimators=3 + seed, max_depth=2, n_jobs=1, random_state=seed).fit(x, y)
-        write_group(source, "SOLUSDT_mid_chg_1m", model=model, factors=[f"{tag}_{f}" for f in FACTORS],
+        write_group(source, GROUP, model=model, factors=[f"{tag}_{f}" for f in FACTORS],
                     info={"symbol": "SOLUSDT", "return_name": "mid_chg_1m", "dim": N_FEATURES, "training": tag})
         trainings[tag] = {p.name: p.read_bytes() for p in sorted(source.iterdir())}
+        shas[tag] = load_group(source, GROUP, scan_directory(source)[0][GROUP]).model_sha256
     directory = tmp_path / "models"
     directory.mkdir()
     for name, data in trainings["a"].items():
         (directory / name).write_bytes(data)
-    shas = {tag: load_group(tmp_path / tag, "SOLUSDT_mid_chg_1m", scan_directory(tmp_path / tag)[0]["SOLUSDT_mid_chg_1m"]).model_sha256
-            for tag in trainings}
+    return trainings, shas, directory
 
+
+def _training_of(group, shas: dict) -> str:
+    """The training a group's snapshot is of; AssertionError when its files came from both."""
+    model = next((tag for tag, sha in shas.items() if sha == group.model_sha256), "?")
+    tags = {group.factors[0].split("_")[0], group.info["training"], model}
+    assert len(tags) == 1, f"a read mixed trainings: {tags}"
+    return tags.pop()
+
+
+def test_a_group_whose_files_change_while_it_is_read_is_read_again(tmp_path, training_data):
+    """A training job replaces a group's files one by one. Here the whole of training "b" lands after
+    the model and info.pkl of "a" were read and before factors.txt is: a read that went on would pair
+    b's factor list with a's model (the same dim, no feature names: nothing else can tell)."""
+    from model_manager.artifacts.load import DEFAULT_MAX_BYTES, _finished, _GroupLoad
+    from tests.support import replace_file
+
+    trainings, shas, directory = _two_trainings(tmp_path, training_data)
+    load = _GroupLoad(directory.resolve(), GROUP, scan_directory(directory)[0][GROUP], None, DEFAULT_MAX_BYTES)
+    for name, data in trainings["b"].items():
+        replace_file(directory / name, data)
+    group = next(_finished([load]))
+    assert _training_of(group, shas) == "b" and "files_changed" not in codes(group)
+
+
+def test_a_group_read_while_trainings_keep_landing_is_never_a_mix(tmp_path, training_data):
+    """Two trainings written over each other, a moment apart, while the group is read many times:
+    every read is one training, whole, or a `files_changed` error (never served)."""
+    import threading
+
+    from tests.support import replace_file
+
+    trainings, shas, directory = _two_trainings(tmp_path, training_data)
     stop = threading.Event()
 
     def train() -> None:  # file by file, as a training job does (each one renamed into place)
@@ -551,19 +580,12 @@ def test_a_group_read_while_a_training_rewrites_it_is_never_a_mix_of_two_trainin
 
     writer = threading.Thread(target=train)
     writer.start()
-    outcomes = []
     try:
-        files = scan_directory(directory)[0]["SOLUSDT_mid_chg_1m"]
+        files = scan_directory(directory)[0][GROUP]
         for _ in range(20):
-            group = load_group(directory, "SOLUSDT_mid_chg_1m", files)
-            if "files_changed" in codes(group):
-                outcomes.append("changing")
-                continue
-            tags = {group.factors[0].split("_")[0], group.info["training"],
-                    next(t for t, sha in shas.items() if sha == group.model_sha256) if group.model_sha256 in shas.values() else "?"}
-            assert len(tags) == 1, f"a read mixed trainings: {tags}"
-            outcomes.append(tags.pop())
+            group = load_group(directory, GROUP, files)
+            if "files_changed" not in codes(group):
+                _training_of(group, shas)
     finally:
         stop.set()
         writer.join(10)
-    assert {"a", "b"} & set(outcomes), outcomes  # a read again once the files settled is served

@@ -93,7 +93,7 @@ def test_tables_read_in_two_threads_at_once_leave_the_warnings_machinery_as_it_w
         with recorded_warnings() as messages:
             inside.set()
             second_waiting.wait(5)
-            threading.Event().wait(0.2)  # the second thread is now starting its own block
+            threading.Event().wait(0.5)  # the second thread is now starting its own block
             warnings.warn("first", UserWarning, stacklevel=1)
         first_done.set()
         got["first"] = messages
@@ -115,3 +115,19 @@ def test_tables_read_in_two_threads_at_once_leave_the_warnings_machinery_as_it_w
     assert warnings._showwarnmsg_impl is shown and warnings.filters == filters
     _, _, notes = _pandas_table("factor,ic\nofi_1m,0.1,9\n", "ic.csv")  # a read's warnings are still its notes
     assert notes and all(note.startswith("ic.csv: ") for note in notes)
+
+
+def test_a_warning_another_thread_raises_meanwhile_is_not_a_note():
+    import threading
+    import warnings
+
+    import pytest
+
+    from model_manager.warned import recorded_warnings
+
+    with pytest.warns(UserWarning, match="elsewhere"), recorded_warnings() as messages:  # shown as ever
+        other = threading.Thread(target=lambda: warnings.warn("elsewhere", UserWarning, stacklevel=1))
+        other.start()
+        other.join()
+        warnings.warn("here", UserWarning, stacklevel=1)
+    assert messages == ["here"]

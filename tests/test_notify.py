@@ -287,7 +287,7 @@ def test_event_stream_of_an_unregistered_model_tells_it_and_ends(setup):
 
 def test_a_last_event_id_that_is_not_a_number_replays_nothing(setup):
     server, token, _ = setup
-    for value in (b"\xb2", b"abc", b"-1", b"\xd9\xa3"):  # "²" (latin-1), text, a sign, an Arabic-Indic digit (UTF-8)
+    for value in (b"\xb2", b"\xb9", b"abc", b"-1"):  # "²" and "¹" (header bytes are latin-1), text, a sign
         with httpx.Client(timeout=10) as client, client.stream(
                 "GET", server.url + f"/api/models/{MODEL}/events",
                 headers=[(b"Authorization", f"Bearer {token}".encode()), (b"Last-Event-ID", value)]) as response:

@@ -172,9 +172,12 @@ def test_broken_files_show_on_every_worker(two_workers, model_dir):
         return sum(sample.value for family in text_string_to_metric_families(raw) for sample in family.samples
                    if sample.name == "model_manager_refreshes_total" and sample.labels.get("outcome") == outcome)
 
-    time.sleep(2.5)  # every worker has left its counts (each does within a second or two)
-    failures = json.loads(server.get("/api/audit?event=refresh_failed", token=token)[2])["events"]
-    assert len(failures) == 1 and "ETHUSDT" in failures[0]["detail"], failures
+    def failures() -> list[dict]:
+        return json.loads(server.get("/api/audit?event=refresh_failed", token=token)[2])["events"]
+
+    wait_for(lambda: refreshes("partial") >= 1 and failures(), timeout=15, what="the failed re-read counted")
+    time.sleep(3)  # long enough for the other worker to have counted it too, had it done so
+    assert len(failures()) == 1 and "ETHUSDT" in failures()[0]["detail"], failures()
     assert refreshes("partial") == 1
 
 

@@ -134,7 +134,7 @@ class _GroupLoad:
         """The group's snapshot, given the answers to `items` (in order). Never raises for bad artifacts."""
         root, group_key, files, issues, reader = self.root, self.group_key, self.files, self.issues, self.reader
         checked = _Checked({id(item.data): (item.data, answer) for item, answer in zip(self.items, answers)})
-        mtimes = {sig[0]: sig[2] for sig in self.signature if sig[2] is not None}  # no second stat: files come and go
+        mtimes = {sig[0]: sig[2] for sig in self.signature if sig[2] is not None}  # (as first stat'ed: files come and go)
         info = reader.parse("info.pkl", checked.info)  # first: it may name the symbol
         symbol, return_name, name_issue = split_symbol(group_key, info)
         if name_issue:
@@ -168,29 +168,31 @@ class _GroupLoad:
 
 def _finished(loads: list[_GroupLoad], re_reads: int = RE_READS) -> Iterator[GroupSnapshot]:
     """Each group's snapshot: those with nothing to check first, then the others as the check process
-    answers them (the files of all of them go to one child, see checkbatch.py)."""
+    answers them (the files of all of them go to one child, see checkbatch.py). A group whose files
+    changed while they were read is read again once the batch is done (`re_reads` times at most,
+    after a pause): a snapshot never pairs one training's factor list with another's model. One
+    whose files still changed keeps its `files_changed` error, so it is never served."""
     owners = [(n, load) for load in loads for n in range(len(load.items))]
     answers: dict[int, list[Any]] = {}
+    changing: list[_GroupLoad] = []
+
+    def done(load: _GroupLoad, group: GroupSnapshot) -> Iterator[GroupSnapshot]:
+        if re_reads and any(i.code == FILES_CHANGED for i in group.issues):
+            changing.append(load)
+        else:
+            yield group
+
     for load in loads:
         if not load.items:
-            yield _settled(load, load.finish([]), re_reads)
+            yield from done(load, load.finish([]))
     for index, answer in check_files([item for load in loads for item in load.items]):
         n, load = owners[index]
         answers.setdefault(id(load), []).append(answer)
         if n == len(load.items) - 1:
-            yield _settled(load, load.finish(answers.pop(id(load))), re_reads)
-
-
-def _settled(load: _GroupLoad, group: GroupSnapshot, re_reads: int) -> GroupSnapshot:
-    """`group`, or when its files changed while they were read, the group read again (after a
-    moment, `re_reads` times at most): a snapshot never pairs one training's factor list with another's
-    model. One that still changed stays an error, so it is never served."""
-    for attempt in range(re_reads):
-        if not any(i.code == FILES_CHANGED for i in group.issues):
-            break
-        time.sleep(RE_READ_PAUSE * (attempt + 1))
-        group = next(_finished([_GroupLoad(load.root, load.group_key, load.files, load.cache, load.max_bytes)], 0))
-    return group
+            yield from done(load, load.finish(answers.pop(id(load))))
+    if changing:
+        time.sleep(RE_READ_PAUSE * (RE_READS - re_reads + 1))
+        yield from _finished([_GroupLoad(c.root, c.group_key, c.files, c.cache, c.max_bytes) for c in changing], re_reads - 1)
 
 
 def load_group(directory: str | os.PathLike, group_key: str, files: dict[str, str], *,
