@@ -81,16 +81,15 @@ class VersionCommands:
 
     def _stored_model(self, name: str) -> dict[str, Any]:
         """The model object as the store alone has it (no server serving here): its groups are those
-        with a live version, and what only a serving process knows (when it last re-read each group,
-        how that went, a directory it cannot read) is null."""
+        with a live version (each with the status it had when that version was made), and what only a
+        serving process knows (when it last read each group, how that went, the model's status now, a
+        directory it cannot read) is null."""
         row, hold = self.store.get_model(name), self.versions.hold_info(name)
         groups = [{"group_key": key, "symbol": v.symbol, "status": v.status, "stale": None, "refreshed_at": None,
                    "outcome": None, "message": None, "generation": None, "version": v.version}
                   for key, v in self.versions.live_infos(name).items()]
-        statuses = {g["status"] for g in groups}
         return {"name": row.name, "path": row.path, "registered_at": row.registered_at, "refreshed_at": None,
-                "group_count": len(groups), "symbol_count": len({g["symbol"] for g in groups}),
-                "status": "error" if "error" in statuses else "warning" if "warning" in statuses else "ok",
+                "group_count": len(groups), "symbol_count": len({g["symbol"] for g in groups}), "status": None,
                 "error": None, "held": hold is not None, "hold": hold, "groups": groups}
 
     def _followed(self, name: str, answer: dict[str, Any]) -> dict[str, Any]:

@@ -151,6 +151,7 @@ def test_convert_writes_nothing_to_stderr_and_names_a_fifo(tmp_path, model_dir):
     (("inspect", "DIR", "--symbol", "SOLUSDT", "--matrix", "gain"), ("--symbol", "--matrix")),
     (("inspect", "DIR", "--group-key", "SOLUSDT_mid_chg_1m"), ("--group-key", "--symbol")),
     (("inspect", "DIR", "--sort", "ic"), ("--sort", "--symbol")),
+    (("inspect", "DIR", "--top", "3"), ("--top", "--symbol", "--matrix")),
 ])
 def test_options_that_would_be_ignored_are_refused(tmp_path, model_dir, args, names):
     data = tmp_path / "data"
@@ -160,3 +161,10 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, model_dir, args, na
     assert result.stdout == ""
     listed = json.loads(run_cli("register", "--list", "--json", "--data-dir", str(data)).stdout)
     assert [m["name"] for m in listed["models"]] == ["m"]  # nothing was removed
+
+
+def test_register_remove_json(tmp_path, model_dir):
+    data = tmp_path / "data"
+    assert run_cli("register", "m", str(model_dir), "--data-dir", str(data)).returncode == 0
+    removed = run_cli("register", "--remove", "m", "--json", "--data-dir", str(data))
+    assert removed.returncode == 0 and json.loads(removed.stdout) == {"name": "m", "removed": True}

@@ -44,7 +44,7 @@ def inspect(
     importance only for groups without errors). Exit codes: 0 ok, 1 errors found with --strict, 2 bad
     path, unknown symbol, unknown --sort or --matrix metric.
     """
-    _check_options(symbol, group_key, sort, matrix)
+    _check_options(symbol, group_key, sort, matrix, top)
     with open_manager() as manager:
         snap = manager.inspect(path)
     if not snap.groups:
@@ -75,12 +75,15 @@ def inspect(
         raise typer.Exit(1)
 
 
-def _check_options(symbol: str | None, group_key: str | None, sort: str | None, matrix: str | None) -> None:
-    """Refuse what would be silently ignored: options that only go with --symbol, and --symbol with --matrix."""
+def _check_options(symbol: str | None, group_key: str | None, sort: str | None, matrix: str | None, top: int) -> None:
+    """Refuse what would be silently ignored: options that only go with --symbol (or --matrix), and
+    --symbol with --matrix."""
     refuse_together({"--symbol": symbol, "--matrix": matrix})
     for option, value in (("--group-key", group_key), ("--sort", sort)):
         if value and not symbol:
             raise UsageError(f"{option} {value} goes with --symbol SYMBOL, which was not given")
+    if top and not (symbol or matrix):
+        raise UsageError(f"--top {top} goes with --symbol SYMBOL or --matrix METRIC, neither of which was given")
 
 
 def _listing(snap: DirectorySnapshot) -> dict:

@@ -29,7 +29,7 @@ def register(
     them; but a directory in which every group has an error is refused with exit 1, since nothing in
     it could be served. The registration is written to the data dir; a running server picks it up
     within one watch interval. With --json: the registration as {"name", "path", "created",
-    "group_count", "error_groups"}, or with --list {"models": [...]}.
+    "group_count", "error_groups"}, with --list {"models": [...]}, with --remove {"name", "removed": true}.
     """
     refuse_together({"--list": list_, "--remove NAME": remove, "NAME PATH": name or path})
     if list_:
@@ -37,7 +37,10 @@ def register(
     elif remove:
         with open_existing(data_dir) as manager:
             manager.unregister(remove, client="cli")
-        stdout_console().print(Text(f"removed {remove}"))
+        if as_json:
+            print_json({"name": remove, "removed": True})
+        else:
+            stdout_console().print(Text(f"removed {remove}"))
     elif not name or not path:
         raise UsageError("give NAME and PATH (or --list, or --remove NAME); see model-manager register --help")
     else:

@@ -53,7 +53,7 @@ def _in_range(low: float, high: float | None = None, *, above: bool = False) -> 
     them again, names the environment variables)."""
     def check(value: float | None) -> float | None:
         if value is not None and ((value <= low if above else value < low) or (high is not None and value > high)):
-            bound = f"between {low:g} and {high:g}" if high is not None else f"{'more than' if above else 'at least'} {low:g}"
+            bound = f"{'more than' if above else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
             raise typer.BadParameter(f"{value:g} is out of range: it must be {bound}")
         return value
     return check
