@@ -34,6 +34,8 @@ def pickles_in(path: Path) -> list[Path]:
         if not path.name.endswith(".pkl"):
             raise PathError(f"{path} is not a pickle (expected a *_model.pkl file or a directory)")
         return [path]
+    if path.exists():
+        raise PathError(f"{path} is not a regular file (a FIFO, device or socket): give a *_model.pkl file or a directory")
     raise PathError(f"{path} does not exist")
 
 

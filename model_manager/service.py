@@ -290,11 +290,13 @@ class ModelManager(VersionCommands):
                 progress: Callable[[int, int, Path], None] | None = None) -> list[ConvertResult]:
         """Convert a *_model.pkl file, or every one in a directory, to XGBoost JSON (see converter.py).
         `progress(done, total, next_file)` is called before each file."""
-        sources = pickles_in(path)
+        sources = pickles_in(path)  # (before the output directory is made: a bad PATH leaves none behind)
         if output is not None:
-            if output.exists() and not output.is_dir():
-                raise PathError(f"--output {output} exists and is not a directory")
-            output.mkdir(parents=True, exist_ok=True)
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                reason = "it exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+                raise PathError(f"cannot create the output directory {output}: {reason}") from None
         results = []
         for done, src in enumerate(sources):
             if progress is not None:

@@ -9,8 +9,7 @@ from rich.text import Text
 
 from model_manager.commands import JsonOption, app, err_console, example, open_manager, print_json
 from model_manager.commands.tables import Column, print_table, stdout_console
-from model_manager.converter import ConvertResult, pickles_in
-from model_manager.errors import PathError
+from model_manager.converter import ConvertResult
 
 STYLE = {"converted": "green", "skipped": "yellow", "failed": "red"}
 
@@ -32,9 +31,6 @@ def convert(
     "json_bytes", "message", "warnings"}], "converted", "skipped", "failed"}. Exit codes: 0 all
     converted or skipped, 1 any failure, 2 bad path.
     """
-    _check_source(path)
-    if output is not None:
-        _make_output_dir(output)
     # on a terminal only: rich would leave an empty line on a redirected stderr
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not err_console.is_terminal) as progress, open_manager() as manager:
@@ -55,23 +51,6 @@ def convert(
                       + (f" → {output}" if output else ""), markup=False)
     if counts["failed"]:
         raise typer.Exit(1)
-
-
-def _check_source(path: Path) -> None:
-    """Every error of PATH, before --output is made: a FIFO or device named directly is refused as
-    one found in a directory is (not reported missing), then the core's checks."""
-    if path.exists() and not (path.is_dir() or path.is_file()):
-        raise PathError(f"{path} is not a regular file (a FIFO, device or socket): give a *_model.pkl file or a directory")
-    pickles_in(path)
-
-
-def _make_output_dir(output: Path) -> None:
-    """Create --output (and its parents) up front: a place where it cannot be made is a usage error."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = "it exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-        raise PathError(f"cannot create the output directory {output}: {reason}") from None
 
 
 def _as_dict(r: ConvertResult) -> dict:
