@@ -152,6 +152,8 @@ def test_convert_writes_nothing_to_stderr_and_names_a_fifo(tmp_path, model_dir):
     (("inspect", "DIR", "--group-key", "SOLUSDT_mid_chg_1m"), ("--group-key", "--symbol")),
     (("inspect", "DIR", "--sort", "ic"), ("--sort", "--symbol")),
     (("inspect", "DIR", "--top", "3"), ("--top", "--symbol", "--matrix")),
+    (("diff", "m", "SOLUSDT", "--json", "--metric", "ic", "--data-dir", "DATA"), ("--json", "--metric")),
+    (("diff", "m", "SOLUSDT", "--json", "--top", "3", "--data-dir", "DATA"), ("--json", "--top")),
 ])
 def test_options_that_would_be_ignored_are_refused(tmp_path, model_dir, args, names):
     data = tmp_path / "data"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from model_manager.commands import DataDirOption, JsonOption, ModelName, app, example, open_existing, print_json
+from model_manager.commands import DataDirOption, JsonOption, ModelName, app, example, open_existing, print_json, refuse_together
 from model_manager.commands.diffview import render_diff
 from model_manager.commands.tables import Column, print_table, short_time, stdout_console
 
@@ -196,7 +196,8 @@ def diff(
     symbol: Symbol,
     from_version: Annotated[int, typer.Option("--from", min=1, help="The older version (default: the one before --to).")] = None,
     to_version: Annotated[int, typer.Option("--to", min=1, help="The newer version (default: the latest).")] = None,
-    metric: Annotated[str, typer.Option("--metric", "-m", help="The IC metric of the delta bars.")] = "kendall_tau",
+    metric: Annotated[str, typer.Option("--metric", "-m", help="The IC metric of the delta bars [default: kendall_tau].",
+                                        show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Show only the N largest IC deltas (0: all).")] = 0,
     as_json: JsonOption = False,
     data_dir: DataDirOption = None,
@@ -208,9 +209,12 @@ def diff(
     agree on the same fixed pseudo-random inputs (mean and max absolute difference, correlation of
     the predictions; when both have the same dim).
     """
+    if as_json:  # (the diff object has every metric and every row: these only shape the table)
+        refuse_together({"--json": as_json, "--metric": metric})
+        refuse_together({"--json": as_json, "--top": top})
     with open_existing(data_dir) as manager:
         result = manager.diff(name, symbol, from_version, to_version)
     if as_json:
         print_json(result)
         return
-    render_diff(stdout_console(), symbol, result, metric, top)
+    render_diff(stdout_console(), symbol, result, metric or "kendall_tau", top)
