@@ -507,6 +507,11 @@ class Registry:
             if parsed:  # the other workers show the trouble too (a restart re-reads it)
                 self._write_record(root, group)
             return None, None
+        if parsed and group.signature and file_signature(Path(root), group.files) != group.signature:
+            # replaced since this read: a later read (another refresh, the watcher) has the newer files,
+            # and may have recorded them already; this one must not record the older ones over them
+            group.model_json = None
+            return None, "its files changed again since they were read: the next read of them is served"
         in_memory, sha = group.model_json, group.model_sha256
         model_file, source, max_bytes = group.model_file, group.model_source, self.settings.max_artifact_bytes
 
@@ -598,9 +603,8 @@ class Registry:
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
-                # (a directory in trouble: every group, to see it come back; the primary's own re-reads
-                # set and clear its errors, a refused change among them)
-                if files and self._due(model_name, look) and not (model.error and self.adopts_unrecorded):
+                # (a directory in trouble: every group, to see it come back)
+                if files and self._due(model_name, look):
                     keys = set(model.groups) if model.error else self.changed_groups(model.name)
                     moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
@@ -653,9 +657,12 @@ class Registry:
         except PathError as exc:  # as the primary says it (it re-reads the directory when it returns)
             model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
             return False
-        model.error = None
-        present = {k: scanned[k] for k in keys if k in scanned}
+        error, model.error = model.error, None
         following = self._registering.get(model.name)
+        own_error = error is not None and following is None and self.adopts_unrecorded
+        if own_error:  # the primary's own re-read failed or was refused: only one of every group replaces it
+            keys = set(keys) | set(scanned)
+        present = {k: scanned[k] for k in keys if k in scanned}
         heads = self.versions.heads(model.name)
         if following is not None:  # another worker's registration: all of it once it is recorded, or nothing
             records = following.records
@@ -668,6 +675,9 @@ class Registry:
             ready = {k: g for k, g in restored.items() if k in present and _is_recorded(model.name, g, heads)}
         gone = {k for k in keys if k not in scanned and k in model.groups}
         waiting = set(present) - set(ready)
+        if own_error and waiting:  # another worker's re-read did not cover what this one refused: it stands
+            model.error = error
+            return False
         # (the primary follows another worker's re-read, a refresh asked of it; a group nobody recorded
         # yet is its own watcher's to re-read, not one to wait for)
         if waiting and (following is not None or not self.adopts_unrecorded):

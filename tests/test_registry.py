@@ -365,3 +365,25 @@ def test_a_follower_tells_of_each_version_once_also_after_a_rollback(settings, d
         told = [(e.data["version"], e.data["live"]) for e in follower.events.since("demo", last) if e.kind == "version"]
         assert told == [(4, False)]
         assert follower.get("demo").groups[key].payload.version == 2
+
+
+def test_a_read_whose_files_were_replaced_since_records_nothing(settings, demo_dir):
+    """Two re-reads of one group can overlap (a refresh on each worker): the one that read the older
+    files may come to record after the other recorded the newer ones. It records nothing: the files
+    it read are no longer there, and a later read serves what is."""
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        key = sorted(k for k, s in manager.register("demo", str(demo_dir)).model.groups.items() if s.payload is not None)[0]
+        _set_tau(demo_dir, key, "0.5")
+        read = load_directory(str(demo_dir), cache=manager.cache, max_bytes=settings.max_artifact_bytes, only={key})
+        group = read.groups[key]
+        assert not group.errors
+        before = manager.store.query("SELECT COUNT(*) FROM versions WHERE model = 'demo'")
+        _set_tau(demo_dir, key, "0.6")  # the next training lands before this read is recorded
+        payload, why = registry._build_payload("demo", group, str(read.path), parsed=True)
+        assert payload is None and "changed again since they were read" in why
+        assert manager.store.query("SELECT COUNT(*) FROM versions WHERE model = 'demo'") == before
+        registry.refresh_groups("demo", {key})  # the next read serves what is there
+        assert registry.get("demo").groups[key].payload.version == 2
+        assert registry.get("demo").groups[key].snapshot.ic == load_directory(
+            str(demo_dir), max_bytes=settings.max_artifact_bytes, only={key}).groups[key].ic

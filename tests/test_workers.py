@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -563,32 +564,49 @@ def test_a_worker_a_poke_could_not_reach_is_asked_to_follow_everything_later():
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _client_of(server: ServerProcess, token: str, worker: int) -> httpx.Client:
+    """A keep-alive connection that the given worker answers."""
+    for _ in range(200):
+        client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                              limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        if client.get("/healthz").json()["worker"] == worker:
+            return client
+        client.close()
+    raise AssertionError(f"worker {worker} never answered")
+
+
 def test_a_refresh_answered_by_another_worker_reaches_the_primary_files_and_all(tmp_path, model_dir):
     """Without the watcher, a retrain is seen only at a refresh, and the worker the refresh reaches
     re-reads the files. Every worker, the primary included, then shows the new files (the factor
-    list, not only the payload) before the refresh is answered."""
+    list, not only the payload) before the refresh is answered; also when the primary's own refresh
+    had just been refused, and until the files change nothing another worker does clears that."""
     server = ServerProcess(tmp_path / "data", workers=2, extra_args=("--no-watch",))
     server.start()
     try:
         token = bootstrap(server)
         assert server.post("/api/models", {"name": "m", "path": str(model_dir)}, token=token)[0] == 201
-        factors_file = model_dir / "SOLUSDT_mid_chg_1m_factors.txt"
-        renamed = [f"new_{f}" for f in factors_file.read_text().split()]
-        replace_file(factors_file, ("\n".join(renamed) + "\n").encode())
-        retrain(model_dir, "SOLUSDT_mid_chg_1m", trees=7)
-        headers = {"Authorization": f"Bearer {token}"}
-        for _ in range(200):  # a connection the secondary worker answers
-            client = httpx.Client(base_url=server.url, headers=headers, timeout=60,
-                                  limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-            if client.get("/healthz").json()["worker"] == 1:
-                break
-            client.close()
-        else:
-            raise AssertionError("worker 1 never answered")
+        primary, other = _client_of(server, token, 0), _client_of(server, token, 1)
         try:
-            assert client.post("/api/models/m/refresh").status_code == 200
+            # a second group of SOLUSDT: the primary's refresh is refused, and stays so
+            for path in list(model_dir.glob("SOLUSDT_mid_chg_1m_*")):
+                shutil.copy(path, model_dir / path.name.replace("SOLUSDT_mid_chg_1m", "SOLUSDT_mid_chg_5m"))
+            assert primary.post("/api/models/m/refresh").status_code == 400
+            assert "refused" in primary.get("/api/models").json()["models"][0]["error"]
+            assert other.post("/api/keys", json={"name": "engine", "scope": "read"}).status_code == 201  # a sync
+            assert "refused" in primary.get("/api/models").json()["models"][0]["error"]
+
+            # fixed and retrained; the refresh reaches the other worker
+            for path in list(model_dir.glob("SOLUSDT_mid_chg_5m_*")):
+                path.unlink()
+            factors_file = model_dir / "SOLUSDT_mid_chg_1m_factors.txt"
+            renamed = [f"new_{f}" for f in factors_file.read_text().split()]
+            replace_file(factors_file, ("\n".join(renamed) + "\n").encode())
+            retrain(model_dir, "SOLUSDT_mid_chg_1m", trees=7)
+            assert other.post("/api/models/m/refresh").status_code == 200
+            assert primary.get("/api/models").json()["models"][0]["error"] is None
         finally:
-            client.close()
+            primary.close()
+            other.close()
         details = [json.loads(raw) for _, _, raw in all_answers(server, "/api/models/m/symbols/SOLUSDT", token)]
         assert {tuple(d["factors"]) for d in details} == {tuple(renamed)}
         assert len({h["etag"] for _, h, _ in all_answers(server, "/api/models/m/model/SOLUSDT", token)}) == 1
