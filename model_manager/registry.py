@@ -445,7 +445,9 @@ class Registry:
                 # what the store says is live, so no long poll or event stream is told of a version the
                 # pin has just replaced
                 groups = {**{k: previous[k] for k in kept if k in previous}, **new_states}
-                groups.update(self._live_corrections(model.name, groups))
+                corrected = self._live_corrections(model.name, groups)
+                self._unserved_new(model.name, {k: new_states[k] for k in corrected if k in new_states}, previous)
+                groups.update(corrected)
                 model.install(dict(sorted(groups.items())), defer_research=True)
                 model.error = None
                 self._announce(model, previous)  # long polls and event streams: the new payloads are live
@@ -705,6 +707,15 @@ class Registry:
             model.hold = hold
             self._announce(model, previous)
             return True
+
+    def _unserved_new(self, name: str, replaced: dict[str, GroupState], previous: dict[str, GroupState]) -> None:
+        """Versions this re-read made live that a pin or rollback replaced before they were served:
+        new versions all the same, queued for `_announce` as not live."""
+        with self._unserved_lock:
+            for key, state in replaced.items():
+                old = previous.get(key)
+                if state.payload is not None and state.payload.version > (old.payload.version if old and old.payload else 0):
+                    self._unserved.append((name, key, state.payload.version, state.payload.etag))
 
     def _live_corrections(self, name: str, groups: dict[str, GroupState]) -> dict[str, GroupState]:
         """The states of `groups` that do not serve the version the store says is live (a pin, a

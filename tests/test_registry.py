@@ -387,3 +387,37 @@ def test_a_read_whose_files_were_replaced_since_records_nothing(settings, demo_d
         assert registry.get("demo").groups[key].payload.version == 2
         assert registry.get("demo").groups[key].snapshot.ic == load_directory(
             str(demo_dir), max_bytes=settings.max_artifact_bytes, only={key}).groups[key].ic
+
+
+def test_a_version_a_pin_replaced_before_it_was_served_is_still_told_of(settings, demo_dir, monkeypatch):
+    """A re-read records a group's new version as live; a pin lands before the re-read installs it.
+    The version is never served, but it is new: the event stream tells of it (not live), once."""
+    import threading
+
+    with ModelManager(settings) as manager:
+        registry = manager.serve()
+        key = sorted(k for k, s in manager.register("demo", str(demo_dir)).model.groups.items() if s.payload is not None)[0]
+        symbol = registry.get("demo").groups[key].snapshot.symbol
+        recorded, go = threading.Event(), threading.Event()
+        record = manager.versions.record
+
+        def then_paused(*args, **kwargs):  # the real recording, then a pause for the test to pin
+            done = record(*args, **kwargs)
+            recorded.set()
+            assert go.wait(30)
+            return done
+
+        monkeypatch.setattr(manager.versions, "record", then_paused)
+        _set_tau(demo_dir, key, "0.5")
+        last = registry.events.since("demo", None)[-1].id
+        thread = threading.Thread(target=registry.refresh_groups, args=("demo", {key}))
+        thread.start()
+        try:
+            assert recorded.wait(30)  # version 2 is recorded, live, not yet served
+            manager.pin("demo", symbol, 1, reason="not that one")
+        finally:
+            go.set()
+            thread.join(30)
+        assert registry.get("demo").groups[key].payload.version == 1
+        told = [(e.data["version"], e.data["live"]) for e in registry.events.since("demo", last) if e.kind == "version"]
+        assert told.count((2, False)) == 1 and (2, True) not in told
