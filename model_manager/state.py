@@ -64,9 +64,30 @@ class GroupState:
         return self.served is not None and self.served is not self.snapshot
 
     def refresh_info(self) -> dict:
-        return {"group_key": self.snapshot.group_key, "symbol": self.snapshot.symbol, "status": self.snapshot.status,
-                "stale": self.stale, "refreshed_at": self.refreshed_at, "outcome": self.outcome, "message": self.message,
-                "generation": self.generation, "version": self.payload.version if self.payload else None}
+        return group_object(self.snapshot.group_key, self.snapshot.symbol, self.snapshot.status,
+                            self.payload.version if self.payload else None, stale=self.stale, refreshed_at=self.refreshed_at,
+                            outcome=self.outcome, message=self.message, generation=self.generation)
+
+
+def group_object(group_key: str, symbol: str, status: str, version: int | None, *, stale: bool | None = None,
+                 refreshed_at: str | None = None, outcome: str | None = None, message: str | None = None,
+                 generation: int | None = None) -> dict:
+    """One group of the SPEC `model` object. What the caller cannot know stays null (the store alone,
+    with no server serving, knows no read of the files)."""
+    return {"group_key": group_key, "symbol": symbol, "status": status, "stale": stale, "refreshed_at": refreshed_at,
+            "outcome": outcome, "message": message, "generation": generation, "version": version}
+
+
+def model_object(name: str, path: str, registered_at: str, *, refreshed_at: str | None, group_count: int,
+                 symbol_count: int, status: str | None, error: str | None, hold: dict | None,
+                 groups: list[dict] | None = None) -> dict:
+    """The SPEC `model` object (`groups`, when given, made by `group_object`)."""
+    out = {"name": name, "path": path, "registered_at": registered_at, "refreshed_at": refreshed_at,
+           "group_count": group_count, "symbol_count": symbol_count, "status": status, "error": error,
+           "held": hold is not None, "hold": hold}
+    if groups is not None:
+        out["groups"] = groups
+    return out
 
 
 @dataclass(frozen=True)
@@ -195,10 +216,7 @@ class LoadedModel:
 
     def to_dict(self, *, with_groups: bool = True) -> dict:
         view = self.view
-        out = {"name": self.name, "path": self.path, "registered_at": self.registered_at,
-               "refreshed_at": view.refreshed_at, "group_count": len(view.groups), "symbol_count": len(view.symbols),
-               "status": self.status, "error": self.error, "held": self.hold is not None,
-               "hold": self.hold}
-        if with_groups:
-            out["groups"] = [s.refresh_info() for s in view.groups.values()]
-        return out
+        return model_object(self.name, self.path, self.registered_at, refreshed_at=view.refreshed_at,
+                            group_count=len(view.groups), symbol_count=len(view.symbols), status=self.status,
+                            error=self.error, hold=self.hold,
+                            groups=[s.refresh_info() for s in view.groups.values()] if with_groups else None)

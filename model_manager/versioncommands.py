@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_manager.errors import NotFoundError
-from model_manager.state import PayloadBytes
+from model_manager.state import PayloadBytes, group_object, model_object
 
 
 class VersionCommands:
@@ -85,12 +85,10 @@ class VersionCommands:
         serving process knows (when it last read each group, how that went, the model's status now, a
         directory it cannot read) is null."""
         row, hold = self.store.get_model(name), self.versions.hold_info(name)
-        groups = [{"group_key": key, "symbol": v.symbol, "status": v.status, "stale": None, "refreshed_at": None,
-                   "outcome": None, "message": None, "generation": None, "version": v.version}
-                  for key, v in self.versions.live_infos(name).items()]
-        return {"name": row.name, "path": row.path, "registered_at": row.registered_at, "refreshed_at": None,
-                "group_count": len(groups), "symbol_count": len({g["symbol"] for g in groups}), "status": None,
-                "error": None, "held": hold is not None, "hold": hold, "groups": groups}
+        groups = [group_object(key, v.symbol, v.status, v.version) for key, v in self.versions.live_infos(name).items()]
+        return model_object(row.name, row.path, row.registered_at, refreshed_at=None, group_count=len(groups),
+                            symbol_count=len({g["symbol"] for g in groups}), status=None, error=None, hold=hold,
+                            groups=groups)
 
     def _followed(self, name: str, answer: dict[str, Any]) -> dict[str, Any]:
         """After a change of what is live: a serving service serves it now (other servers follow
