@@ -1,16 +1,25 @@
 """Content-addressed payload bytes in the data dir: `versions/ab/<sha256>.gz`, named by the sha256 of
 the gzip bytes they hold.
 
-A blob is written atomically and durably (temp file, fsync, rename, fsync of the directory) before any
-record that refers to it is committed, and checked against its name whenever it is read: a damaged
-blob is a `DamagedDataError`, never bytes served silently. Identical bytes are stored once.
+A blob is written atomically (temp file, rename) and made durable (fsync of the file and of its
+directory) before any record that refers to it is committed, and checked against its name whenever it
+is read: a damaged blob is a `DamagedDataError`, never bytes served silently. Identical bytes are
+stored once.
+
+A registration writes thousands of blobs before it records any of them. Those are written with
+`durable=False` and made durable together by `make_durable` just before their rows are committed:
+fsyncs issued at once share the filesystem journal's commits, where one after each write made the
+registering thread wait for a commit per blob.
 """
 from __future__ import annotations
 
 import contextlib
 import mmap
 import os
+import threading
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model_manager.conversion import sha256
@@ -18,6 +27,7 @@ from model_manager.errors import DamagedDataError
 from model_manager.files import atomic_write, private_dir
 
 ORPHAN_GRACE_SECONDS = 600  # a blob written moments ago may belong to a record about to be committed
+SYNC_THREADS = 16  # fsyncs in flight at once in `make_durable`
 
 
 class BlobStore:
@@ -26,16 +36,23 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = private_dir(root)
         self._made: set[str] = set()
+        self._unsynced: set[str] = set()  # digests `put(durable=False)` that `make_durable` has not synced yet
+        self._lock = threading.Lock()
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             raise ValueError(f"not a sha256 hex digest: {digest!r}")
         return self.root / digest[:2] / f"{digest}.gz"
 
-    def put(self, data: bytes) -> str:
-        """Store `data` durably (0600) and return its sha256. Existing identical bytes are kept."""
+    def put(self, data: bytes, *, durable: bool = True) -> str:
+        """Store `data` (0600) and return its sha256. Existing identical bytes are kept. With
+        `durable=False` the blob must go through `make_durable` before a row may name it (even when it
+        was on disk already: another process may have written it so and died before syncing it)."""
         digest = sha256(data)
         target = self.path(digest)
+        if not durable:
+            with self._lock:
+                self._unsynced.add(digest)
         if self._intact(target, digest):
             with contextlib.suppress(OSError):  # stored again now: not an orphan the sweep may take yet
                 os.utime(target)
@@ -44,13 +61,33 @@ class BlobStore:
             target.parent.mkdir(exist_ok=True, mode=0o700)
             self._made.add(target.parent.name)
         try:
-            atomic_write(target, data, durable=True)
+            atomic_write(target, data, durable=durable)
         except FileNotFoundError:  # the subdirectory was removed behind our back
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(target, data, durable=True)
+            atomic_write(target, data, durable=durable)
         os.chmod(target, 0o600)  # payloads are as private as the db (a brief 0644 window holds no secret)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
         return digest
+
+    def make_durable(self, digests: Iterable[str]) -> None:
+        """fsync the blobs among `digests` that were `put(durable=False)` and their directories, all
+        at once (a blob already durable costs nothing). A blob that is gone is left to the caller,
+        which checks that it exists before naming it."""
+        with self._lock:
+            due = [d for d in dict.fromkeys(digests) if d in self._unsynced]
+        if not due:
+            return
+        paths = [self.path(d) for d in due]
+        if len(paths) == 1:
+            _fsync_file(paths[0])
+        else:
+            with ThreadPoolExecutor(min(SYNC_THREADS, len(paths)), thread_name_prefix="blob-sync") as pool:
+                list(pool.map(_fsync_file, paths))
+        for directory in {p.parent for p in paths}:
+            _fsync_dir(directory)
+        with self._lock:
+            self._unsynced.difference_update(due)
 
     def ensure(self, data: bytes, digest: str) -> None:
         """Make sure the blob `digest` that `put` has just checked or written is still on disk (rewrite
@@ -120,6 +157,17 @@ def _mapped(path: Path) -> bytes | memoryview:
             return memoryview(mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ))
         except (OSError, ValueError):  # no mapping left (vm.max_map_count): a copy will do
             return fh.read()
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # swept or never written: the caller's existence check reports it
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

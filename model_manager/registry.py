@@ -52,7 +52,7 @@ from model_manager.metrics import Metrics
 from model_manager.state import GroupState, LoadedModel, PayloadBytes, snapshot_from_record, snapshot_record
 from model_manager.store import Store
 from model_manager.versionrecords import content_sha256
-from model_manager.versions import Prebuilt, Recorded, StoredPayload, VersionInfo, VersionStore, candidate
+from model_manager.versions import Candidate, Prebuilt, Recorded, StoredPayload, VersionInfo, VersionStore, candidate
 
 log = logging.getLogger(__name__)
 
@@ -478,8 +478,19 @@ class Registry:
             futures = {k: self.executor.submit(self._followed_payload, model.name, g, live.get(k))
                        for k, g in snap.groups.items()}
         else:
-            futures = {k: self.executor.submit(self._build_payload, model.name, g, str(snap.path), parsed=k in parsed,
-                                               prebuilt=(prebuilt or {}).get(k))
+            root, prebuilt = str(snap.path), prebuilt or {}
+            self.versions.make_durable(prebuilt.values())  # all at once, before any row names them
+            # the bodies built ahead for a registration: their rows written a few hundred to a transaction
+            ahead = {k: (self._candidate(model.name, g, root), prebuilt[k]) for k, g in snap.groups.items()
+                     if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
+            try:
+                recorded = self.versions.record_prebuilt(list(ahead.values()))
+            except ModelManagerError as exc:  # (then each is recorded on its own, and reports its trouble)
+                log.warning("%s: versions not recorded together: %s", model.name, exc)
+                recorded = {}
+            futures = {k: self.executor.submit(self._build_payload, model.name, g, root, parsed=k in parsed,
+                                               prebuilt=prebuilt.get(k), cand=ahead[k][0] if k in ahead else None,
+                                               recorded=recorded.get(k))
                        for k, g in snap.groups.items()}
         stamp, out = now_iso(), {}
         for key, group in snap.groups.items():
@@ -499,10 +510,12 @@ class Registry:
         return out
 
     def _build_payload(self, model_name: str, group: GroupSnapshot, root: str, *, parsed: bool,
-                       prebuilt: Prebuilt | None = None) -> Built:
+                       prebuilt: Prebuilt | None = None, cand: Candidate | None = None,
+                       recorded: Recorded | None = None) -> Built:
         """Record a valid group's payload as a version (a new one only when its content changed; with
-        the body built ahead, if any) and return what the group serves: its live version. The parse
-        of a group `parsed` here is recorded for the next start and the other workers (see
+        the body built ahead, if any) and return what the group serves: its live version. `cand`: the
+        group's candidate made already; `recorded`: what recording it did already (`record_prebuilt`).
+        The parse of a group `parsed` here is recorded for the next start and the other workers (see
         `_restore`): a served one, or a broken one."""
         if group.errors:
             group.model_json = None
@@ -514,21 +527,9 @@ class Registry:
             # and may have recorded them already; this one must not record the older ones over them
             group.model_json = None
             return None, "its files changed again since they were read: the next read of them is served"
-        in_memory, sha = group.model_json, group.model_sha256
-        model_file, source, max_bytes = group.model_file, group.model_source, self.settings.max_artifact_bytes
-
-        def model_json() -> bytes:  # only called when a new version is built
-            data = in_memory or self.cache.model_json(sha)  # (or from a version that serves the same model)
-            if data is None and model_file and source:  # no copy kept: the model file is the source
-                data = served_json_again(Path(root).resolve(), model_file, source, sha, max_bytes)
-            if data is None:
-                raise LookupError(f"{model_file or 'the model file'} changed or could not be read again since it "
-                                  "was parsed; it is checked again at the next change of the group's files")
-            return data
-
-        group.model_json = None  # the JSON need not stay in memory
         try:
-            recorded = self.versions.record(candidate(model_name, group, model_json), prebuilt)
+            if recorded is None:
+                recorded = self.versions.record(cand or self._candidate(model_name, group, root), prebuilt)
             payload = self._live_payload(recorded)
             if recorded.created and self.metrics is not None:
                 self.metrics.versions.labels(model_name).inc()
@@ -545,6 +546,25 @@ class Registry:
         if parsed:
             self._write_record(root, group)
         return payload, None
+
+    def _candidate(self, model_name: str, group: GroupSnapshot, root: str) -> Candidate:
+        """The group's version candidate; its model JSON is dropped from the group and read again
+        only when a new version has to be built (from a version that serves the same model, or the
+        model file)."""
+        in_memory, sha = group.model_json, group.model_sha256
+        model_file, source, max_bytes = group.model_file, group.model_source, self.settings.max_artifact_bytes
+
+        def model_json() -> bytes:  # only called when a new version is built
+            data = in_memory or self.cache.model_json(sha)  # (or from a version that serves the same model)
+            if data is None and model_file and source:  # no copy kept: the model file is the source
+                data = served_json_again(Path(root).resolve(), model_file, source, sha, max_bytes)
+            if data is None:
+                raise LookupError(f"{model_file or 'the model file'} changed or could not be read again since it "
+                                  "was parsed; it is checked again at the next change of the group's files")
+            return data
+
+        group.model_json = None  # the JSON need not stay in memory
+        return candidate(model_name, group, model_json)
 
     def _follow_unserved(self, name: str, keys: Collection[str], previous: dict[str, GroupState],
                          live: dict[str, VersionInfo]) -> None:

@@ -14,14 +14,16 @@ A kill at any point leaves either no row (and at most an orphan blob, swept late
 whose bytes are on disk: numbers never skip, never repeat.
 
 A registration, whose versions may be written only once the registration is, does step 2 for each
-group while the group is parsed and its model JSON is in memory (`prebuild`), and steps 1 and 3 at
-the end (`record(cand, prebuilt)`). A version's payload holds its model's JSON, which is where a
+group while the group is parsed and its model JSON is in memory (`prebuild`, without an fsync), and
+steps 1 and 3 at the end (`record(cand, prebuilt)`), once the blobs have been synced together
+(`make_durable`; `record` syncs one that was not before naming it). A version's payload holds its model's JSON, which is where a
 later version of the same model takes it from (`find_model_json`): it is written to disk once.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -49,6 +51,10 @@ from model_manager.versionrecords import (
 
 __all__ = ["Candidate", "Prebuilt", "Recorded", "StoredPayload", "VersionInfo", "VersionStore", "candidate",
            "content_sha256"]
+
+log = logging.getLogger(__name__)
+
+RECORD_BATCH = 500  # versions written per transaction by `record_prebuilt` (the write lock is held that long)
 
 _COLUMNS = ("model", "group_key", "version", "symbol", "etag", "payload_sha256", "blob_sha256", "size",
             "content_sha256", "model_sha256", "created_at", "live_from", "live_until", "dim", "factor_count",
@@ -196,39 +202,107 @@ class VersionStore:
                 blob = prebuilt.blob_sha256
                 if packed is not None:
                     self.blobs.ensure(packed, blob)  # a concurrent sweep may have taken an unnamed blob
-                elif not self.blobs.exists(blob):  # swept before its row was written: build it again
-                    prebuilt = None
+                elif not self.blobs.exists(blob) or not self._made_durable(blob):  # swept, or not syncable
+                    prebuilt = None  # before its row was written: build it again
                     continue
-                now = isoformat(utc_now())
-                db.execute(f"INSERT INTO versions ({', '.join(_COLUMNS[:11])}, dim, factor_count, model_source, "
-                           "status, detail) VALUES (" + ", ".join("?" * 16) + ")",
-                           (model, group, number, cand.symbol, f'"{prebuilt.payload_sha256[:32]}"', prebuilt.payload_sha256,
-                            blob, prebuilt.size, cand.content_sha256, cand.model_sha256, now, cand.dim, cand.factor_count,
-                            cand.model_source, cand.status, detail))
-                if rules.is_held(db, model) and rules.held_version(db, model, group) is None:
-                    # a group that first appears during a hold: its first version is what it is held at
-                    db.execute("INSERT INTO held_versions (model, group_key, version) VALUES (?, ?, ?)",
-                               (model, group, number))
-                changed = rules.sync_live(db, model, group, now)
-                doomed = rules.prune(db, model, group, self.keep)
+                changed, doomed = self._insert(db, cand, prebuilt, detail, isoformat(utc_now()), rules.is_held(db, model))
             self._delete_blobs(doomed)
             info = self.get(model, group, number)
             return Recorded(info, True, self.live(model, group), changed,
                             StoredPayload(number, info.etag, packed, prebuilt.size) if packed is not None else None)
         raise ConflictError(f"versions of {model}/{group} kept changing while recording; try again")
 
+    def _insert(self, db, cand: Candidate, prebuilt: Prebuilt, detail: str, now: str, held: bool) -> tuple[bool, list[str]]:
+        """Write version `prebuilt.version` of `cand` (its number checked and its blob on disk by the
+        caller, in the same transaction): its row, its place in a hold, the live period and the
+        pruning. Returns (live version changed, blobs the pruning let go)."""
+        model, group, number = cand.model_name, cand.group_key, prebuilt.version
+        db.execute(f"INSERT INTO versions ({', '.join(_COLUMNS[:11])}, dim, factor_count, model_source, "
+                   "status, detail) VALUES (" + ", ".join("?" * 16) + ")",
+                   (model, group, number, cand.symbol, f'"{prebuilt.payload_sha256[:32]}"', prebuilt.payload_sha256,
+                    prebuilt.blob_sha256, prebuilt.size, cand.content_sha256, cand.model_sha256, now, cand.dim,
+                    cand.factor_count, cand.model_source, cand.status, detail))
+        if held and rules.held_version(db, model, group) is None:
+            # a group that first appears during a hold: its first version is what it is held at
+            db.execute("INSERT INTO held_versions (model, group_key, version) VALUES (?, ?, ?)", (model, group, number))
+        return rules.sync_live(db, model, group, now), rules.prune(db, model, group, self.keep)
+
+    def record_prebuilt(self, items: list[tuple[Candidate, Prebuilt]]) -> dict[str, Recorded]:
+        """`record` of many groups of one model whose bodies `prebuild` stored (a registration's first
+        versions), RECORD_BATCH groups to a transaction instead of one each. A group is recorded here
+        only when its prebuilt number is still the next one, its content is not its latest version's
+        and its blob is on disk and synced; the others are left out of the answer, for `record`."""
+        out: dict[str, Recorded] = {}
+        for start in range(0, len(items), RECORD_BATCH):
+            out.update(self._record_batch(items[start:start + RECORD_BATCH]))
+        return out
+
+    def _record_batch(self, items: list[tuple[Candidate, Prebuilt]]) -> dict[str, Recorded]:
+        if not items:
+            return {}
+        model = items[0][0].model_name
+        keys = [cand.group_key for cand, _ in items]
+        details: dict[str, str] = {}  # (made outside the transaction)
+        for cand, _ in items:
+            if cand.status == "error":
+                continue
+            try:
+                details[cand.group_key] = json.dumps(cand.detail(), separators=(",", ":"), allow_nan=False)
+            except (LookupError, ValueError, OSError, ModelManagerError):  # `record` reports it
+                continue
+        written: dict[str, tuple[int, bool]] = {}
+        doomed: list[str] = []
+        with self.store.transaction() as db:
+            sql, args = _heads_query(model, keys)
+            heads = _heads_of(db.execute(sql, args).fetchall(), keys)
+            held, now = rules.is_held(db, model), isoformat(utc_now())
+            for cand, prebuilt in items:
+                number, pruned, content = heads.get(cand.group_key, (0, False, None))
+                if (cand.model_name != model or cand.group_key not in details or prebuilt.version != number + 1
+                        or (number and not pruned and content == cand.content_sha256)
+                        or not self.blobs.exists(prebuilt.blob_sha256) or not self._made_durable(prebuilt.blob_sha256)):
+                    continue  # (`record` sorts it out)
+                changed, let_go = self._insert(db, cand, prebuilt, details[cand.group_key], now, held)
+                written[cand.group_key] = (prebuilt.version, changed)
+                doomed += let_go
+        self._delete_blobs(sorted(set(doomed)))
+        if not written:
+            return {}
+        rows = self.store.query(f"{_SELECT} WHERE model = ? AND group_key IN ({', '.join('?' * len(written))})",  # noqa: S608 - placeholders only
+                                (model, *written))
+        infos = {info.group_key: info for info in map(_info, rows) if info.version == written[info.group_key][0]}
+        live = self.live_infos(model, list(written))
+        return {key: Recorded(infos[key], True, live.get(key), changed)
+                for key, (_, changed) in written.items() if key in infos}
+
     def prebuild(self, cand: Candidate, number: int) -> Prebuilt:
         """Step 2 of recording `cand` as version `number`, ahead of its row (see the module docstring).
         A blob no row comes to name is an orphan, which the sweep removes."""
         if cand.status == "error":
             raise UnprocessableError(f"{cand.group_key} has errors: it makes no version")
-        return self._build(cand, number)[0]
+        return self._build(cand, number, durable=False)[0]
 
-    def _build(self, cand: Candidate, number: int) -> tuple[Prebuilt, bytes]:
-        """The body of version `number` built, gzipped and stored durably; and its gzip bytes."""
+    def make_durable(self, prebuilt: Collection[Prebuilt]) -> None:
+        """Sync the blobs `prebuild` wrote, together (`BlobStore.make_durable`), before their rows are
+        written; `record` syncs any left over one at a time."""
+        try:
+            self.blobs.make_durable(p.blob_sha256 for p in prebuilt)
+        except OSError as exc:  # (`record` tries again per blob, and rebuilds one it cannot sync)
+            log.warning("prebuilt version bytes could not be synced to disk: %s", exc)
+
+    def _made_durable(self, blob: str) -> bool:
+        try:
+            self.blobs.make_durable((blob,))
+            return True
+        except OSError:
+            return False
+
+    def _build(self, cand: Candidate, number: int, *, durable: bool = True) -> tuple[Prebuilt, bytes]:
+        """The body of version `number` built, gzipped and stored (durably unless told otherwise: see
+        `BlobStore.make_durable`); and its gzip bytes."""
         raw = cand.build(number)
         packed = gzip_bytes(raw, GZIP_LEVEL)
-        return Prebuilt(number, self.blobs.put(packed), sha256(raw), len(raw)), packed
+        return Prebuilt(number, self.blobs.put(packed, durable=durable), sha256(raw), len(raw)), packed
 
     # -- the model JSON in versions' payloads (`cache.ModelJsonSource`) ---------------------------------
     def has_model_json(self, json_sha: str) -> bool:
@@ -259,8 +333,8 @@ class VersionStore:
     def _heal(self, info: VersionInfo, cand: Candidate) -> None:
         """Rewrite a version's missing blob when the same content rebuilds exactly its payload (it
         does unless the files' mtimes moved since); otherwise reading it reports the damage. The
-        gzip bytes may come out other than the lost ones (zlib wrote blobs before zlib-ng, and a
-        later zlib-ng may compress differently): then the version's row names the new blob."""
+        gzip bytes may come out other than the lost ones (zlib wrote the first releases' blobs, zlib-ng
+        the next ones', libdeflate ours): then the version's row names the new blob."""
         if self.blobs.exists(info.blob_sha256):
             return
         raw = cand.build(info.version)
@@ -286,13 +360,8 @@ class VersionStore:
         """{group_key: (number, pruned, content_sha256) of its latest version} for every group of `model`
         with versions (or of `keys`), in one query (SQLite takes the bare columns from the row with
         the MAX). Few `keys` are looked up by name; many read all of the model's groups."""
-        only, args = "", [model]
-        if keys is not None and len(keys) <= 500:
-            only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
-        rows = self.store.query(f"SELECT group_key, MAX(version), pruned, content_sha256 FROM versions "  # noqa: S608 - placeholders only
-                                f"WHERE model = ?{only} GROUP BY group_key", tuple(args))
-        return {key: (number, bool(pruned), content) for key, number, pruned, content in rows
-                if keys is None or key in keys}
+        sql, args = _heads_query(model, keys)
+        return _heads_of(self.store.query(sql, args), keys)
 
     def group_removed(self, model: str, group_key: str) -> None:
         """A group's files are gone: its live period ends (its records, pin and numbers stay)."""
@@ -455,6 +524,21 @@ class VersionStore:
     def _model_json(self, info: VersionInfo) -> bytes:
         body = gzip.decompress(self.stored(info).gzip)
         return json.loads(body)["payload"]["model_json"].encode("utf-8")
+
+
+def _heads_query(model: str, keys: Collection[str] | None) -> tuple[str, tuple]:
+    """The query of `VersionStore.heads` (SQLite takes the bare columns from the row with the MAX)."""
+    only, args = "", [model]
+    if keys is not None and len(keys) <= 500:
+        only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
+    return (f"SELECT group_key, MAX(version), pruned, content_sha256 FROM versions "  # noqa: S608 - placeholders only
+            f"WHERE model = ?{only} GROUP BY group_key", tuple(args))
+
+
+def _heads_of(rows: list[tuple], keys: Collection[str] | None) -> dict[str, tuple[int, bool, str]]:
+    wanted = None if keys is None else set(keys)
+    return {key: (number, bool(pruned), content) for key, number, pruned, content in rows
+            if wanted is None or key in wanted}
 
 
 def _info(row: tuple) -> VersionInfo:

@@ -256,7 +256,7 @@ def test_blob_integrity(vs, tmp_path, retrains):
 
 
 def test_blob_written_by_the_standard_librarys_zlib_is_healed_too(vs, store, tmp_path, retrains):
-    """Blobs of releases before zlib-ng hold zlib's bytes (another sha256): a missing one is rebuilt
+    """Blobs of releases before zlib-ng and libdeflate hold zlib's bytes (another sha256): a missing one is rebuilt
     with the compressor that made it, so its name still matches its content. One no compressor here
     reproduces is rebuilt with ours, under a new name."""
     d = tmp_path / "models"
@@ -264,13 +264,13 @@ def test_blob_written_by_the_standard_librarys_zlib_is_healed_too(vs, store, tmp
     info = record(vs, d).version
     raw = gzip.decompress(vs.payload("m", KEY, 1).gzip)
     old = gzip.compress(raw, 6, mtime=0)
-    assert old != vs.payload("m", KEY, 1).gzip  # zlib-ng's bytes differ from zlib's
+    assert old != vs.payload("m", KEY, 1).gzip  # libdeflate's bytes differ from zlib's
     with store.transaction() as db:
         db.execute("UPDATE versions SET blob_sha256 = ? WHERE version = 1", (sha256(old),))
     vs.blobs.path(info.blob_sha256).unlink()
     assert record(vs, d).created is False
     assert vs.payload("m", KEY, 1).gzip == old
-    # a blob whose bytes no compressor here reproduces (another zlib-ng release, say): the payload is
+    # a blob whose bytes no compressor here reproduces (zlib-ng's, from an earlier release): the payload is
     # rebuilt, and the version's row names the new blob
     with store.transaction() as db:
         db.execute("UPDATE versions SET blob_sha256 = ? WHERE version = 1", ("0" * 64,))
@@ -339,6 +339,75 @@ def test_a_body_built_ahead_is_recorded_without_the_model_json(vs, tmp_path, ret
     assert info.version == 3 and vs.blobs.exists(info.blob_sha256)
     assert json.loads(gzip.decompress(vs.payload("m", KEY, 3).gzip))["payload"]["model_json"].encode() == third.model_json
 
+
+def test_a_body_built_ahead_is_synced_to_disk_before_a_row_names_it(vs, store, tmp_path, retrains, monkeypatch):
+    """`prebuild` writes without an fsync; the blobs are synced together (`make_durable`) before the
+    rows are written, and `record` syncs one that was not, so no committed row names bytes a power cut
+    could lose. Every fsync of a blob is logged with the rows naming it at that moment."""
+    import model_manager.blobs as blobs_module
+
+    synced: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.endswith(".gz"):
+            rows = store.query("SELECT COUNT(*) FROM versions WHERE blob_sha256 = ?", (name[:-3],))[0][0]
+            synced.append((name[:-3], rows))
+
+    monkeypatch.setattr(blobs_module.os, "fsync", fsync)
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    group = parse(d)
+    first = vs.prebuild(candidate("m", group, group.model_json), 1)
+    assert synced == []  # written, not yet synced
+    vs.make_durable([first])
+    assert synced == [(first.blob_sha256, 0)]
+    vs.make_durable([first])  # synced once
+    vs.record(candidate("m", group, group.model_json), first)
+    assert synced == [(first.blob_sha256, 0)]
+
+    retrain(d, retrains[1])
+    second = parse(d)
+    left_over = vs.prebuild(candidate("m", second, second.model_json), 2)
+    assert vs.record(candidate("m", second, second.model_json), left_over).created
+    assert synced[1:] == [(left_over.blob_sha256, 0)]  # synced by `record`, before its row
+    assert store.query("SELECT COUNT(*) FROM versions WHERE blob_sha256 = ?", (left_over.blob_sha256,))[0][0] == 1
+
+
+def test_bodies_built_ahead_are_recorded_a_batch_to_a_transaction(vs, store, tmp_path, retrains, monkeypatch):
+    """A registration's first versions are written by `record_prebuilt`, RECORD_BATCH to a
+    transaction, as `record` would write each. A group whose number was taken meanwhile, whose content
+    is its latest version's or whose blob is gone is left out, for `record`; during a hold, a group
+    that first appears is held at its first version."""
+    import model_manager.versions as versions_module
+
+    monkeypatch.setattr(versions_module, "RECORD_BATCH", 2)
+    d = tmp_path / "models"
+    keys = [f"SYM{i}USDT_mid_chg_1m" for i in range(5)]
+    for i, key in enumerate(keys):
+        write_group(d, key, model_json=bytes(retrains[i % 3].get_booster().save_raw(raw_format="json")))
+    groups = {key: parse(d, key) for key in keys}
+    cands = {key: candidate("m", g, g.model_json) for key, g in groups.items()}
+    ahead = {key: vs.prebuild(cands[key], 1) for key in keys}
+    vs.record(cands[keys[0]], ahead[keys[0]])  # recorded on its own already: equal content, left out
+    vs.record(candidate("m", groups[keys[1]], groups[keys[1]].model_json))  # (the same bytes as version 1)
+    vs.hold("m")
+    assert vs.blobs.delete(ahead[keys[2]].blob_sha256)  # swept before its row
+    batch = vs.record_prebuilt([(cands[key], ahead[key]) for key in keys])
+    assert set(batch) == set(keys[3:])
+    for key in keys[3:]:
+        rec = batch[key]
+        assert rec.created and rec.version.version == 1 and rec.version.blob_sha256 == ahead[key].blob_sha256
+        assert rec.live is not None and rec.live.version == 1 and rec.live_changed
+        assert vs.get("m", key, 1) == rec.version and vs.live("m", key).version == 1
+        assert store.query("SELECT version FROM held_versions WHERE model = 'm' AND group_key = ?", (key,)) == [(1,)]
+        assert json.loads(gzip.decompress(vs.payload("m", key).gzip))["payload"]["metadata"]["version"] == 1
+    # what was left out: recorded already (keys 0 and 1), or recorded by `record`, which builds it again (key 2)
+    assert [vs.history_head("m", key).version for key in keys[:2]] == [1, 1]
+    rec = vs.record(cands[keys[2]], ahead[keys[2]])
+    assert rec.created and rec.version.version == 1 and vs.blobs.exists(rec.version.blob_sha256)
 
 def test_unregister_keeps_history_and_drops_pins(vs, store, tmp_path, retrains):
     d = tmp_path / "models"
