@@ -128,7 +128,7 @@ def measure_desk(work: Path, run_dir: Path, logs: Path, groups: int, refresh_rep
     big = workload.subset_directory(source, run_dir / f"desk-{groups}", groups)
     small = workload.subset_directory(source, run_dir / "desk-10", 10)
     out: dict = {"groups": groups, "irreducible_s": irr["seconds"], "irreducible_cpu_s": irr["cpu_seconds"],
-                 "irreducible_zlib_ng_s": irr["seconds_with_zlib_ng"]}
+                 "irreducible_server_gzip_s": irr["seconds_with_server_gzip"]}
     with Server(run_dir / "data-desk", logs / "serve-desk.log") as server:
         server.start()
         client = Client(server.port, bootstrap(server))
