@@ -50,9 +50,10 @@ _CONTROL = bytes(range(32))
 
 def _json_string(text: bytes) -> bytes:
     """`text` (UTF-8) as `json.dumps(..., ensure_ascii=False)` writes it as a string. XGBoost's JSON
-    has no backslash and no control character, so escaping it is quoting its quotes: 0.5 ms against
-    3.5 for the encoder on a 1.8 MB model."""
-    decoded = text.decode("utf-8")  # the same error for bytes that are not UTF-8
+    has no backslash and no control character, so escaping it is quoting its quotes: 1.3 ms against
+    3.5 for the encoder on a 1.8 MB model (joined, not added: `+` copies the megabytes twice more)."""
+    if not text.isascii():
+        text.decode("utf-8")  # the same error for bytes that are not UTF-8
     if b"\\" in text or len(text.translate(None, _CONTROL)) != len(text):
-        return _dumps(decoded)
-    return b'"' + text.replace(b'"', b'\\"') + b'"'
+        return _dumps(text.decode("utf-8"))
+    return b"".join((b'"', text.replace(b'"', b'\\"'), b'"'))
