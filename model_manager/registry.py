@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -485,7 +486,8 @@ class Registry:
                      if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
             try:
                 recorded = self.versions.record_prebuilt(list(ahead.values()))
-            except ModelManagerError as exc:  # (then each is recorded on its own, and reports its trouble)
+            except (ModelManagerError, sqlite3.Error, OSError) as exc:  # then each is recorded on its own,
+                # and reports its own trouble
                 log.warning("%s: versions not recorded together: %s", model.name, exc)
                 recorded = {}
             futures = {k: self.executor.submit(self._build_payload, model.name, g, root, parsed=k in parsed,

@@ -15,9 +15,10 @@ whose bytes are on disk: numbers never skip, never repeat.
 
 A registration, whose versions may be written only once the registration is, does step 2 for each
 group while the group is parsed and its model JSON is in memory (`prebuild`, without an fsync), and
-steps 1 and 3 at the end (`record(cand, prebuilt)`), once the blobs have been synced together
-(`make_durable`; `record` syncs one that was not before naming it). A version's payload holds its model's JSON, which is where a
-later version of the same model takes it from (`find_model_json`): it is written to disk once.
+steps 1 and 3 at the end: the blobs synced together (`make_durable`), then the rows a few hundred to
+a transaction (`record_prebuilt`; a group it leaves out goes through `record(cand, prebuilt)`, which
+syncs a blob that was not before naming it). A version's payload holds its model's JSON, which is
+where a later version of the same model takes it from (`find_model_json`): it is written to disk once.
 """
 from __future__ import annotations
 
