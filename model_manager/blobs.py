@@ -9,11 +9,15 @@ stored once.
 A registration writes thousands of blobs before it records any of them. Those are written with
 `durable=False` and made durable together by `make_durable` just before their rows are committed:
 fsyncs issued at once share the filesystem journal's commits, where one after each write made the
-registering thread wait for a commit per blob.
+registering thread wait for a commit per blob. A blob whose fsync fails is deleted (after a failed
+writeback Linux reports the error once and a second fsync succeeds, so it is never tried again): its
+row is not written, or the bytes are built and written again. A durable `put` that finds the blob on
+disk already syncs it too: another process may have written it without syncing it yet.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import threading
@@ -36,7 +40,7 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = private_dir(root)
         self._made: set[str] = set()
-        self._unsynced: set[str] = set()  # digests `put(durable=False)` that `make_durable` has not synced yet
+        self._unsynced: dict[str, int] = {}  # digest -> puts(durable=False) `make_durable` has not synced yet
         self._lock = threading.Lock()
 
     def path(self, digest: str) -> Path:
@@ -51,12 +55,19 @@ class BlobStore:
         digest = sha256(data)
         target = self.path(digest)
         if not durable:
-            with self._lock:
-                self._unsynced.add(digest)
+            with self._lock:  # (counted: a `make_durable` running meanwhile must not take this one as synced)
+                self._unsynced[digest] = self._unsynced.get(digest, 0) + 1
         if self._intact(target, digest):
             with contextlib.suppress(OSError):  # stored again now: not an orphan the sweep may take yet
                 os.utime(target)
-            return digest
+            if not durable:
+                return digest
+            # (written by a `put(durable=False)`, here or in another process, and not synced yet?)
+            if _synced(target):
+                _fsync_dir(target.parent, strict=True)
+                return digest
+            with contextlib.suppress(OSError):  # its fsync failed: it is written again, below
+                target.unlink()
         if target.parent.name not in self._made:  # 256 subdirectories at most: made once each
             target.parent.mkdir(exist_ok=True, mode=0o700)
             self._made.add(target.parent.name)
@@ -70,24 +81,34 @@ class BlobStore:
             _fsync_dir(target.parent)
         return digest
 
-    def make_durable(self, digests: Iterable[str]) -> None:
+    def make_durable(self, digests: Iterable[str]) -> set[str]:
         """fsync the blobs among `digests` that were `put(durable=False)` and their directories, all
-        at once (a blob already durable costs nothing). A blob that is gone is left to the caller,
+        at once (a blob already durable costs nothing). Returns the digests that could not be synced:
+        their files are deleted (see the module docstring). A blob that is gone is left to the caller,
         which checks that it exists before naming it."""
         with self._lock:
-            due = [d for d in dict.fromkeys(digests) if d in self._unsynced]
+            due = {d: self._unsynced[d] for d in dict.fromkeys(digests) if d in self._unsynced}
         if not due:
-            return
-        paths = [self.path(d) for d in due]
+            return set()
+        paths = {d: self.path(d) for d in due}
         if len(paths) == 1:
-            _fsync_file(paths[0])
+            failed = {d for d, p in paths.items() if not _synced(p)}
         else:
             with ThreadPoolExecutor(min(SYNC_THREADS, len(paths)), thread_name_prefix="blob-sync") as pool:
-                list(pool.map(_fsync_file, paths))
-        for directory in {p.parent for p in paths}:
-            _fsync_dir(directory)
+                failed = {d for d, ok in zip(paths, pool.map(_synced, paths.values())) if not ok}
+        for directory in {p.parent for p in paths.values()}:
+            try:
+                _fsync_dir(directory, strict=True)
+            except OSError:
+                failed |= {d for d, p in paths.items() if p.parent == directory}
+        for digest in failed:
+            with contextlib.suppress(OSError):
+                paths[digest].unlink()
         with self._lock:
-            self._unsynced.difference_update(due)
+            for digest, puts in due.items():
+                if digest in failed or self._unsynced.get(digest) == puts:  # (not put again meanwhile)
+                    self._unsynced.pop(digest, None)
+        return failed
 
     def ensure(self, data: bytes, digest: str) -> None:
         """Make sure the blob `digest` that `put` has just checked or written is still on disk (rewrite
@@ -116,6 +137,8 @@ class BlobStore:
         return self.path(digest).is_file()
 
     def delete(self, digest: str) -> bool:
+        with self._lock:  # (a swept orphan: nothing will sync it)
+            self._unsynced.pop(digest, None)
         try:
             self.path(digest).unlink()
             return True
@@ -160,9 +183,10 @@ def _mapped(path: Path) -> bytes | memoryview:
 
 
 def _fsync_file(path: Path) -> None:
+    """fsync a file (OSError when it fails; a file that is not there is left to the caller)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:  # swept or never written: the caller's existence check reports it
+    except FileNotFoundError:  # swept or never written: the caller's existence check reports it
         return
     try:
         os.fsync(fd)
@@ -170,15 +194,27 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (a power cut must not lose a blob a committed row names)."""
+def _synced(path: Path) -> bool:
+    try:
+        _fsync_file(path)
+        return True
+    except OSError:
+        return False
+
+
+def _fsync_dir(directory: Path, *, strict: bool = False) -> None:
+    """Make a rename in `directory` durable (a power cut must not lose a blob a committed row names).
+    `strict`: a failure raises OSError (a filesystem that cannot fsync a directory is no failure)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if strict and exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -203,7 +204,7 @@ class VersionStore:
                 blob = prebuilt.blob_sha256
                 if packed is not None:
                     self.blobs.ensure(packed, blob)  # a concurrent sweep may have taken an unnamed blob
-                elif not self.blobs.exists(blob) or not self._made_durable(blob):  # swept, or not syncable
+                elif not self._made_durable(blob) or not self.blobs.exists(blob):  # not syncable, or swept
                     prebuilt = None  # before its row was written: build it again
                     continue
                 changed, doomed = self._insert(db, cand, prebuilt, detail, isoformat(utc_now()), rules.is_held(db, model))
@@ -235,7 +236,10 @@ class VersionStore:
         and its blob is on disk and synced; the others are left out of the answer, for `record`."""
         out: dict[str, Recorded] = {}
         for start in range(0, len(items), RECORD_BATCH):
-            out.update(self._record_batch(items[start:start + RECORD_BATCH]))
+            try:
+                out.update(self._record_batch(items[start:start + RECORD_BATCH]))
+            except (ModelManagerError, sqlite3.Error, OSError) as exc:  # (what is left goes to `record`)
+                log.warning("%s: versions not recorded together: %s", items[start][0].model_name, exc)
         return out
 
     def _record_batch(self, items: list[tuple[Candidate, Prebuilt]]) -> dict[str, Recorded]:
@@ -261,7 +265,7 @@ class VersionStore:
                 number, pruned, content = heads.get(cand.group_key, (0, False, None))
                 if (cand.model_name != model or cand.group_key not in details or prebuilt.version != number + 1
                         or (number and not pruned and content == cand.content_sha256)
-                        or not self.blobs.exists(prebuilt.blob_sha256) or not self._made_durable(prebuilt.blob_sha256)):
+                        or not self._made_durable(prebuilt.blob_sha256) or not self.blobs.exists(prebuilt.blob_sha256)):
                     continue  # (`record` sorts it out)
                 changed, let_go = self._insert(db, cand, prebuilt, details[cand.group_key], now, held)
                 written[cand.group_key] = (prebuilt.version, changed)
@@ -286,17 +290,13 @@ class VersionStore:
     def make_durable(self, prebuilt: Collection[Prebuilt]) -> None:
         """Sync the blobs `prebuild` wrote, together (`BlobStore.make_durable`), before their rows are
         written; `record` syncs any left over one at a time."""
-        try:
-            self.blobs.make_durable(p.blob_sha256 for p in prebuilt)
-        except OSError as exc:  # (`record` tries again per blob, and rebuilds one it cannot sync)
-            log.warning("prebuilt version bytes could not be synced to disk: %s", exc)
+        failed = self.blobs.make_durable(p.blob_sha256 for p in prebuilt)
+        if failed:  # (deleted: `record` builds them again, durably, or reports why it cannot)
+            log.warning("%d prebuilt version blobs could not be synced to disk", len(failed))
 
     def _made_durable(self, blob: str) -> bool:
-        try:
-            self.blobs.make_durable((blob,))
-            return True
-        except OSError:
-            return False
+        """Whether blob `blob` is synced (it is deleted when it cannot be: see `BlobStore.make_durable`)."""
+        return blob not in self.blobs.make_durable((blob,))
 
     def _build(self, cand: Candidate, number: int, *, durable: bool = True) -> tuple[Prebuilt, bytes]:
         """The body of version `number` built, gzipped and stored (durably unless told otherwise: see

@@ -375,6 +375,51 @@ def test_a_body_built_ahead_is_synced_to_disk_before_a_row_names_it(vs, store, t
     assert synced[1:] == [(left_over.blob_sha256, 0)]  # synced by `record`, before its row
     assert store.query("SELECT COUNT(*) FROM versions WHERE blob_sha256 = ?", (left_over.blob_sha256,))[0][0] == 1
 
+    # built again by `record` (no body handed to it): the same bytes, on disk unsynced, are synced first
+    retrain(d, retrains[2])
+    third = parse(d)
+    unsynced = vs.prebuild(candidate("m", third, third.model_json), 3)
+    del synced[:]
+    assert vs.record(candidate("m", third, third.model_json)).version.blob_sha256 == unsynced.blob_sha256
+    assert (unsynced.blob_sha256, 0) in synced
+
+
+def test_a_body_built_ahead_whose_fsync_fails_is_built_again(vs, store, tmp_path, retrains, monkeypatch):
+    """After a failed writeback Linux reports the error to one fsync and lets the next succeed, so a
+    blob whose fsync failed is deleted, never synced again: `record` builds and writes it once more,
+    durably."""
+    import errno
+
+    import model_manager.blobs as blobs_module
+
+    failing: set[str] = set()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        digest = name.lstrip(".").partition(".gz")[0] if ".gz" in name else None  # (a blob or its temp file)
+        if digest in failing:
+            failing.discard(digest)
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+        if digest:
+            synced.append(digest)
+
+    monkeypatch.setattr(blobs_module.os, "fsync", fsync)
+    d = tmp_path / "models"
+    retrain(d, retrains[0])
+    group = parse(d)
+    cand = candidate("m", group, group.model_json)
+    ahead = vs.prebuild(cand, 1)
+    failing.add(ahead.blob_sha256)
+    assert vs.blobs.make_durable([ahead.blob_sha256]) == {ahead.blob_sha256}
+    assert not vs.blobs.exists(ahead.blob_sha256)  # deleted, not left for a second fsync to "succeed"
+    recorded = vs.record(cand, ahead)
+    assert recorded.created and recorded.version.blob_sha256 == ahead.blob_sha256  # (the same bytes, rebuilt)
+    assert vs.blobs.exists(ahead.blob_sha256) and synced == [ahead.blob_sha256]
+    assert json.loads(gzip.decompress(vs.payload("m", KEY, 1).gzip))["payload"]["metadata"]["version"] == 1
+
 
 def test_bodies_built_ahead_are_recorded_a_batch_to_a_transaction(vs, store, tmp_path, retrains, monkeypatch):
     """A registration's first versions are written by `record_prebuilt`, RECORD_BATCH to a
