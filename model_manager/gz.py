@@ -2,8 +2,8 @@
 
 libdeflate (the `deflate` package) compresses a whole buffer at once, which is all the service ever
 does, faster and smaller than a streaming deflate at the same level. A 1.8 MB XGBoost model at level
-6: 21 ms and 24.0 % of its size, against 28.5 ms and 25.5 % with zlib-ng and 68 ms and 25.5 % with
-zlib; a 130 KB model: 1.3 against 1.6 and 3.9 ms. It releases the GIL while it works, so two
+6: 20-21 ms and 24.0 % of its size, against 22-28 ms and 25.5 % with zlib-ng and 58-68 ms and 25.5 %
+with zlib (the same machine at different hours); a 130 KB model: 1.3 against 1.6 and 3.9 ms. It releases the GIL while it works, so two
 workers' threads compress at once. The output is ordinary gzip (no timestamp, so the same bytes
 always compress the same) that any client inflates; it differs byte for byte from zlib's, which
 matters only to `gzip_both` below. Decompressing stays with the standard library: it is rare, and
