@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -484,12 +483,7 @@ class Registry:
             # the bodies built ahead for a registration: their rows written a few hundred to a transaction
             ahead = {k: (self._candidate(model.name, g, root), prebuilt[k]) for k, g in snap.groups.items()
                      if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
-            try:
-                recorded = self.versions.record_prebuilt(list(ahead.values()))
-            except (ModelManagerError, sqlite3.Error, OSError) as exc:  # then each is recorded on its own,
-                # and reports its own trouble
-                log.warning("%s: versions not recorded together: %s", model.name, exc)
-                recorded = {}
+            recorded = self.versions.record_prebuilt(list(ahead.values()))  # (what it leaves out: `record`)
             futures = {k: self.executor.submit(self._build_payload, model.name, g, root, parsed=k in parsed,
                                                prebuilt=prebuilt.get(k), cand=ahead[k][0] if k in ahead else None,
                                                recorded=recorded.get(k))
