@@ -40,6 +40,7 @@ from model_manager.artifacts import (
     file_signature,
     load_directory,
     scan_directory,
+    scan_groups,
     served_json_again,
 )
 from model_manager.cache import CacheDir, LiveEntries, PlainBodies
@@ -57,6 +58,8 @@ from model_manager.versions import Candidate, Prebuilt, Recorded, StoredPayload,
 log = logging.getLogger(__name__)
 
 ADOPT_SECONDS = 120.0  # how long the primary worker waits for another worker to record a registration's groups
+FILES_LOOK_DELAY = 0.5  # seconds from versions that moved to a worker that does not watch looking at the files
+FEW_GROUPS = 64  # up to this many groups are looked up by name (6 stats each), more by listing the directory
 REGISTERING_LOOK_SECONDS = 10.0  # how often a worker looks unasked at a registration another worker is recording
 
 Built = tuple[PayloadBytes | None, str | None]  # a group's payload, or why there is none
@@ -81,6 +84,7 @@ class Registry:
         self.cache = cache
         self.versions = versions
         self._live_seq: int | None = None  # versions.state_seq() when live versions were last followed
+        self._files_look_at: float | None = None  # when `follow_live(files=True)` looks at the files next
         self._pending: dict[str, set[str]] = {}  # changed groups the primary worker has not recorded yet (see _follow_files_of)
         self._registering: dict[str, _Registering] = {}  # another worker's registrations being followed (_follow_new)
         self.follows_registrations = False  # one of several workers, past its first load: see _follow_new
@@ -232,7 +236,7 @@ class Registry:
             restored, now + REGISTERING_LOOK_SECONDS, now + ADOPT_SECONDS if self.adopts_unrecorded else math.inf)
         self._follow_files_of(model, set(scanned))
         if model.name not in self._pending:  # recorded already: nothing to follow
-            del self._registering[model.name]
+            self._registering.pop(model.name, None)
         return True
 
     def _due(self, name: str, asked: bool) -> bool:
@@ -408,7 +412,7 @@ class Registry:
                 return "busy"
             try:
                 root = check_directory(model.path)
-                scanned, _ = scan_directory(root)
+                scanned = _scan(root, only)
                 prebuilt: dict[str, Prebuilt] = {}
                 parsed: set[str] = set()
                 if recorded is not None:
@@ -424,7 +428,9 @@ class Registry:
                 model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
                 refresh_failed(str(exc))
                 return "failed"
-            kept = {k: model.groups[k] for k in scanned if k in model.groups and (only is None or k not in only)}
+            # the groups not re-read stay (one whose files went has its own event, or the watcher's look)
+            kept = {k: g for k, g in model.groups.items() if k in scanned} if only is None else \
+                {k: g for k, g in model.groups.items() if k not in only}
             merged = {**{k: g.snapshot for k, g in kept.items()}, **snap.groups}
             dupes = DirectorySnapshot(snap.path, merged).duplicate_symbols()
             if dupes:
@@ -437,15 +443,15 @@ class Registry:
             new_states = self._states(model, snap, model.groups, follow=recorded is not None, prebuilt=prebuilt, parsed=parsed)
             with model.install_lock:
                 previous = model.groups
-                for key in set(previous) - set(scanned):
+                for key in set(previous) - set(scanned) - set(kept):
                     self._group_removed(model.name, key)
                     self.waiters.changed(model.name, key)
                 # a pin or rollback made while this re-read ran installed its version (it does not wait
-                # for the re-read): the unchanged groups are taken as they are now, and every group serves
-                # what the store says is live, so no long poll or event stream is told of a version the
-                # pin has just replaced
+                # for the re-read): the unchanged groups are taken as they are now, and every group re-read
+                # serves what the store says is live, so no long poll or event stream is told of a version
+                # the pin has just replaced (a pin made by another process: `_follow_model` below)
                 groups = {**{k: previous[k] for k in kept if k in previous}, **new_states}
-                corrected = self._live_corrections(model.name, groups)
+                corrected = self._live_corrections(model.name, groups, new_states.keys())
                 self._unserved_new(model.name, {k: new_states[k] for k in corrected if k in new_states}, previous)
                 groups.update(corrected)
                 model.install(dict(sorted(groups.items())), defer_research=True)
@@ -611,23 +617,31 @@ class Registry:
         `files` (a worker that does not watch the directories; the primary when another worker asks it
         to follow), first install the groups another worker re-read (see `_follow_files_of`). True if
         anything moved."""
-        seq = None
+        seq, now = None, time.monotonic()
+        # the files (a stat of every one) are looked at a little after the versions moved, not at once:
+        # the primary's poke names the groups it re-read within milliseconds (`follow_groups`), and
+        # should not wait behind this look; the look finds what no poke named
+        files_due = files and (look or (self._files_look_at is not None and now >= self._files_look_at))
         if name is None:
             seq = self.versions.state_seq()
-            if seq == self._live_seq and not look:
+            if seq == self._live_seq and not look and not files_due:
                 return self._follow_pending(look) if files or self._pending else False
+            if files and not files_due and seq != self._live_seq and self._files_look_at is None:
+                self._files_look_at = now + FILES_LOOK_DELAY
         names = [name] if name is not None else list(self.models)
         moved = False
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
                 # (a directory in trouble: every group, to see it come back)
-                if files and self._due(model_name, look):
+                if files_due and self._due(model_name, look):
                     keys = set(model.groups) if model.error else self.changed_groups(model.name)
                     moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
         if not files and self._pending:  # the primary: registrations another worker is recording
             moved |= self._follow_pending(look)
+        if files_due and name is None:
+            self._files_look_at = None
         if seq is not None:
             self._live_seq = seq  # only once followed: a look that failed half-way is made again
         return moved
@@ -669,19 +683,19 @@ class Registry:
         self._pending.pop(model.name, None)
         if not keys and not model.error:
             return False
+        following = self._registering.get(model.name)
+        own_error = model.error is not None and following is None and self.adopts_unrecorded
         try:
             root = check_directory(model.path)
-            scanned, _ = scan_directory(root)
+            scanned = _scan(root, None if own_error else keys)
         except PathError as exc:  # as the primary says it (it re-reads the directory when it returns)
             model.error = f"{exc} (last good state kept; it recovers when the directory returns)"
             return False
         error, model.error = model.error, None
-        following = self._registering.get(model.name)
-        own_error = error is not None and following is None and self.adopts_unrecorded
         if own_error:  # the primary's own re-read failed or was refused: only one of every group replaces it
             keys = set(keys) | set(scanned)
         present = {k: scanned[k] for k in keys if k in scanned}
-        heads = self.versions.heads(model.name)
+        heads = self.versions.heads(model.name, present)
         if following is not None:  # another worker's registration: all of it once it is recorded, or nothing
             records = following.records
             if not all(k in records and _is_recorded(model.name, records[k], heads) for k in present):
@@ -705,8 +719,10 @@ class Registry:
         # the primary never waits behind its own re-read (a pin it is asked to serve meanwhile would
         # wait too): that re-read installs what the files hold now
         self._load(model, set(ready) | gone, recorded=ready, wait=following is not None or not self.adopts_unrecorded)
-        if following is not None and len(ready) >= FREEZE_MIN_GROUPS:  # another worker's registration
-            freeze_loaded()
+        if following is not None:  # another worker's registration, installed whole: this worker's model now
+            self._registering.pop(model.name, None)  # (its watcher looks at it, a poke is followed directly)
+            if len(ready) >= FREEZE_MIN_GROUPS:
+                freeze_loaded()
         return True
 
     def _follow_model(self, model: LoadedModel) -> bool:
@@ -733,12 +749,14 @@ class Registry:
                 if state.payload is not None and state.payload.version > (old.payload.version if old and old.payload else 0):
                     self._unserved.append((name, key, state.payload.version, state.payload.etag))
 
-    def _live_corrections(self, name: str, groups: dict[str, GroupState]) -> dict[str, GroupState]:
-        """The states of `groups` that do not serve the version the store says is live (a pin, a
-        rollback, an unpin or a release made since they were built), each with its live version."""
-        live = self.versions.live_versions(name)
+    def _live_corrections(self, name: str, groups: dict[str, GroupState],
+                          keys: Collection[str] | None = None) -> dict[str, GroupState]:
+        """The states of `groups` (or of those among `keys`) that do not serve the version the store
+        says is live (a pin, a rollback, an unpin or a release made since they were built), each with
+        its live version."""
+        live = self.versions.live_versions(name, keys)
         changed: dict[str, GroupState] = {}
-        for key, state in groups.items():
+        for key, state in (groups.items() if keys is None else ((k, groups[k]) for k in keys if k in groups)):
             number = live.get(key)
             if number is None or (state.payload is not None and state.payload.version == number):
                 continue
@@ -866,6 +884,15 @@ def _holding(lock: threading.Lock, wait: bool):
     finally:
         if held:
             lock.release()
+
+
+def _scan(root: Path, keys: Collection[str] | None) -> dict[str, dict[str, str]]:
+    """The files of the groups `keys` (None: every group) as `scan_directory` gives them: found by
+    name when they are a few (a re-read of what a watcher event named), else by listing."""
+    if keys is not None and len(keys) <= FEW_GROUPS:
+        return scan_groups(root, keys)
+    scanned, _ = scan_directory(root)
+    return scanned if keys is None else {k: files for k, files in scanned.items() if k in keys}
 
 
 def _is_recorded(model_name: str, group: GroupSnapshot, heads: dict[str, tuple[int, bool, str]]) -> bool:

@@ -23,7 +23,8 @@ floats when they all are floats); `values` and `to_dict` lay the rows out in ful
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from model_manager.artifacts import GroupSnapshot
@@ -33,6 +34,7 @@ from model_manager.errors import UsageError
 
 Number = float | int
 SparseRow = tuple["array[int]", "array[float] | tuple[Number, ...]"]  # (columns with a value, their values)
+_Pair = tuple[GroupSnapshot, "GroupSnapshot | None"]  # a group's latest parse and the parse it serves
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Column:
 class ResearchIndex:
     matrices: dict[str, Matrix] = field(default_factory=dict)
     usage: list[dict] = field(default_factory=list)
+    listed: dict[str, int] = field(default_factory=dict, repr=False)  # factor -> symbols listing it (for `updated`)
 
     @property
     def metrics(self) -> list[str]:
@@ -117,7 +120,31 @@ class ResearchIndex:
                         row[0].append(j)
                         row[1].append(value)
         matrices = {metric: _matrix(metric, rows, labels) for metric, rows in cells.items()}
-        return cls(matrices, _usage(listed, matrices))
+        return cls(matrices, _usage(listed, matrices), listed)
+
+    def updated(self, changes: list[tuple[Column, Column]]) -> ResearchIndex | None:
+        """This index with some columns replaced, each given as (old, new) with the same label: the
+        same index `build` makes of all the new columns, at the cost of the rows those columns touch
+        (a retrained group among thousands: a few dozen rows, not a million values). None when a
+        change adds a column to a matrix or takes one out of it (a symbol gains or loses a metric):
+        its positions all move, and `build` is the way."""
+        if not changes:
+            return self
+        matrices = dict(self.matrices)
+        for metric in sorted({m for pair in changes for column in pair for m in column.metrics}):
+            matrix = _updated_matrix(matrices.get(metric), metric, changes)
+            if matrix is None:
+                return None
+            matrices[metric] = matrix
+        listed = dict(self.listed)
+        for old, new in changes:
+            for factor in set(old.factors):
+                listed[factor] -= 1
+                if not listed[factor]:
+                    del listed[factor]
+            for factor in set(new.factors):
+                listed[factor] = listed.get(factor, 0) + 1
+        return ResearchIndex(matrices, _usage(listed, matrices), listed)
 
 
 _Cells = tuple[list[int], list[Number]]
@@ -139,8 +166,46 @@ def _sparse(row: _Cells, position: dict[int, int]) -> SparseRow:
     if places != sorted(places):  # the columns come in label order when the groups do (the usual case)
         cells = sorted(zip(places, values))  # a column is in a row once: values are never compared
         places, values = [j for j, _ in cells], [value for _, value in cells]
+    return _packed(places, values)
+
+
+def _packed(places: list[int], values: list[Number]) -> SparseRow:
     packed = array("d", values) if all(type(v) is float for v in values) else tuple(values)
     return array("I", places), packed
+
+
+def _updated_matrix(matrix: Matrix | None, metric: str, changes: list[tuple[Column, Column]]) -> Matrix | None:
+    """`matrix` with the changed columns' values of `metric` replaced (see `ResearchIndex.updated`)."""
+    if matrix is None:
+        return None
+    cells: dict[str, dict[int, Number]] = {}  # factor -> {position: value} of the rows touched
+    where = {factor: i for i, factor in enumerate(matrix.factors)}
+    for old, new in changes:
+        before = {f: v for f, v in old.metrics.get(metric, {}).items() if v is not None}
+        after = {f: v for f, v in new.metrics.get(metric, {}).items() if v is not None}
+        position = bisect_left(matrix.symbols, new.label)
+        present = position < len(matrix.symbols) and matrix.symbols[position] == new.label
+        if present != bool(before) or bool(before) != bool(after):
+            return None
+        for factor in before.keys() | after.keys():
+            row = cells.get(factor)
+            if row is None:
+                i = where.get(factor)
+                row = cells[factor] = {} if i is None else dict(zip(*matrix.rows[i]))
+            row.pop(position, None)
+            if factor in after:
+                row[position] = after[factor]
+    rows = {f: matrix.rows[i] for f, i in where.items() if f not in cells}
+    stats = {f: (matrix.mean_abs[i], matrix.counts[i]) for f, i in where.items() if f not in cells}
+    for factor, row in cells.items():
+        if row:
+            places = sorted(row)
+            values = [row[j] for j in places]  # in column order, as `build` sums them
+            rows[factor] = _packed(places, values)
+            stats[factor] = (sum(map(abs, values)) / len(values), len(values))
+    order = sorted(rows, key=lambda f: (-stats[f][0], f))
+    return Matrix(metric, matrix.symbols, order, [rows[f] for f in order],
+                  [stats[f][0] for f in order], [stats[f][1] for f in order])
 
 
 def _usage(listed: dict[str, int], matrices: dict[str, Matrix]) -> list[dict]:
@@ -176,3 +241,20 @@ def build_index(groups: Iterable[tuple[GroupSnapshot, GroupSnapshot | None]]) ->
         seen[snapshot.symbol] = seen.get(snapshot.symbol, 0) + 1
     return ResearchIndex.build(
         group_column(s.symbol if seen[s.symbol] == 1 else s.group_key, s, served) for s, served in pairs)
+
+
+def updated_index(index: ResearchIndex, before: Mapping[str, _Pair], after: Mapping[str, _Pair]) -> ResearchIndex | None:
+    """The index of the groups `after` (group_key -> (latest parse, served parse), as `build_index`
+    takes them), given `index`, that of the groups `before`: only the groups that changed are looked
+    at. None when it has to be built whole: the groups or their symbols are not the same ones, a
+    symbol has several groups, or most groups changed (a full re-read: `build_index` is as quick)."""
+    if before.keys() != after.keys():
+        return None
+    changed = [k for k, pair in after.items() if pair[0] is not before[k][0] or pair[1] is not before[k][1]]
+    if len(changed) * 4 > len(after):
+        return None
+    symbols = [pair[0].symbol for pair in after.values()]
+    if len(set(symbols)) != len(symbols) or any(before[k][0].symbol != after[k][0].symbol for k in changed):
+        return None
+    return index.updated([(group_column(before[k][0].symbol, *before[k]), group_column(after[k][0].symbol, *after[k]))
+                          for k in changed])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from model_manager.artifacts import GroupSnapshot, Issue
 from model_manager.clock import now_iso
 from model_manager.heap import cyclic_gc_paused, release_free_memory
-from model_manager.research import ResearchIndex, build_index
+from model_manager.research import ResearchIndex, build_index, updated_index
 
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(GroupSnapshot) if f.name != "model_json")
 
@@ -103,6 +103,8 @@ class ModelView:
 
     research_pending: bool = False  # `research` is not this view's yet: see `LoadedModel.researched`
     symbols_body: bytes | None = None  # GET …/symbols as JSON, built with the research index
+    # the last view with its research index, while this one's is pending: its index is updated, not rebuilt
+    research_base: ModelView | None = field(default=None, repr=False, compare=False)
 
     def symbols_list(self) -> list[dict]:
         """The `symbols` of GET /api/models/{name}/symbols (SPEC §2), sorted by symbol and group."""
@@ -123,25 +125,36 @@ class ModelView:
         union = sorted({f for state in groups.values() for f in state.snapshot.factors})
         if previous is not None and _same_parses(previous.groups, groups):
             return cls(groups, symbols, union, refreshed_at, previous.research,
-                       research_pending=previous.research_pending, symbols_body=previous.symbols_body)
-        if defer_research:
-            return cls(groups, symbols, union, refreshed_at, research_pending=True)
-        return cls(groups, symbols, union, refreshed_at, research_pending=True).with_research()
+                       research_pending=previous.research_pending, symbols_body=previous.symbols_body,
+                       research_base=previous.research_base)
+        base = previous if previous is None or not previous.research_pending else previous.research_base
+        view = cls(groups, symbols, union, refreshed_at, research_pending=True, research_base=base)
+        return view if defer_research else view.with_research()
 
     def with_research(self) -> ModelView:
         """This view with its own research index and prebuilt symbol list (itself when it has them)."""
         if not self.research_pending:
             return self
+        base = self.research_base
+        research = updated_index(base.research, _pairs(base.groups), _pairs(self.groups)) if base is not None else None
         with cyclic_gc_paused():
             body = json.dumps(self.symbols_list(), separators=(",", ":"), allow_nan=False).encode()
-            view = dataclasses.replace(self, research=_research(self.groups), research_pending=False, symbols_body=body)
-        release_free_memory()  # what the load and the index build allocated on the way, now free
+            if research is None:
+                research = _research(self.groups)
+            view = dataclasses.replace(self, research=research, research_pending=False, symbols_body=body,
+                                       research_base=None)
+        if base is None:
+            release_free_memory()  # what the load and the index build allocated on the way, now free
         return view
 
 
 def _research(groups: dict[str, GroupState]) -> ResearchIndex:
     ordered = sorted(groups.values(), key=lambda s: (s.snapshot.symbol, s.snapshot.group_key))
     return build_index((s.snapshot, s.served) for s in ordered)
+
+
+def _pairs(groups: dict[str, GroupState]) -> dict[str, tuple[GroupSnapshot, GroupSnapshot | None]]:
+    return {key: (state.snapshot, state.served) for key, state in groups.items()}
 
 
 def _same_parses(a: dict[str, GroupState], b: dict[str, GroupState]) -> bool:

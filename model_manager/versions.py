@@ -98,10 +98,15 @@ class VersionStore:
                                 "ORDER BY id DESC LIMIT 1", (model, group_key))
         return self.get(model, group_key, rows[0][0]) if rows else None
 
-    def live_versions(self, model: str) -> dict[str, int]:
-        """{group_key: live version} of a model: what a server compares after `state_seq` moved."""
-        rows = self.store.query("SELECT group_key, version FROM live_periods WHERE model = ? AND live_until IS NULL", (model,))
-        return dict(rows)
+    def live_versions(self, model: str, keys: Collection[str] | None = None) -> dict[str, int]:
+        """{group_key: live version} of a model (or of its groups `keys`): what a server compares after
+        `state_seq` moved."""
+        only, args = "", [model]
+        if keys is not None and len(keys) <= 500:
+            only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
+        rows = self.store.query(f"SELECT group_key, version FROM live_periods WHERE model = ?{only} "  # noqa: S608 - placeholders only
+                                "AND live_until IS NULL", tuple(args))
+        return dict(rows) if keys is None else {k: v for k, v in rows if k in keys}
 
     def live_infos(self, model: str, keys: Collection[str] | None = None) -> dict[str, VersionInfo]:
         """{group_key: the version it serves now} of every group of `model` with one (or of `keys`),

@@ -242,3 +242,56 @@ def test_sparse_matrix_lays_out_like_a_dense_one():
     assert json.dumps(full["values"]) == json.dumps(values)  # 3 stays 3, not 3.0
     assert index.matrix("m").to_dict("x", 2)["values"] == values[:2] == index.matrix("m").values[:2]
     assert {u["factor"]: u["symbols"] for u in index.usage} == {"a": 2, "b": 2, "c": 3, "d": 1}
+
+
+def _snapshot(rng, key: str, pool: list[str]):
+    """A parsed group with its own factors, IC table (floats, an int, missing cells) and importance."""
+    from model_manager.artifacts import GroupSnapshot
+
+    factors = rng.sample(pool, rng.randint(3, 8))
+    rows = [[f, round(rng.uniform(-1, 1), 4), rng.choice([None, 1, round(rng.uniform(-1, 1), 3)])] for f in factors]
+    importance = {kind: {f: round(rng.uniform(0, 5), 3) for f in factors if rng.random() < 0.8} or {factors[0]: 1.0}
+                  for kind in IMPORTANCE}
+    return GroupSnapshot(key, key.split("_")[0], "mid_chg_1m", {"factors.txt": f"{key}_factors.txt"}, factors,
+                         ic={"columns": ["factor", "ic", "rank_ic"], "rows": rows}, importance=importance)
+
+
+def test_a_refresh_updates_the_research_index_to_what_a_whole_build_gives():
+    """A retrained group among many updates only its rows of the index (`updated_index`); the result is
+    the index built from scratch, value for value and in the same order, whatever changed."""
+    import random
+
+    from model_manager.research import build_index, updated_index
+
+    rng = random.Random(11)
+    pool = [f"f{i:02d}" for i in range(40)]
+    groups = {f"S{i:03d}USDT_mid_chg_1m": None for i in range(60)}
+    for key in groups:
+        snap = _snapshot(rng, key, pool)
+        groups[key] = (snap, snap)
+
+    def whole(pairs):
+        return build_index(pairs[k] for k in sorted(pairs))
+
+    def same(a, b):
+        assert a.metrics == b.metrics and a.usage == b.usage
+        for metric in a.metrics:
+            x, y = a.matrix(metric), b.matrix(metric)
+            assert (x.to_dict("m"), x.mean_abs, x.counts) == (y.to_dict("m"), y.mean_abs, y.counts)
+
+    index, incremental = whole(groups), 0
+    for step in range(120):
+        after = dict(groups)
+        for key in rng.sample(sorted(groups), rng.randint(1, 4)):
+            snap = _snapshot(rng, key, pool)
+            kind = step % 4
+            # a retrain; new IC only (the served model kept); a model that fails (no importance); it is back
+            after[key] = (snap, snap) if kind in (0, 3) else (snap, groups[key][1]) if kind == 1 else (snap, None)
+        updated = updated_index(index, groups, after)
+        built = whole(after)
+        if updated is not None:
+            same(updated, built)
+            incremental += 1
+        groups, index = after, updated or built
+    assert incremental >= 50  # a retrain takes the short way (a symbol gaining or losing a metric does not)
+    assert updated_index(index, groups, {k: v for k, v in groups.items() if k != min(groups)}) is None  # a group went

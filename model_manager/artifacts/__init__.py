@@ -32,6 +32,7 @@ from model_manager.artifacts.scan import (
     ignored_entries,
     ignored_hint,
     scan_directory,
+    scan_groups,
     split_artifact_name,
 )
 from model_manager.artifacts.snapshot import DirectorySnapshot, GroupSnapshot, Issue
@@ -40,5 +41,5 @@ __all__ = [
     "DEFAULT_MAX_BYTES", "FACTOR_COLUMN_NAMES", "KINDS", "MISSING_TOKENS", "MODEL_KINDS", "DirectorySnapshot", "GroupSnapshot",
     "Issue", "build_payload_bytes", "check_directory", "dim_factors", "file_signature", "ignored_entries", "ignored_hint",
     "load_directory", "load_group", "parse_factors", "parse_ic", "payload_head", "scan_directory",
-    "served_json_again", "split_artifact_name", "split_symbol",
+    "scan_groups", "served_json_again", "split_artifact_name", "split_symbol",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from model_manager.errors import PathError
@@ -73,6 +74,21 @@ def scan_directory(path: str | os.PathLike) -> tuple[dict[str, dict[str, str]], 
         key, kind = parts
         groups.setdefault(key, {})[kind] = entry.name
     return dict(sorted(groups.items())), sorted(ignored)
+
+
+def scan_groups(root: Path, keys: Iterable[str]) -> dict[str, dict[str, str]]:
+    """What `scan_directory` would say of these groups only ({group_key: {kind: filename}}, a group
+    with no file left out), found by name instead of by listing the directory: a few stats a group
+    where a listing of 20,000 files takes tens of milliseconds. (No kind's suffix ends another's, so
+    `KEY_kind` is that group's file whatever the key.)"""
+    base, groups = os.fspath(root), {}
+    for key in sorted(set(keys)):
+        if not key or key.startswith("."):
+            continue
+        files = {kind: f"{key}_{kind}" for kind in KINDS if os.path.lexists(f"{base}/{key}_{kind}")}
+        if files:
+            groups[key] = files
+    return groups
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
