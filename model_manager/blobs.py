@@ -20,6 +20,7 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from model_manager.errors import DamagedDataError
 from model_manager.files import atomic_write, private_dir
 
 ORPHAN_GRACE_SECONDS = 600  # a blob written moments ago may belong to a record about to be committed
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 SYNC_THREADS = 16  # fsyncs in flight at once in `make_durable`
 
 
@@ -44,7 +46,7 @@ class BlobStore:
         self._lock = threading.Lock()
 
     def path(self, digest: str) -> Path:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        if _HEX_DIGEST.fullmatch(digest) is None:
             raise ValueError(f"not a sha256 hex digest: {digest!r}")
         return self.root / digest[:2] / f"{digest}.gz"
 

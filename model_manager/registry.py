@@ -103,6 +103,7 @@ class Registry:
         self.ready = asyncio.Event()  # set once the registered models are loaded
         # after a re-read is installed: (model, the groups re-read, or None for all) (tells the other workers)
         self.on_reloaded: Callable[[str, set[str] | None], None] | None = None
+        self.on_recorded: Callable[[], None] | None = None  # a registration's versions are written (peers.poke)
         self.on_dropped: Callable[[str], None] | None = None  # a model is no longer served (forgets its fleet)
         set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
@@ -299,11 +300,14 @@ class Registry:
         """Serve a model the service has just registered: record each group's first version (with the
         body `registration_hook` built ahead, if any) and serve it."""
         model = LoadedModel(name, path, registered_at)
-        model.install(self._states(model, snap, {}, prebuilt=prebuilt or {}))
+        # (its research index is built after the answer, as a re-read's is: 1 s at 5,000 groups)
+        model.install(self._states(model, snap, {}, prebuilt=prebuilt or {}, registering=True), defer_research=True)
         model.hold = self.versions.hold_info(name)
         self._announce(model, {})
         with self.lock:
             self.models[name] = model
+        if self.ready.is_set():
+            self.queue_research(model)
         if len(snap.groups) >= FREEZE_MIN_GROUPS:
             freeze_loaded()
         return model
@@ -472,7 +476,7 @@ class Registry:
 
     def _states(self, model: LoadedModel, snap: DirectorySnapshot, previous: dict[str, GroupState], *,
                 follow: bool = False, prebuilt: dict[str, Prebuilt] | None = None,
-                parsed: Collection[str] = ()) -> dict[str, GroupState]:
+                parsed: Collection[str] = (), registering: bool = False) -> dict[str, GroupState]:
         # each group's version recorded (with the body built ahead, if any) and its payload. The parse
         # records of the groups `parsed` here are written; the others were restored from their records,
         # or are a registration's, whose hook wrote them. Groups another worker recorded (`follow`) are
@@ -487,9 +491,11 @@ class Registry:
             root, prebuilt = str(snap.path), prebuilt or {}
             self.versions.make_durable(prebuilt.values())  # all at once, before any row names them
             # the bodies built ahead for a registration: their rows written a few hundred to a transaction
-            ahead = {k: (self._candidate(model.name, g, root), prebuilt[k]) for k, g in snap.groups.items()
-                     if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
+            ahead = {k: (self._candidate(model.name, g, root, prebuilt[k].content_sha256), prebuilt[k])
+                     for k, g in snap.groups.items() if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
             recorded = self.versions.record_prebuilt(list(ahead.values()))  # (what it leaves out: `record`)
+            if registering and self.on_recorded is not None:  # the other workers install it meanwhile
+                self.on_recorded()                              # from these versions and the parse records
             futures = {k: self.executor.submit(self._build_payload, model.name, g, root, parsed=k in parsed,
                                                prebuilt=prebuilt.get(k), cand=ahead[k][0] if k in ahead else None,
                                                recorded=recorded.get(k))
@@ -531,7 +537,8 @@ class Registry:
             return None, "its files changed again since they were read: the next read of them is served"
         try:
             if recorded is None:
-                recorded = self.versions.record(cand or self._candidate(model_name, group, root), prebuilt)
+                content = prebuilt.content_sha256 if prebuilt is not None else None
+                recorded = self.versions.record(cand or self._candidate(model_name, group, root, content), prebuilt)
             payload = self._live_payload(recorded)
             if recorded.created and self.metrics is not None:
                 self.metrics.versions.labels(model_name).inc()
@@ -549,10 +556,10 @@ class Registry:
             self._write_record(root, group)
         return payload, None
 
-    def _candidate(self, model_name: str, group: GroupSnapshot, root: str) -> Candidate:
+    def _candidate(self, model_name: str, group: GroupSnapshot, root: str, content: str | None = None) -> Candidate:
         """The group's version candidate; its model JSON is dropped from the group and read again
         only when a new version has to be built (from a version that serves the same model, or the
-        model file)."""
+        model file). `content`: its digest, made when its body was built ahead."""
         in_memory, sha = group.model_json, group.model_sha256
         model_file, source, max_bytes = group.model_file, group.model_source, self.settings.max_artifact_bytes
 
@@ -566,7 +573,7 @@ class Registry:
             return data
 
         group.model_json = None  # the JSON need not stay in memory
-        return candidate(model_name, group, model_json)
+        return candidate(model_name, group, model_json, content)
 
     def _follow_unserved(self, name: str, keys: Collection[str], previous: dict[str, GroupState],
                          live: dict[str, VersionInfo]) -> None:

@@ -399,6 +399,7 @@ class ModelManager(VersionCommands):
             return
         self.peers = peers
         self.auth.changed = self._changed
+        self.registry.on_recorded = peers.poke  # a registration's versions: the others install while this one does
         if self.role.primary:  # what the watcher re-read: the others follow at once, not at their next look
             self.registry.on_reloaded = peers.poke
 

@@ -84,6 +84,7 @@ class Prebuilt:
     blob_sha256: str
     payload_sha256: str
     size: int
+    content_sha256: str  # the candidate's (`content_sha256`): the group's parse needs no second digest
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,11 @@ def content_sha256(model_name: str, group: GroupSnapshot) -> str:
     return sha256(f"content-v1|{group.model_sha256}|{text}".encode())
 
 
-def candidate(model_name: str, group: GroupSnapshot, model_json: bytes | Callable[[], bytes]) -> Candidate:
+def candidate(model_name: str, group: GroupSnapshot, model_json: bytes | Callable[[], bytes],
+              content: str | None = None) -> Candidate:
     """A candidate from a parsed, servable group; `model_json` may be a loader, called only when a new
-    version is built. UnprocessableError when the group has errors (a broken group makes no version)."""
+    version is built; `content`: its `content_sha256`, when a candidate of the same parse had it made.
+    UnprocessableError when the group has errors (a broken group makes no version)."""
     if group.errors or not group.model_sha256:
         raise UnprocessableError(f"{group.group_key} has errors: it makes no version")
     memo: list[bytes] = []
@@ -121,7 +124,7 @@ def candidate(model_name: str, group: GroupSnapshot, model_json: bytes | Callabl
 
     return Candidate(
         model_name=model_name, group_key=group.group_key, symbol=group.symbol,
-        content_sha256=content_sha256(model_name, group), model_sha256=group.model_sha256, dim=group.dim,
+        content_sha256=content or content_sha256(model_name, group), model_sha256=group.model_sha256, dim=group.dim,
         factor_count=len(group.factors), model_source=group.model_source, status=group.status,
         build=lambda n: build_payload_bytes(model_name, group, load(), version=n),
         detail=lambda: version_detail(group.factors, group.ic, group.info, group.dim, _summary(group, load)))

@@ -308,7 +308,7 @@ class VersionStore:
         `BlobStore.make_durable`); and its gzip bytes."""
         raw = cand.build(number)
         packed = gzip_bytes(raw, GZIP_LEVEL)
-        return Prebuilt(number, self.blobs.put(packed, durable=durable), sha256(raw), len(raw)), packed
+        return Prebuilt(number, self.blobs.put(packed, durable=durable), sha256(raw), len(raw), cand.content_sha256), packed
 
     # -- the model JSON in versions' payloads (`cache.ModelJsonSource`) ---------------------------------
     def has_model_json(self, json_sha: str) -> bool:
