@@ -137,13 +137,14 @@ class ModelView:
             return self
         base = self.research_base
         research = updated_index(base.research, _pairs(base.groups), _pairs(self.groups)) if base is not None else None
+        whole = research is None
         with cyclic_gc_paused():
             body = json.dumps(self.symbols_list(), separators=(",", ":"), allow_nan=False).encode()
-            if research is None:
+            if whole:
                 research = _research(self.groups)
             view = dataclasses.replace(self, research=research, research_pending=False, symbols_body=body,
                                        research_base=None)
-        if base is None:
+        if whole:  # (an update allocates little)
             release_free_memory()  # what the load and the index build allocated on the way, now free
         return view
 
