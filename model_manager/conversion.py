@@ -144,13 +144,22 @@ IMPORTANCE_TYPES = ("gain", "total_gain", "cover", "weight")
 def model_importance(booster) -> dict[str, dict[str, float]]:
     """`booster.get_score(importance_type=t)` for each of IMPORTANCE_TYPES, keyed by feature dimension
     (as text, for JSON): XGBoost keys the scores `f0`…`fN`, or by feature name when the model stores
-    names. Features no tree splits on are absent, as in `get_score`."""
+    names. Features no tree splits on are absent, as in `get_score`.
+
+    `gain` is not asked for: XGBoost makes it as total_gain / weight in float32 (gbtree's
+    FeatureScore), and so does this, to the bit (a test compares it with `get_score`); one walk of
+    every tree fewer, a few per cent of a small model's check."""
+    import numpy as np
+
     names = list(booster.feature_names or [])
     dims = {name: i for i, name in reversed(list(enumerate(names)))}  # a repeated name: its first dimension
+    raw = {kind: booster.get_score(importance_type=kind) for kind in IMPORTANCE_TYPES if kind != "gain"}
+    weight = raw["weight"]
+    raw["gain"] = {key: float(np.float32(total) / np.float32(weight[key])) for key, total in raw["total_gain"].items()}
     out: dict[str, dict[str, float]] = {}
     for kind in IMPORTANCE_TYPES:
         scores: dict[str, float] = {}
-        for key, value in booster.get_score(importance_type=kind).items():
+        for key, value in raw[kind].items():
             dim = dims.get(key)
             if dim is None and key[:1] == "f" and key[1:].isdigit():
                 dim = int(key[1:])

@@ -295,3 +295,22 @@ def test_a_refresh_updates_the_research_index_to_what_a_whole_build_gives():
         groups, index = after, updated or built
     assert incremental >= 50  # a retrain takes the short way (a symbol gaining or losing a metric does not)
     assert updated_index(index, groups, {k: v for k, v in groups.items() if k != min(groups)}) is None  # a group went
+
+
+def test_model_importance_is_get_score_to_the_bit(models):
+    """`model_importance` makes `gain` from total_gain and weight instead of asking XGBoost: it must be
+    what `get_score` says, bit for bit, for every kind of model (deeper, multi-class ones too)."""
+    from model_manager.conversion import model_importance
+    from tests.support import training_data
+
+    x, y = training_data()
+    deep = xgb.XGBRegressor(n_estimators=40, max_depth=6, n_jobs=1, random_state=3).fit(x, y)
+    multi = xgb.XGBClassifier(n_estimators=10, max_depth=4, n_jobs=1).fit(x, (y > 0).astype(int) + (y > 1).astype(int))
+    for model in (*models.values(), deep, multi):
+        booster = model if isinstance(model, xgb.Booster) else model.get_booster()
+        names = list(booster.feature_names or [])
+        ours = model_importance(booster)
+        for kind in IMPORTANCE:
+            expected = {str(names.index(k) if names else int(k[1:])): v for k, v in booster.get_score(importance_type=kind).items()}
+            assert ours[kind] == expected, kind
+        assert ours["gain"]  # (a model that splits at all)
