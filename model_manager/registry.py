@@ -640,9 +640,12 @@ class Registry:
         for model_name in names:
             model = self.models.get(model_name)
             if model is not None:
-                # (a directory in trouble: every group, to see it come back)
+                # (a directory in trouble: every group, to see it come back; another worker's registration
+                # being followed: every group it recorded, none of which is installed here yet)
                 if files_due and self._due(model_name, look):
-                    keys = set(model.groups) if model.error else self.changed_groups(model.name)
+                    following = self._registering.get(model_name)
+                    keys = (set(following.records) if following is not None else
+                            set(model.groups) if model.error else self.changed_groups(model.name))
                     moved |= self._follow_files_of(model, keys)
                 moved |= self._follow_model(model)
         if not files and self._pending:  # the primary: registrations another worker is recording
