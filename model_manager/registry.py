@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -496,8 +497,14 @@ class Registry:
             recorded = self.versions.record_prebuilt(list(ahead.values()))  # (what it leaves out: `record`)
             if registering and self.on_recorded is not None:  # the other workers install it meanwhile
                 self.on_recorded()                              # from these versions and the parse records
+            # the groups restored from their parse records (a start): their versions, looked up together
+            kept = {k: self._candidate(model.name, g, root) for k, g in snap.groups.items()
+                    if k not in prebuilt and k not in parsed and not g.errors and g.model_sha256}
+            if kept:
+                recorded.update(self._unchanged(model.name, kept))
+            cands = {**{k: cand for k, (cand, _) in ahead.items()}, **kept}
             futures = {k: self.executor.submit(self._build_payload, model.name, g, root, parsed=k in parsed,
-                                               prebuilt=prebuilt.get(k), cand=ahead[k][0] if k in ahead else None,
+                                               prebuilt=prebuilt.get(k), cand=cands.get(k),
                                                recorded=recorded.get(k))
                        for k, g in snap.groups.items()}
         stamp, out = now_iso(), {}
@@ -516,6 +523,13 @@ class Registry:
                 out[key] = GroupState(group, None, None, stamp, "failed",
                                       failure or "; ".join(i.message for i in group.errors), generation)
         return out
+
+    def _unchanged(self, model_name: str, cands: dict[str, Candidate]) -> dict[str, Recorded]:
+        try:
+            return self.versions.record_unchanged(list(cands.values()))
+        except (ModelManagerError, sqlite3.Error, OSError) as exc:  # each group on its own, below (`record`)
+            log.warning("%s: versions of the restored groups not looked up together: %s", model_name, exc)
+            return {}
 
     def _build_payload(self, model_name: str, group: GroupSnapshot, root: str, *, parsed: bool,
                        prebuilt: Prebuilt | None = None, cand: Candidate | None = None,

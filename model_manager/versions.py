@@ -247,6 +247,34 @@ class VersionStore:
                 log.warning("%s: versions not recorded together: %s", items[start][0].model_name, exc)
         return out
 
+    def record_unchanged(self, cands: list[Candidate]) -> dict[str, Recorded]:
+        """`record` of many groups of one model whose content is, as expected, their latest version's
+        (a start restoring its groups): their heads read in one query and their live periods put right
+        in one transaction, instead of a transaction each. The groups whose latest version is not
+        theirs are left out of the answer, for `record`."""
+        if not cands:
+            return {}
+        model = cands[0].model_name
+        by_key = {c.group_key: c for c in cands if c.model_name == model and c.status != "error"}
+        heads = self.heads(model, by_key)
+        same = {k: heads[k][0] for k, c in by_key.items()
+                if k in heads and not heads[k][1] and heads[k][2] == c.content_sha256}
+        if not same:
+            return {}
+        rows = self.store.query(f"{_SELECT} WHERE model = ?" + (  # noqa: S608 - placeholders only
+            f" AND group_key IN ({', '.join('?' * len(same))})" if len(same) <= 500 else ""),
+            (model, *same) if len(same) <= 500 else (model,))
+        infos = {info.group_key: info for info in map(_info, rows) if same.get(info.group_key) == info.version}
+        for key, info in infos.items():
+            self._heal(info, by_key[key])
+        changed: dict[str, bool] = {}
+        now = isoformat(utc_now())
+        with self.store.transaction() as db:
+            for key in infos:
+                changed[key] = rules.sync_live(db, model, key, now)
+        live = self.live_infos(model, list(infos))
+        return {key: Recorded(info, False, live.get(key), changed[key]) for key, info in infos.items()}
+
     def _record_batch(self, items: list[tuple[Candidate, Prebuilt]]) -> dict[str, Recorded]:
         if not items:
             return {}

@@ -454,6 +454,31 @@ def test_bodies_built_ahead_are_recorded_a_batch_to_a_transaction(vs, store, tmp
     rec = vs.record(cands[keys[2]], ahead[keys[2]])
     assert rec.created and rec.version.version == 1 and vs.blobs.exists(rec.version.blob_sha256)
 
+def test_restored_groups_are_looked_up_together_as_record_would(vs, store, tmp_path, retrains):
+    """A start restores its groups from their parse records and `record_unchanged` looks up their
+    versions in one query and one transaction: for each group whose content is its latest version's,
+    what `record` says (nothing new; its live version; a live period a removal had closed opened
+    again); a group whose content changed is left out, for `record`."""
+    d = tmp_path / "models"
+    keys = [f"SYM{i}USDT_mid_chg_1m" for i in range(4)]
+    for i, key in enumerate(keys):
+        write_group(d, key, model_json=bytes(retrains[i % 3].get_booster().save_raw(raw_format="json")))
+        record(vs, d, key)
+    vs.group_removed("m", keys[1])  # its files went and came back: no live version until it is seen again
+    write_group(d, keys[2], model_json=bytes(retrains[3].get_booster().save_raw(raw_format="json")))  # retrained
+    groups = {key: parse(d, key) for key in keys}
+    cands = [candidate("m", g, g.model_json) for g in groups.values()]
+    together = vs.record_unchanged(cands)
+    assert set(together) == {keys[0], keys[1], keys[3]}
+    assert together[keys[1]].live_changed and not together[keys[0]].live_changed
+    for key, rec in together.items():
+        head = vs.history_head("m", key)  # (as `record`, the row as read before its live period was put right)
+        assert not rec.created and (rec.version.version, rec.version.etag) == (head.version, head.etag)
+        assert rec.live == vs.live("m", key) and rec.live.version == 1
+    alone = vs.record(cands[2])  # what it left out
+    assert alone.created and alone.version.version == 2
+
+
 def test_unregister_keeps_history_and_drops_pins(vs, store, tmp_path, retrains):
     d = tmp_path / "models"
     store.add_model("m", str(d))
