@@ -181,6 +181,12 @@ class Registry:
         with contextlib.suppress(RuntimeError):  # closing: a reader still builds it
             self._research.submit(self._build_research, model)
 
+    def after_research(self, work: Callable[[], object]) -> None:
+        """Run `work` in the research thread once the index builds queued so far are done (background
+        work of a start that should not compete with its first answers)."""
+        with contextlib.suppress(RuntimeError):  # closing
+            self._research.submit(work)
+
     @staticmethod
     def _build_research(model: LoadedModel) -> None:
         try:

@@ -345,18 +345,22 @@ class ModelManager(VersionCommands):
         finally:
             self.registry.ready.set()
             self.role.primary_loaded()
-        # the research indexes, left for after the payloads are served (a reader builds its own first)
+        # the research indexes, left for after the payloads are served (a reader builds its own first);
+        # then what the load left (indexes included) goes out of later full collections (heap.py): that
+        # collection stops every thread (0.1 s at 200 large groups), not a moment to have it as the first
+        # polls come in
         self.registry.build_research()
-        loop.run_in_executor(None, freeze_loaded)  # what the load left, out of later full collections (heap.py)
+        self.registry.after_research(freeze_loaded)
         # a registration made through another worker is served from its records, not checked again here
         self.registry.follows_registrations = self.role.shared
         self.registry.adopts_unrecorded = self.role.primary
         if self.role.primary:
             # the model check process, for the first change the watcher sees (about 1.5 CPU-s: it imports
             # xgboost). Not beside the first load, which starts it when it has a file to check: at a warm
-            # restart it would only share the cores with the workers' restores. With several workers
-            # the supervisor started it for all of them, and this wakes it.
-            loop.run_in_executor(None, self.registry.warm_up)
+            # restart it would only share the cores with the workers' restores (and, just after, with
+            # their research indexes: it waits for them). With several workers the supervisor started
+            # it for all of them, and this wakes it.
+            self.registry.after_research(self.registry.warm_up)
             self.watcher = Watcher(self.registry, self.settings)  # the other workers follow what it records (_follow)
             await self.watcher.start()
         if self.role.shared and self.role.shared_dir is not None:
