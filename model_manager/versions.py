@@ -101,23 +101,22 @@ class VersionStore:
     def live_versions(self, model: str, keys: Collection[str] | None = None) -> dict[str, int]:
         """{group_key: live version} of a model (or of its groups `keys`): what a server compares after
         `state_seq` moved."""
-        only, args = "", [model]
-        if keys is not None and len(keys) <= 500:
-            only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
+        only, args = _named(keys)
         rows = self.store.query(f"SELECT group_key, version FROM live_periods WHERE model = ?{only} "  # noqa: S608 - placeholders only
-                                "AND live_until IS NULL", tuple(args))
-        return dict(rows) if keys is None else {k: v for k, v in rows if k in keys}
+                                "AND live_until IS NULL", (model, *args))
+        if keys is None:
+            return dict(rows)
+        wanted = set(keys)
+        return {k: v for k, v in rows if k in wanted}
 
     def live_infos(self, model: str, keys: Collection[str] | None = None) -> dict[str, VersionInfo]:
         """{group_key: the version it serves now} of every group of `model` with one (or of `keys`),
         in one query (what a worker following another's re-read serves, without a query per group)."""
         columns = ", ".join(f"v.{c}" for c in _COLUMNS)
-        only, args = "", [model]
-        if keys is not None and len(keys) <= 500:  # one group re-read among thousands: not all of them
-            only, args = f" AND p.group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
+        only, args = _named(keys, "p.group_key")  # one group re-read among thousands: not all of them
         rows = self.store.query(f"SELECT {columns} FROM live_periods p JOIN versions v ON v.model = p.model "  # noqa: S608 - fixed column names
                                 "AND v.group_key = p.group_key AND v.version = p.version "
-                                f"WHERE p.model = ?{only} AND p.live_until IS NULL ORDER BY p.id", tuple(args))
+                                f"WHERE p.model = ?{only} AND p.live_until IS NULL ORDER BY p.id", (model, *args))
         found = {row[1]: _info(row) for row in rows}  # the latest open period wins, as in `live`
         return found if keys is None else {k: found[k] for k in keys if k in found}
 
@@ -261,9 +260,8 @@ class VersionStore:
                 if k in heads and not heads[k][1] and heads[k][2] == c.content_sha256}
         if not same:
             return {}
-        rows = self.store.query(f"{_SELECT} WHERE model = ?" + (  # noqa: S608 - placeholders only
-            f" AND group_key IN ({', '.join('?' * len(same))})" if len(same) <= 500 else ""),
-            (model, *same) if len(same) <= 500 else (model,))
+        only, args = _named(same)
+        rows = self.store.query(f"{_SELECT} WHERE model = ?{only}", (model, *args))  # noqa: S608 - placeholders only
         infos = {info.group_key: info for info in map(_info, rows) if same.get(info.group_key) == info.version}
         for key, info in infos.items():
             self._heal(info, by_key[key])
@@ -560,13 +558,22 @@ class VersionStore:
         return json.loads(body)["payload"]["model_json"].encode("utf-8")
 
 
+NAMED_KEYS = 500  # up to this many groups are named in a query; more read the whole model's rows
+
+
+def _named(keys: Collection[str] | None, column: str = "group_key") -> tuple[str, tuple]:
+    """` AND column IN (?, …)` and its arguments for a few `keys`; nothing for None or many, whose
+    callers read every group of the model and keep the ones they want."""
+    if keys is None or len(keys) > NAMED_KEYS:
+        return "", ()
+    return f" AND {column} IN ({', '.join('?' * len(keys))})", tuple(keys)
+
+
 def _heads_query(model: str, keys: Collection[str] | None) -> tuple[str, tuple]:
     """The query of `VersionStore.heads` (SQLite takes the bare columns from the row with the MAX)."""
-    only, args = "", [model]
-    if keys is not None and len(keys) <= 500:
-        only, args = f" AND group_key IN ({', '.join('?' * len(keys))})", [model, *keys]
+    only, args = _named(keys)
     return (f"SELECT group_key, MAX(version), pruned, content_sha256 FROM versions "  # noqa: S608 - placeholders only
-            f"WHERE model = ?{only} GROUP BY group_key", tuple(args))
+            f"WHERE model = ?{only} GROUP BY group_key", (model, *args))
 
 
 def _heads_of(rows: list[tuple], keys: Collection[str] | None) -> dict[str, tuple[int, bool, str]]:
