@@ -139,7 +139,7 @@ function drawHeatmap(name, matrix, readout) {
   const { canvas } = overlay;
   canvas.setAttribute("role", "img");
   canvas.setAttribute("aria-label", `Heatmap of ${matrix.metric}: ${matrix.factors.length} factors by ${matrix.symbols.length} symbols`);
-  Object.assign(canvas.dataset, { left: geo.left, top: geo.top, cellW: geo.cellW, cellH: geo.cellH, rows: matrix.factors.length, cols: matrix.symbols.length });
+  Object.assign(canvas.dataset, { left: geo.left, top: geo.top, cellW: geo.cellW, cellH: geo.cellH, rows: matrix.factors.length, cols: matrix.symbols.length, metric: matrix.metric });
 
   const cellAt = (event) => {
     const box = canvas.getBoundingClientRect();
