@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from model_manager.registration import NAME_RE
+
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT = 10.0  # seconds a change waits for the other workers to serve it (then they do it on their own)
@@ -39,12 +41,14 @@ class Peers:
     asks the others to follow now and waits for them."""
 
     def __init__(self, directory: Path, index: int, count: int, follow: Callable[[], None],
-                 follow_groups: Callable[[str, set[str]], None] | None = None):
+                 follow_groups: Callable[[str, set[str]], None] | None = None,
+                 follow_model: Callable[[str], None] | None = None):
         self.directory = Path(directory)
         self.index = index
         self.count = count
         self.follow = follow
         self.follow_groups = follow_groups  # a poke that names the groups re-read (else `follow`)
+        self.follow_model = follow_model    # a sync that names the model registered (else `follow`)
         self._sock: socket.socket | None = None
         self._ids = itertools.count()
         self._missed: set[int] = set()  # workers a message could not reach: their queue was full
@@ -81,8 +85,11 @@ class Peers:
                 continue
             try:
                 named = _named_groups(message) if self.follow_groups is not None else None
+                registered = _named_model(message) if self.follow_model is not None else None
                 if named is not None:
                     self.follow_groups(*named)
+                elif registered is not None:
+                    self.follow_model(registered)
                 else:
                     self.follow()
             except Exception:  # the request still gets its answer; the next look may do better
@@ -90,15 +97,18 @@ class Peers:
                     log.exception("following a change made by another worker failed")
             if sender and message.startswith(_SYNC):  # a `poke` has no address to answer to
                 with contextlib.suppress(OSError):
-                    sock.sendto(_DONE + message[len(_SYNC):], sender)
+                    sock.sendto(_DONE + message[len(_SYNC):].partition(b"/")[0], sender)
 
-    def poke(self, model: str | None = None, groups: set[str] | None = None) -> None:
+    def poke(self, model: str | None = None, groups: set[str] | None = None, *, registered: bool = False) -> None:
         """Have every other running worker follow the store now, without waiting for them (after
         the primary installed what its watcher found: no request waits on it). Naming the `model`
         and the `groups` re-read lets them install those without looking at the rest of the directory
-        (at 5,000 groups that look is a listing and 20,000 `stat`s); they still look every second."""
+        (at 5,000 groups that look is a listing and 20,000 `stat`s); they still look every second.
+        `registered`: the `model` being registered has its versions written (as `sync(model=...)`)."""
         message = _SYNC
-        if model is not None and groups and len(groups) <= MAX_NAMED_GROUPS:
+        if model is not None and registered:
+            message = _SYNC + b"/" + model.encode()
+        elif model is not None and groups and len(groups) <= MAX_NAMED_GROUPS:
             message = _GROUPS + json.dumps({"model": model, "groups": sorted(groups)}).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             for index in range(self.count):
@@ -130,12 +140,15 @@ class Peers:
             pass
         return False
 
-    def sync(self, timeout: float = SYNC_TIMEOUT) -> int:
+    def sync(self, timeout: float = SYNC_TIMEOUT, model: str | None = None) -> int:
         """Have every other running worker follow the store now; returns how many confirmed. Blocking:
-        call it from a worker thread, after the change is committed."""
+        call it from a worker thread, after the change is committed. `model`: the change is that
+        model's registration, and only it need be served (at 5,000 groups, following everything is
+        a listing and 20,000 `stat`s of the new directory that the answer would wait for)."""
         if self.count < 2:
             return 0
         token = f":{os.getpid()}:{next(self._ids)}".encode()
+        request = _SYNC + token + (b"/" + model.encode() if model is not None else b"")
         reply_path = str(self.directory / f"reply-{os.getpid()}-{threading.get_native_id()}.sock")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(reply_path)
@@ -143,7 +156,7 @@ class Peers:
             sock.bind(reply_path)
             try:
                 # a worker not running now, or stuck with a full queue, is not waited for (see `_send`)
-                waiting = sum(self._send(sock, _SYNC + token, index) for index in range(self.count) if index != self.index)
+                waiting = sum(self._send(sock, request, index) for index in range(self.count) if index != self.index)
                 return self._collect(sock, token, waiting, timeout)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -166,6 +179,15 @@ class Peers:
             if message == _DONE + token:
                 confirmed += 1
         return confirmed
+
+
+def _named_model(message: bytes) -> str | None:
+    """The model a `sync` names (`sync:PID:N/NAME`); None for any other message, or a name that is
+    not a valid model name."""
+    if not message.startswith(_SYNC):
+        return None
+    name = message[len(_SYNC):].partition(b"/")[2].decode("ascii", "replace")
+    return name if NAME_RE.match(name) else None
 
 
 def _named_groups(message: bytes) -> tuple[str, set[str]] | None:

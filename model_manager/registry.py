@@ -104,7 +104,7 @@ class Registry:
         self.ready = asyncio.Event()  # set once the registered models are loaded
         # after a re-read is installed: (model, the groups re-read, or None for all) (tells the other workers)
         self.on_reloaded: Callable[[str, set[str] | None], None] | None = None
-        self.on_recorded: Callable[[], None] | None = None  # a registration's versions are written (peers.poke)
+        self.on_recorded: Callable[[str], None] | None = None  # a registration's versions are written (peers.poke)
         self.on_dropped: Callable[[str], None] | None = None  # a model is no longer served (forgets its fleet)
         set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
@@ -183,7 +183,7 @@ class Registry:
 
     def after_research(self, work: Callable[[], object]) -> None:
         """Run `work` in the research thread once the index builds queued so far are done (background
-        work of a start that should not compete with its first answers)."""
+        work of a start or a large install that should not compete with its answers)."""
         with contextlib.suppress(RuntimeError):  # closing
             self._research.submit(work)
 
@@ -315,8 +315,8 @@ class Registry:
         self._announce(model, {})
         with self.lock:
             self.models[name] = model
-        if len(snap.groups) >= FREEZE_MIN_GROUPS:
-            freeze_loaded()
+        if len(snap.groups) >= FREEZE_MIN_GROUPS:  # (in the research thread, while the others are waited for)
+            self.after_research(freeze_loaded)
         return model
 
     def drop(self, name: str) -> None:
@@ -496,13 +496,14 @@ class Registry:
                        for k, g in snap.groups.items()}
         else:
             root, prebuilt = str(snap.path), prebuilt or {}
-            self.versions.make_durable(prebuilt.values())  # all at once, before any row names them
-            # the bodies built ahead for a registration: their rows written a few hundred to a transaction
+            # the bodies built ahead for a registration: synced all at once, then their rows written a few
+            # hundred to a transaction; the others' (a re-read's) synced all at once, before `record` names them
             ahead = {k: (self._candidate(model.name, g, root, prebuilt[k].content_sha256), prebuilt[k])
                      for k, g in snap.groups.items() if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
+            self.versions.make_durable([p for k, p in prebuilt.items() if k not in ahead])
             recorded = self.versions.record_prebuilt(list(ahead.values()))  # (what it leaves out: `record`)
             if registering and self.on_recorded is not None:  # the other workers install it meanwhile
-                self.on_recorded()                              # from these versions and the parse records
+                self.on_recorded(model.name)                    # from these versions and the parse records
             # the groups restored from their parse records (a start): their versions, looked up together
             kept = {k: self._candidate(model.name, g, root) for k, g in snap.groups.items()
                     if k not in prebuilt and k not in parsed and not g.errors and g.model_sha256}
@@ -676,6 +677,19 @@ class Registry:
             self._live_seq = seq  # only once followed: a look that failed half-way is made again
         return moved
 
+    def follow_registered(self, name: str) -> bool:
+        """Serve a model another worker has just registered and recorded (call `sync_registrations`
+        first): installed whole from its parse records and versions, unless it is already. Unlike
+        `follow_live(look=True)`, nothing else is looked at: not the other models, nor the new
+        model's files or live versions once it is installed (its registering worker read the files,
+        the install served the live versions, and the watcher, the look every second and the
+        worker that pins or rolls back see to what changed since). True if it was installed now."""
+        model = self.models.get(name)
+        if model is None or not self._due(name, True):
+            return False
+        following = self._registering.get(name)
+        return following is not None and self._follow_files_of(model, set(following.records))
+
     # -- a worker that does not watch: groups the primary worker re-read ------------------------------
     def follow_groups(self, name: str, keys: set[str]) -> bool:
         """Install the groups of `name` the primary worker says it has just re-read, from its parse
@@ -751,8 +765,8 @@ class Registry:
         self._load(model, set(ready) | gone, recorded=ready, wait=following is not None or not self.adopts_unrecorded)
         if following is not None:  # another worker's registration, installed whole: this worker's model now
             self._registering.pop(model.name, None)  # (its watcher looks at it, a poke is followed directly)
-            if len(ready) >= FREEZE_MIN_GROUPS:
-                freeze_loaded()
+            if len(ready) >= FREEZE_MIN_GROUPS:  # (after its research index: the registering worker waits)
+                self.after_research(freeze_loaded)
         return True
 
     def _follow_model(self, model: LoadedModel) -> bool:

@@ -193,7 +193,7 @@ class ModelManager(VersionCommands):
                 model = None
                 self._record_first_versions(name, snap)
         self._watch_set_changed()
-        self._changed()
+        self._changed(registered=name)
         return Registration(name, abspath, True, snap, model)
 
     def _record_first_versions(self, name: str, snap: DirectorySnapshot) -> None:
@@ -236,12 +236,13 @@ class ModelManager(VersionCommands):
         if self.watcher is not None:
             self.watcher.models_changed()
 
-    def _changed(self) -> None:
+    def _changed(self, registered: str | None = None) -> None:
         """After a change made through this worker: every other worker of the server serves it
-        before we answer (see peers.py; blocking). The change is made: trouble here is only logged."""
+        before we answer (see peers.py; blocking). The change is made: trouble here is only logged.
+        `registered`: the change is that model's registration (the others need only serve it)."""
         if self.peers is not None:
             try:
-                self.peers.sync()
+                self.peers.sync(model=registered)
             except Exception:  # the others follow the store on their own within a second
                 log.exception("the other workers were not told of a change")
 
@@ -394,7 +395,8 @@ class ModelManager(VersionCommands):
             self.registry.load_recorded()
 
     def _start_peers(self) -> None:
-        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now, self._follow_groups)
+        peers = Peers(self.role.shared_dir, self.role.index, self.role.count, self._follow_now, self._follow_groups,
+                      self._follow_registered)
         try:
             peers.start()
         except OSError as exc:
@@ -403,7 +405,8 @@ class ModelManager(VersionCommands):
             return
         self.peers = peers
         self.auth.changed = self._changed
-        self.registry.on_recorded = peers.poke  # a registration's versions: the others install while this one does
+        # a registration's versions: the others install it while this one does
+        self.registry.on_recorded = lambda name: peers.poke(name, registered=True)
         if self.role.primary:  # what the watcher re-read: the others follow at once, not at their next look
             self.registry.on_reloaded = peers.poke
 
@@ -430,6 +433,13 @@ class ModelManager(VersionCommands):
         """The groups of a model the primary worker has just re-read (its poke names them): served now."""
         with self._follow_lock:
             self.registry.follow_groups(name, keys)
+
+    def _follow_registered(self, name: str) -> None:
+        """A model another worker has just registered (its sync names it): served now."""
+        with self._follow_lock:
+            if self.role.shared and self.registry.sync_registrations():
+                self._watch_set_changed()
+            self.registry.follow_registered(name)
 
     def _follow(self, look: bool = False) -> None:
         """Serve live versions changed by other processes (a pin set with the CLI) within a second,

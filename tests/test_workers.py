@@ -491,8 +491,9 @@ def test_metrics_of_workers_add_up_and_a_dead_workers_counts_stay(tmp_path):
 
 def test_a_poke_names_the_groups_re_read_and_anything_else_follows_everything():
     """The primary's poke after a re-read names the model and its groups, so the other workers install
-    those without listing the whole directory; a poke without them, with too many, or garbled, and a
-    `sync`, have them follow everything (real Unix datagram sockets)."""
+    those without listing the whole directory; a registration's sync names the model, which they
+    serve without looking at anything else; a poke without names, with too many, or garbled, and any
+    other `sync`, have them follow everything (real Unix datagram sockets)."""
     import queue
     import shutil
     import tempfile
@@ -503,7 +504,8 @@ def test_a_poke_names_the_groups_re_read_and_anything_else_follows_everything():
     seen: queue.Queue = queue.Queue()
     directory = Path(tempfile.mkdtemp(prefix="mm-peers-"))  # a socket's path must be short
     primary = Peers(directory, 0, 2, lambda: seen.put(("all",)))
-    other = Peers(directory, 1, 2, lambda: seen.put(("all",)), lambda model, groups: seen.put(("groups", model, groups)))
+    other = Peers(directory, 1, 2, lambda: seen.put(("all",)), lambda model, groups: seen.put(("groups", model, groups)),
+                  lambda model: seen.put(("registered", model)))
     other.start()
     try:
         primary.poke("m", {"SOLUSDT_mid_chg_1m", "BTCUSDT_mid_chg_1m"})
@@ -516,6 +518,12 @@ def test_a_poke_names_the_groups_re_read_and_anything_else_follows_everything():
             sock.sendto(b'groups{"model": 1, "groups": "x"}', str(directory / "peer-1.sock"))
         assert seen.get(timeout=5) == ("all",)
         assert primary.sync(timeout=5) == 1 and seen.get(timeout=5) == ("all",)
+        assert primary.sync(timeout=5, model="desk.v2") == 1 and seen.get(timeout=5) == ("registered", "desk.v2")
+        primary.poke("desk.v2", registered=True)  # its versions are written: install it meanwhile
+        assert seen.get(timeout=5) == ("registered", "desk.v2")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:  # not a model name: everything
+            sock.sendto(b"sync:1:2/../x", str(directory / "peer-1.sock"))
+        assert seen.get(timeout=5) == ("all",)
         assert seen.empty()
     finally:
         other.close()
