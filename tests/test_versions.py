@@ -238,6 +238,27 @@ def test_retention_prunes_bytes_keeps_records(store, tmp_path, retrains, trainin
     assert diff["model"]["num_trees"] == {"from": 3, "to": 7}
 
 
+def test_a_blob_is_hashed_when_read_unless_this_process_wrote_that_very_file(vs):
+    """The first read of a blob by the process that wrote it skips the hash only while the file is the
+    one it wrote (inode, size, mtime): one edited in place since, even to the same size, is refused;
+    so is a second read of a damaged one."""
+    blobs = vs.blobs
+    first = blobs.put(b"version bytes one", durable=False)
+    assert bytes(blobs.get(first, mapped=True)) == b"version bytes one"
+    second = blobs.put(b"version bytes two")
+    path = blobs.path(second)
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"version bytes 2wo")  # the same size, a later mtime
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    with pytest.raises(DamagedDataError, match="damaged"):
+        blobs.get(second, mapped=True)
+    path = blobs.path(first)
+    path.write_bytes(b"version bytes 0ne")
+    os.utime(path, ns=(stamp, stamp))  # even with its mtime put back: read once already
+    with pytest.raises(DamagedDataError, match="damaged"):
+        blobs.get(first)
+
+
 def test_blob_integrity(vs, tmp_path, retrains):
     d = tmp_path / "models"
     retrain(d, retrains[0])
