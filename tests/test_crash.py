@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def in_background(fn, *args, **kwargs) -> threading.Thread:
     def run():
         try:
             fn(*args, **kwargs)
-        except OSError:
+        except (OSError, HTTPException):  # (cut off after its headers: IncompleteRead)
             pass  # the server died under the request: that is the point
 
     thread = threading.Thread(target=run, daemon=True)
@@ -278,7 +279,7 @@ def pin_loop(url: str, token: str, stop: threading.Event, first: int) -> None:
                      body={"version": 1, "reason": "crash test"}, timeout=30)
             else:
                 http("DELETE", f"{url}/api/models/live/symbols/{symbol}/pin?reason=crash+test", token=token, timeout=30)
-        except OSError:
+        except (OSError, HTTPException):  # (cut off after its headers: IncompleteRead)
             return  # the server died under the request
         i += 1
 
