@@ -29,7 +29,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model_manager import versionrules as rules
@@ -238,19 +237,16 @@ class VersionStore:
         """`record` of many groups of one model whose bodies `prebuild` stored (a registration's first
         versions), RECORD_BATCH groups to a transaction instead of one each. A group is recorded here
         only when its prebuilt number is still the next one, its content is not its latest version's
-        and its blob is on disk and synced; the others are left out of the answer, for `record`. The
-        blobs are synced (`make_durable`) while the rows' details are made: at 5,000 groups, 0.7 s of
-        fsyncs and 0.4 s of JSON, one after the other before."""
+        and its blob is on disk and synced (`make_durable`, all of them at once, first); the others are
+        left out of the answer, for `record`."""
         if not items:
             return {}
-        with ThreadPoolExecutor(1, thread_name_prefix="blob-sync") as pool:
-            synced = pool.submit(self.make_durable, [prebuilt for _, prebuilt in items])
-            details = _details(cand for cand, _ in items)
-            synced.result()
+        self.make_durable([prebuilt for _, prebuilt in items])
         out: dict[str, Recorded] = {}
         for start in range(0, len(items), RECORD_BATCH):
-            try:
-                out.update(self._record_batch(items[start:start + RECORD_BATCH], details))
+            batch = items[start:start + RECORD_BATCH]
+            try:  # (the details one batch at a time: 5,000 at once are ~10 MB of JSON held together)
+                out.update(self._record_batch(batch, _details(cand for cand, _ in batch)))
             except (ModelManagerError, sqlite3.Error, OSError) as exc:  # (what is left goes to `record`)
                 log.warning("%s: versions not recorded together: %s", items[start][0].model_name, exc)
         return out
