@@ -6,8 +6,8 @@ directory) before any record that refers to it is committed, and checked against
 is read: a damaged blob is a `DamagedDataError`, never bytes served silently. Identical bytes are
 stored once. One read is not hashed again: the first, by the process that wrote the blob, of the
 file it wrote, untouched since (the same inode, size and mtime). Those bytes were hashed as they were
-written, and are read back from the page cache moments later; a registration of 5,000 groups spent 0.3 s of its answer
-hashing its own 160 MB a second time.
+written, and are read back from the page cache moments later; a registration of 5,000 groups spent
+0.3 s of its answer hashing its own 160 MB a second time.
 
 A registration writes thousands of blobs before it records any of them. Those are written with
 `durable=False` and made durable together by `make_durable` just before their rows are committed:

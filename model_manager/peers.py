@@ -110,7 +110,7 @@ class Peers:
         `registered`: the `model` being registered has its versions written (as `sync(model=...)`)."""
         message = _SYNC
         if model is not None and registered:
-            message = _SYNC + b"/" + model.encode()
+            message = _SYNC + _naming(model)
         elif model is not None and groups and len(groups) <= MAX_NAMED_GROUPS:
             message = _GROUPS + json.dumps({"model": model, "groups": sorted(groups)}).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -151,7 +151,7 @@ class Peers:
         if self.count < 2:
             return 0
         token = f":{os.getpid()}:{next(self._ids)}".encode()
-        request = _SYNC + token + (b"/" + model.encode() if model is not None else b"")
+        request = _SYNC + token + (_naming(model) if model is not None else b"")
         reply_path = str(self.directory / f"reply-{os.getpid()}-{threading.get_native_id()}.sock")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(reply_path)
@@ -182,6 +182,11 @@ class Peers:
             if message == _DONE + token:
                 confirmed += 1
         return confirmed
+
+
+def _naming(model: str) -> bytes:
+    """What a `sync` or `poke` adds to name the model being registered (`_named_model` reads it)."""
+    return b"/" + model.encode()
 
 
 def _named_model(message: bytes) -> str | None:

@@ -496,11 +496,10 @@ class Registry:
                        for k, g in snap.groups.items()}
         else:
             root, prebuilt = str(snap.path), prebuilt or {}
-            # the bodies built ahead for a registration: synced all at once, then their rows written a few
-            # hundred to a transaction; the others' (a re-read's) synced all at once, before `record` names them
+            self.versions.make_durable(prebuilt.values())  # all at once, before any row names them
+            # the bodies built ahead for a registration: their rows written a few hundred to a transaction
             ahead = {k: (self._candidate(model.name, g, root, prebuilt[k].content_sha256), prebuilt[k])
                      for k, g in snap.groups.items() if k in prebuilt and k not in parsed and not g.errors and g.model_sha256}
-            self.versions.make_durable([p for k, p in prebuilt.items() if k not in ahead])
             recorded = self.versions.record_prebuilt(list(ahead.values()))  # (what it leaves out: `record`)
             if registering and self.on_recorded is not None:  # the other workers install it meanwhile
                 self.on_recorded(model.name)                    # from these versions and the parse records

@@ -237,11 +237,8 @@ class VersionStore:
         """`record` of many groups of one model whose bodies `prebuild` stored (a registration's first
         versions), RECORD_BATCH groups to a transaction instead of one each. A group is recorded here
         only when its prebuilt number is still the next one, its content is not its latest version's
-        and its blob is on disk and synced (`make_durable`, all of them at once, first); the others are
-        left out of the answer, for `record`."""
-        if not items:
-            return {}
-        self.make_durable([prebuilt for _, prebuilt in items])
+        and its blob is on disk and synced (`make_durable`, which the caller runs for all of them at
+        once first); the others are left out of the answer, for `record`."""
         out: dict[str, Recorded] = {}
         for start in range(0, len(items), RECORD_BATCH):
             batch = items[start:start + RECORD_BATCH]
