@@ -72,6 +72,10 @@ if [ "$#" = 0 ]; then  # a full run also lints, and runs the tests on every core
     [ "$cores" -gt 1 ] && set -- -n "$cores" --dist loadfile
 fi
 
+# the suite starts hundreds of `model-manager` processes: each would compile the package from source
+# where PYTHONDONTWRITEBYTECODE is set and its bytecode is out of date (see setup.sh)
+"$PY" -m compileall -q model_manager >/dev/null || true
+
 say ".venv/bin/python -m pytest $*"
 set +e
 "$PY" -m pytest "$@"

@@ -315,6 +315,7 @@ def machine_meta() -> dict:
 def run(cfg: Config) -> tuple[dict, list[dict], str]:
     started = time.perf_counter()
     bins = tools.ensure_tools(cfg.install)
+    tools.compile_package()
     meta = machine_meta()
     run_dir = cfg.run_dir
     if run_dir.exists():

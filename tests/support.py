@@ -222,8 +222,11 @@ class ServerProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.startup_timeout = startup_timeout
         self.preexec_fn = preexec_fn  # runs in the child before `serve` starts (e.g. to drop privileges)
-        # the server's stdout and stderr; `log_file` puts them where a test wants them
-        self._log = open(log_file, "wb") if log_file else tempfile.NamedTemporaryFile(prefix="mm-serve-", suffix=".log", delete=False)
+        # the server's stdout and stderr; `log_file` puts them where a test wants them, else they go
+        # beside the data dir (a test's tmp_path, which pytest clears after a few runs)
+        beside = self.data_dir.parent if self.data_dir.parent.is_dir() else None
+        self._log = open(log_file, "wb") if log_file else tempfile.NamedTemporaryFile(
+            prefix="mm-serve-", suffix=".log", dir=beside, delete=False)
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ServerProcess:
