@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import shutil
 
@@ -54,13 +55,24 @@ def test_restart_restores_unchanged_groups_and_reparses_changed_ones(settings, d
 
     # damaged records are only a miss: the groups are parsed again and come out the same
     for i, record in enumerate((settings.cache_dir / "snapshots").glob("*.json")):
-        if i % 2:
+        head, body = record.read_bytes().split(b"\n", 1)
+        if i % 3 == 0:
             record.write_text("{not json")
-        else:
-            data = json.loads(record.read_text())
-            data["fields"] = data["fields"].replace('"factors":[', '"factors":["injected",', 1)
-            record.write_text(json.dumps(data))
+        elif i % 3 == 1:  # an edited body under its old hash
+            record.write_bytes(head + b"\n" + body.replace(b'"factors":[', b'"factors":["injected",', 1))
+        else:  # a record of another layout
+            record.write_bytes(head.replace(b'"version": "', b'"version": "0.0.1/') + b"\n" + body)
     assert _loaded(settings) == again
+
+    # a start takes an unchanged group from its record, not from its files: a record rewritten whole
+    # (fields and hash) is believed
+    record = next((settings.cache_dir / "snapshots").glob("*.json"))
+    head, body = record.read_bytes().split(b"\n", 1)
+    body = body.replace(b'"factors":[', b'"factors":["from_the_record",', 1)
+    head = json.dumps({**json.loads(head), "sha256": hashlib.sha256(body).hexdigest()}).encode()
+    record.write_bytes(head + b"\n" + body)
+    believed = [k for k, v in _loaded(settings).items() if "from_the_record" in json.dumps(v[1])]
+    assert len(believed) == 1
 
 
 def test_a_registered_pickles_json_is_written_once_and_found_in_its_version(settings, demo_dir):
