@@ -233,17 +233,20 @@ class VersionStore:
             db.execute("INSERT INTO held_versions (model, group_key, version) VALUES (?, ?, ?)", (model, group, number))
         return rules.sync_live(db, model, group, now), rules.prune(db, model, group, self.keep)
 
-    def record_prebuilt(self, items: list[tuple[Candidate, Prebuilt]]) -> dict[str, Recorded]:
+    def record_prebuilt(self, items: list[tuple[Candidate, Prebuilt]], details: dict[str, str] | None = None
+                        ) -> dict[str, Recorded]:
         """`record` of many groups of one model whose bodies `prebuild` stored (a registration's first
         versions), RECORD_BATCH groups to a transaction instead of one each. A group is recorded here
         only when its prebuilt number is still the next one, its content is not its latest version's
         and its blob is on disk and synced (`make_durable`, which the caller runs for all of them at
-        once first); the others are left out of the answer, for `record`."""
+        once first); the others are left out of the answer, for `record`. `details`: their rows'
+        details (`row_details`), when the caller made them already (while the blobs were synced)."""
         out: dict[str, Recorded] = {}
         for start in range(0, len(items), RECORD_BATCH):
             batch = items[start:start + RECORD_BATCH]
-            try:  # (the details one batch at a time: 5,000 at once are ~10 MB of JSON held together)
-                out.update(self._record_batch(batch, _details(cand for cand, _ in batch)))
+            try:
+                out.update(self._record_batch(batch, details if details is not None
+                                              else row_details(cand for cand, _ in batch)))
             except (ModelManagerError, sqlite3.Error, OSError) as exc:  # (what is left goes to `record`)
                 log.warning("%s: versions not recorded together: %s", items[start][0].model_name, exc)
         return out
@@ -574,7 +577,7 @@ def _heads_of(rows: list[tuple], keys: Collection[str] | None) -> dict[str, tupl
             if wanted is None or key in wanted}
 
 
-def _details(cands: Iterable[Candidate]) -> dict[str, str]:
+def row_details(cands: Iterable[Candidate]) -> dict[str, str]:
     """{group key: its row's `detail` JSON} of the candidates that make a version (one whose detail
     cannot be made is left out: `record` reports why)."""
     details: dict[str, str] = {}
