@@ -7,7 +7,9 @@ is read: a damaged blob is a `DamagedDataError`, never bytes served silently. Id
 stored once. One read is not hashed again: the first, by the process that wrote the blob, of the
 file it wrote, untouched since (the same inode, size and mtime). Those bytes were hashed as they were
 written, and are read back from the page cache moments later; a registration of 5,000 groups spent
-0.3 s of its answer hashing its own 160 MB a second time.
+0.3 s of its answer hashing its own 160 MB a second time. The writer can hand that knowledge to the
+other workers of its server, which read the same blobs next (`fresh`, `trust`, and peers.py): the
+other worker that installs a registration of 5,000 groups hashed them all while the answer waited.
 
 A registration writes thousands of blobs before it records any of them. Those are written with
 `durable=False` and made durable together by `make_durable` just before their rows are committed:
@@ -150,6 +152,29 @@ class BlobStore:
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
+
+    def fresh(self, digests: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+        """The identities of the blobs among `digests` that this process wrote and has not read yet,
+        for another process of the server that is about to read them (`trust`)."""
+        with self._lock:
+            return {d: self._fresh[d] for d in digests if d in self._fresh}
+
+    def trust(self, identities: dict) -> int:
+        """Let the first read of these blobs skip the hash, as their writer's would: `identities` are
+        `fresh` of the process that wrote and hashed them moments ago (a worker that has just registered
+        a model, handing its blobs to the others). As for the writer, only while each file is still the
+        one written (inode, size, mtime). Entries that are not a digest and three integers are ignored.
+        Returns how many were taken."""
+        taken = 0
+        with self._lock:
+            for digest, identity in identities.items():
+                if len(self._fresh) >= FRESH_MAX:
+                    break
+                if (isinstance(digest, str) and _HEX_DIGEST.fullmatch(digest) and isinstance(identity, list | tuple)
+                        and len(identity) == 3 and all(type(part) is int for part in identity)):
+                    self._fresh.setdefault(digest, (identity[0], identity[1], identity[2]))
+                    taken += 1
+        return taken
 
     def delete(self, digest: str) -> bool:
         with self._lock:  # (a swept orphan: nothing will sync it)

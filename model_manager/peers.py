@@ -9,6 +9,10 @@ primary re-read (`poke(model, groups)`), or the model being registered (`sync(mo
 `poke(model, registered=True)`); the others then install that alone instead of looking at
 everything (at 5,000 groups, a listing and 20,000 `stat`s).
 
+A registering worker also leaves, beside its poke, the identities of the blobs it has just written
+and hashed (`offer_fresh`): the others read them before installing (`fresh_from_others`), and skip
+hashing those blobs again while each file is the one written (`BlobStore.trust`).
+
 The workers talk over Unix datagram sockets in the server's private run directory (see
 `workers.shared_dir`): a worker listens
 on `peer-INDEX.sock` (a thread of its own); `sync` sends from a socket of its own and collects one
@@ -28,8 +32,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from hashlib import sha256
 from pathlib import Path
 
+from model_manager.files import atomic_write
 from model_manager.registration import NAME_RE
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,37 @@ class Peers:
             for index in range(self.count):
                 if index != self.index:
                     self._send(sock, message, index)
+
+    def offer_fresh(self, model: str, identities: dict[str, tuple[int, int, int]]) -> None:
+        """Leave the identities of the blobs this worker has just written for `model`'s registration
+        (`BlobStore.fresh`) for the others, who read them next (`fresh_from_others`). Best effort: a
+        worker that finds none hashes what it reads."""
+        if self.count < 2 or not identities:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            atomic_write(self._fresh_path(self.index, model), json.dumps(identities).encode(), durable=False)
+
+    def fresh_from_others(self, model: str) -> dict:
+        """What the other workers offered for `model` (`offer_fresh`): {blob digest: identity}."""
+        found: dict = {}
+        for index in range(self.count):
+            if index == self.index:
+                continue
+            try:
+                offered = json.loads(self._fresh_path(index, model).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(offered, dict):
+                found.update(offered)
+        return found
+
+    def withdraw_fresh(self, model: str) -> None:
+        """Remove this worker's offer for `model` (the others have installed the registration)."""
+        with contextlib.suppress(OSError):
+            self._fresh_path(self.index, model).unlink()
+
+    def _fresh_path(self, index: int, model: str) -> Path:
+        return self.directory / f"fresh-{index}-{sha256(model.encode()).hexdigest()[:16]}.json"
 
     def retry_missed(self) -> None:
         """Ask the workers a poke or a sync could not reach (a full queue: busy following) to follow

@@ -104,7 +104,10 @@ class Registry:
         self.ready = asyncio.Event()  # set once the registered models are loaded
         # after a re-read is installed: (model, the groups re-read, or None for all) (tells the other workers)
         self.on_reloaded: Callable[[str, set[str] | None], None] | None = None
-        self.on_recorded: Callable[[str], None] | None = None  # a registration's versions are written (peers.poke)
+        # a registration's versions are written: (model, identities of its fresh blobs) (peers.poke)
+        self.on_recorded: Callable[[str, dict], None] | None = None
+        # what the worker registering a model offers of its fresh blobs (peers.offer_fresh, BlobStore.trust)
+        self.offered_blobs: Callable[[str], dict] | None = None
         self.on_dropped: Callable[[str], None] | None = None  # a model is no longer served (forgets its fleet)
         set_check_memory(settings.check_memory_mb)  # the server's limit, not the environment's, before any check
 
@@ -506,8 +509,9 @@ class Registry:
             if synced is not None:
                 synced.result()
             recorded = self.versions.record_prebuilt(list(ahead.values()), details)  # (what it leaves out: `record`)
-            if registering and self.on_recorded is not None:  # the other workers install it meanwhile
-                self.on_recorded(model.name)                    # from these versions and the parse records
+            if registering and self.on_recorded is not None:  # the other workers install it meanwhile, from
+                # these versions and the parse records, trusting the blobs as this worker does (blobs.py)
+                self.on_recorded(model.name, self.versions.blobs.fresh(p.blob_sha256 for p in prebuilt.values()))
             # the groups restored from their parse records (a start): their versions, looked up together
             kept = {k: self._candidate(model.name, g, root) for k, g in snap.groups.items()
                     if k not in prebuilt and k not in parsed and not g.errors and g.model_sha256}
@@ -750,6 +754,8 @@ class Registry:
                 self._pending[model.name] = set(present)  # stops at the first group not recorded yet
                 return False
             ready = {k: records[k] for k in present}
+            if self.offered_blobs is not None:  # its blobs, just written and hashed by the registering worker
+                self.versions.blobs.trust(self.offered_blobs(model.name))
         else:
             restored = self._restore(model, root, present, broken=True)
             ready = {k: g for k, g in restored.items() if k in present and _is_recorded(model.name, g, heads)}

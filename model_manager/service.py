@@ -194,6 +194,8 @@ class ModelManager(VersionCommands):
                 self._record_first_versions(name, snap)
         self._watch_set_changed()
         self._changed(registered=name)
+        if self.peers is not None:  # (the others have installed it: see `_recorded`)
+            self.peers.withdraw_fresh(name)
         return Registration(name, abspath, True, snap, model)
 
     def _record_first_versions(self, name: str, snap: DirectorySnapshot) -> None:
@@ -406,9 +408,17 @@ class ModelManager(VersionCommands):
         self.peers = peers
         self.auth.changed = self._changed
         # a registration's versions: the others install it while this one does
-        self.registry.on_recorded = lambda name: peers.poke(name, registered=True)
+        self.registry.on_recorded = self._recorded
+        self.registry.offered_blobs = peers.fresh_from_others
         if self.role.primary:  # what the watcher re-read: the others follow at once, not at their next look
             self.registry.on_reloaded = peers.poke
+
+    def _recorded(self, name: str, fresh: dict) -> None:
+        """A registration made here has its versions written: the other workers install it now, and
+        need not hash again the blobs this worker has just written (`BlobStore.trust`)."""
+        if self.peers is not None:
+            self.peers.offer_fresh(name, fresh)
+            self.peers.poke(name, registered=True)
 
     async def _follow_loop(self) -> None:
         """Every FOLLOW_INTERVAL, in a worker thread: `_follow`."""

@@ -17,6 +17,7 @@ import pytest
 import xgboost as xgb
 
 from model_manager.artifacts import load_group, scan_directory
+from model_manager.blobs import BlobStore
 from model_manager.conversion import sha256
 from model_manager.errors import ConflictError, DamagedDataError, NotFoundError, UnprocessableError
 from model_manager.settings import Settings
@@ -257,6 +258,30 @@ def test_a_blob_is_hashed_when_read_unless_this_process_wrote_that_very_file(vs)
     os.utime(path, ns=(stamp, stamp))  # even with its mtime put back: read once already
     with pytest.raises(DamagedDataError, match="damaged"):
         blobs.get(first)
+
+
+def test_another_process_trusts_a_blob_only_as_its_writer_would(vs):
+    """A worker that has just written and hashed blobs hands their identities to the other workers
+    (`fresh`, `trust`): their first read skips the hash as the writer's would, only while the file is
+    the one written; a file changed since (a later mtime) is refused, and so is any read after the
+    first. What is not a digest and three integers is not taken."""
+    writer, reader = vs.blobs, BlobStore(vs.blobs.root)  # two processes' stores of one data dir
+    one, two = writer.put(b"version bytes one", durable=False), writer.put(b"version bytes two", durable=False)
+    offered = {d: list(i) for d, i in writer.fresh([one, two, "cd" * 32]).items()}  # (as JSON hands them over)
+    assert set(offered) == {one, two}
+    assert reader.trust({**offered, "not a digest": [1, 2, 3], "ef" * 32: [1, 2], "01" * 32: ["1", 2, 3]}) == 2
+    path = reader.path(one)
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"version bytes 0ne")  # changed in place, to the same size and mtime:
+    os.utime(path, ns=(stamp, stamp))
+    assert bytes(reader.get(one)) == b"version bytes 0ne"  # what the writer's own first read would pass too
+    with pytest.raises(DamagedDataError, match="damaged"):
+        reader.get(one)  # a second read is checked
+    path = reader.path(two)
+    path.write_bytes(b"version bytes 2wo")
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # a later mtime: not the file written
+    with pytest.raises(DamagedDataError, match="damaged"):
+        reader.get(two)
 
 
 def test_blob_integrity(vs, tmp_path, retrains):

@@ -525,6 +525,14 @@ def test_a_poke_names_the_groups_re_read_and_anything_else_follows_everything():
             sock.sendto(b"sync:1:2/../x", str(directory / "peer-1.sock"))
         assert seen.get(timeout=5) == ("all",)
         assert seen.empty()
+
+        # a registering worker's fresh blobs, for the others to read without hashing them again
+        fresh = {"ab" * 32: (12, 345, 6789)}
+        primary.offer_fresh("desk.v2", fresh)
+        assert other.fresh_from_others("desk.v2") == {"ab" * 32: [12, 345, 6789]}
+        assert other.fresh_from_others("desk.v3") == {} and primary.fresh_from_others("desk.v2") == {}
+        primary.withdraw_fresh("desk.v2")
+        assert other.fresh_from_others("desk.v2") == {}
     finally:
         other.close()
         shutil.rmtree(directory, ignore_errors=True)
